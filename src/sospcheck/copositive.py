@@ -1,0 +1,145 @@
+"""Copositivity of a small symmetric matrix: is ``y' S y >= 0`` for all ``y >= 0`` (DESIGN.md section 3, step 4)?
+
+Small ``r``: Kaplan's criterion. ``S`` is copositive iff no principal submatrix ``S_JJ`` has a
+positive eigenvector with a negative eigenvalue, strictly copositive iff none has one with a
+nonpositive eigenvalue. Eigenvalues may repeat, so "has a positive eigenvector" is decided over
+the whole eigenspace (a nonnegative vector in the span, found by a small LP), which also yields
+the witness ``y``. ``O(r^3 2^r)``.
+
+Larger ``r``: the standard quadratic program ``min y'Sy, y >= 0, sum y = 1`` through its KKT
+conditions as a mixed-integer LP (HiGHS via ``scipy.optimize.milp``): its optimum is ``mu``
+with ``S y - mu 1 = lambda >= 0``, ``lambda_i y_i = 0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, linprog, milp
+
+__all__ = ["CopositivityResult", "copositivity", "copositivity_enumerate", "copositivity_milp"]
+
+STRICT = "strictly_copositive"
+COPOSITIVE = "copositive"
+NOT = "not_copositive"
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class CopositivityResult:
+    """``status`` in {strictly_copositive, copositive, not_copositive, unknown}; ``witness`` is a
+    ``y >= 0`` with ``sum y = 1`` and ``y'Sy = value`` (< 0, or ~ 0 for plain copositive)."""
+
+    status: str
+    witness: np.ndarray | None
+    value: float | None
+    method: str
+    work: int
+
+
+def _nonneg_in_span(V: np.ndarray) -> np.ndarray | None:
+    """A ``y >= 0``, ``sum y = 1`` in ``span(V)``, or None."""
+    if V.shape[1] == 1:
+        v = V[:, 0]
+        for s in (1.0, -1.0):
+            y = s * v
+            if np.all(y >= -1e-12 * np.max(np.abs(y))):
+                y = np.clip(y, 0, None)
+                return y / y.sum()
+        return None
+    r, q = V.shape
+    res = linprog(
+        np.zeros(q), A_ub=-V, b_ub=np.zeros(r), A_eq=V.sum(axis=0)[None, :], b_eq=[1.0],
+        bounds=[(None, None)] * q, method="highs",
+    )
+    if res.status != 0:
+        return None
+    y = np.clip(V @ res.x, 0, None)
+    return y / y.sum() if y.sum() > 0 else None
+
+
+def copositivity_enumerate(S: np.ndarray, tol: float) -> CopositivityResult:
+    """Kaplan's criterion over all ``2^r - 1`` principal submatrices; ``tol`` is absolute."""
+    r = S.shape[0]
+    zero_witness = None
+    work = 0
+    for size in range(1, r + 1):
+        for J in combinations(range(r), size):
+            work += 1
+            J = list(J)
+            lam, vec = np.linalg.eigh(S[np.ix_(J, J)])
+            for mask, negative in ((lam < -tol, True), (np.abs(lam) <= tol, False)):
+                if not np.any(mask) or (not negative and zero_witness is not None):
+                    continue
+                yJ = _nonneg_in_span(vec[:, mask])
+                if yJ is None:
+                    continue
+                y = np.zeros(r)
+                y[J] = yJ
+                value = float(y @ S @ y)
+                if negative and value < -tol * (y @ y):
+                    return CopositivityResult(NOT, y, value, "enumeration", work)
+                if not negative:
+                    zero_witness = (y, value)
+    if zero_witness is not None:
+        return CopositivityResult(COPOSITIVE, zero_witness[0], zero_witness[1], "enumeration", work)
+    return CopositivityResult(STRICT, None, None, "enumeration", work)
+
+
+def copositivity_milp(S: np.ndarray, tol: float, time_limit: float = 60.0) -> CopositivityResult:
+    """``min y'Sy`` over the simplex, exactly, as a MILP on the KKT conditions."""
+    r = S.shape[0]
+    smax = float(np.max(np.abs(S))) or 1.0
+    big = 2.0 * smax * (1 + 1e-6) + 1e-12
+    # variables: y (r), mu (1), lam (r), b (r)
+    n = 3 * r + 1
+    iy, imu, il, ib = np.arange(r), r, r + 1 + np.arange(r), 2 * r + 1 + np.arange(r)
+    rows, lo, hi = [], [], []
+    for i in range(r):  # S y - mu - lam = 0
+        row = np.zeros(n)
+        row[iy] = S[i]
+        row[imu] = -1.0
+        row[il[i]] = -1.0
+        rows.append(row), lo.append(0.0), hi.append(0.0)
+    row = np.zeros(n)
+    row[iy] = 1.0
+    rows.append(row), lo.append(1.0), hi.append(1.0)
+    for i in range(r):  # y_i <= b_i ; lam_i <= big (1 - b_i)
+        row = np.zeros(n)
+        row[iy[i]], row[ib[i]] = 1.0, -1.0
+        rows.append(row), lo.append(-np.inf), hi.append(0.0)
+        row = np.zeros(n)
+        row[il[i]], row[ib[i]] = 1.0, big
+        rows.append(row), lo.append(-np.inf), hi.append(big)
+    c = np.zeros(n)
+    c[imu] = 1.0
+    lb = np.concatenate([np.zeros(r), [-smax], np.zeros(r), np.zeros(r)])
+    ub = np.concatenate([np.ones(r), [smax], np.full(r, big), np.ones(r)])
+    integrality = np.zeros(n)
+    integrality[ib] = 1
+    res = milp(
+        c, constraints=LinearConstraint(np.array(rows), lo, hi), integrality=integrality,
+        bounds=Bounds(lb, ub), options={"time_limit": time_limit, "mip_rel_gap": 0.0},
+    )
+    if res.status != 0 or res.x is None:
+        return CopositivityResult(UNKNOWN, None, None, f"milp ({res.message})", 1)
+    y = np.clip(res.x[iy], 0, None)
+    y = y / y.sum()
+    value = float(y @ S @ y)
+    if value < -tol:
+        return CopositivityResult(NOT, y, value, "milp", 1)
+    if value <= tol:
+        return CopositivityResult(COPOSITIVE, y, value, "milp", 1)
+    return CopositivityResult(STRICT, None, value, "milp", 1)
+
+
+def copositivity(S: np.ndarray, tol: float, max_subsets: int, time_limit: float = 60.0) -> CopositivityResult:
+    """Enumeration when ``2^r - 1 <= max_subsets``, else the MILP."""
+    r = S.shape[0]
+    if r == 0:
+        return CopositivityResult(STRICT, None, None, "empty", 0)
+    if 2.0**r - 1 <= max_subsets:
+        return copositivity_enumerate(S, tol)
+    return copositivity_milp(S, tol, time_limit)

@@ -1,0 +1,120 @@
+"""First-order tests: output-layer gradient, per-neuron Clarke stationarity, extreme-ray slopes (DESIGN.md section 3, steps 1-3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import lsq_linear
+
+from .geometry import ray_directions
+from .options import Tolerances
+from .point import Point
+
+__all__ = ["OutputLayerTest", "NeuronTest", "output_layer_test", "neuron_test"]
+
+
+@dataclass(frozen=True)
+class OutputLayerTest:
+    """Step 1: ``G_W2 = sum_i r_i O_i'``, ``G_b2 = sum_i r_i`` (plus weight decay); exact gradients."""
+
+    G_W2: np.ndarray
+    G_b2: np.ndarray
+    norm: float
+    scale: float
+    stationary: bool
+
+
+def output_layer_test(pt: Point, tol: Tolerances) -> OutputLayerTest:
+    """Step 1: the output layer enters linearly, so its gradient is an ordinary gradient."""
+    G_W2 = pt.r.T @ pt.fwd.O
+    G_b2 = pt.r.sum(axis=0)
+    scale = np.linalg.norm(pt.r) * np.sqrt(np.linalg.norm(pt.fwd.O) ** 2 + pt.m)
+    if pt.weight_decay:
+        G_W2 = G_W2 + pt.weight_decay * pt.net.W2
+        G_b2 = G_b2 + pt.weight_decay * pt.net.b2
+        scale += pt.weight_decay * np.sqrt(np.sum(pt.net.W2**2) + np.sum(pt.net.b2**2))
+    norm = float(np.sqrt(np.sum(G_W2**2) + np.sum(G_b2**2)))
+    return OutputLayerTest(G_W2, G_b2, norm, float(scale), bool(norm <= tol.gradient * scale))
+
+
+@dataclass(frozen=True)
+class NeuronTest:
+    """Steps 2-3 for hidden neuron ``k``.
+
+    ``vt`` is the min-norm element of the Clarke subdifferential w.r.t. ``Z_k``; when it vanishes,
+    ``slope_plus[j]`` / ``slope_minus[j]`` are the one-sided derivatives along ``+-vhat_j``
+    (``(s_plus - s*_j) a_jk`` and ``(s*_j - s_minus) a_jk``), ``flat_*`` mark the zero ones.
+    """
+
+    k: int
+    boundary: np.ndarray  # indices i in B_k
+    s_star: np.ndarray
+    vt: np.ndarray
+    residual: float
+    scale: float
+    stationary: bool
+    rank: int
+    rays: np.ndarray | None  # D_k (d x M_k), None if Assumption 2 fails
+    slope_plus: np.ndarray
+    slope_minus: np.ndarray
+    flat_plus: np.ndarray
+    flat_minus: np.ndarray
+
+    @property
+    def M(self) -> int:
+        return int(self.boundary.size)
+
+    @property
+    def assumption2(self) -> bool:
+        return self.rays is not None
+
+    @property
+    def n_flat(self) -> int:
+        return int(np.sum(self.flat_plus | self.flat_minus))
+
+    @property
+    def n_both_flat(self) -> int:
+        return int(np.sum(self.flat_plus & self.flat_minus))
+
+
+def neuron_test(pt: Point, k: int, boundary_k: np.ndarray, tol: Tolerances) -> NeuronTest:
+    """Steps 2-3 for neuron ``k``: one bounded-variable least squares and ``2 M_k`` sign tests.
+
+    ``s* = argmin_{s in [s_lo, s_hi]^M_k} |c_k + sum_i s_i a_ik xbar_i|`` (scipy's BVLS).
+    """
+    net, Xbar = pt.net, pt.fwd.Xbar
+    s_lo, s_hi = sorted((net.s_minus, net.s_plus))
+    idx = np.flatnonzero(boundary_k)
+    off = ~boundary_k
+    a = pt.a[:, k]
+    c = (net.slope(pt.fwd.N[off, k]) * a[off]) @ Xbar[off]
+    scale = s_hi * np.linalg.norm(a) * np.linalg.norm(Xbar)
+    if pt.weight_decay:
+        c = c + pt.weight_decay * net.Z[k]
+        scale += pt.weight_decay * np.linalg.norm(net.Z[k])
+    Xk = Xbar[idx]
+    aB = a[idx]
+    if idx.size:
+        A = Xk.T * aB[None, :]
+        if np.any(A):
+            s_star = lsq_linear(A, -c, bounds=(s_lo, s_hi), method="bvls", tol=1e-14).x
+        else:
+            s_star = np.full(idx.size, 0.5 * (s_lo + s_hi))
+        vt = c + A @ s_star
+    else:
+        s_star = np.zeros(0)
+        vt = c
+    residual = float(np.linalg.norm(vt))
+    rays, rank = ray_directions(Xk, tol.rank)
+    slope_plus = (net.s_plus - s_star) * aB
+    slope_minus = (s_star - net.s_minus) * aB
+    w_scale = np.linalg.norm(net.W2[:, k]) * np.max(np.linalg.norm(pt.r, axis=1))
+    a_zero = np.abs(aB) <= tol.a_zero * w_scale
+    s_gap = tol.s_bound * abs(net.s_plus - net.s_minus)
+    flat_plus = a_zero | (np.abs(s_star - net.s_plus) <= s_gap)
+    flat_minus = a_zero | (np.abs(s_star - net.s_minus) <= s_gap)
+    return NeuronTest(
+        k, idx, s_star, vt, residual, float(scale), bool(residual <= tol.gradient * scale), rank, rays,
+        slope_plus, slope_minus, flat_plus, flat_minus,
+    )

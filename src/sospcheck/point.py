@@ -1,0 +1,73 @@
+"""The point under test: one forward pass, the loss derivatives, and the exact local model (DESIGN.md section 2).
+
+Along a direction ``eta`` and for ``0 < t`` below the validity radius, the output change is
+exactly ``t dY1 + t^2 dY2`` with the kink slopes chosen by the sign of ``t_ik``; so
+``R(z + t eta) = R(z) + t first(eta) + t^2 second(eta) + o(t^2)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .losses import Loss, risk, weight_norm_sq
+from .model import Direction, Forward, TwoLayerNet, forward
+
+__all__ = ["Point", "evaluate_point"]
+
+
+@dataclass(frozen=True)
+class Point:
+    """Everything the tests need about ``z``; ``r`` and ``Hl`` already include the reduction weight."""
+
+    net: TwoLayerNet
+    X: np.ndarray
+    Y: np.ndarray
+    loss: Loss
+    weight: float
+    weight_decay: float
+    fwd: Forward
+    r: np.ndarray  # (m, dy) weight * grad l_i
+    Hl: np.ndarray  # (m, dy, dy) weight * Hess l_i
+    a: np.ndarray  # (m, dh) a_ik = w_k . r_i
+    value: float
+
+    @property
+    def m(self) -> int:
+        return self.X.shape[0]
+
+    def risk_at(self, net: TwoLayerNet) -> float:
+        return risk(net, self.X, self.Y, self.loss, self.weight, self.weight_decay)
+
+    def kink_slopes(self, T: np.ndarray, boundary: np.ndarray) -> np.ndarray:
+        """``J_ik``: ``h'(N_ik)`` off the kink; on it, the one-sided slope chosen by ``sign(T_ik)``."""
+        net = self.net
+        on_kink = np.where(T > 0, net.s_plus, net.s_minus)
+        return np.where(boundary, on_kink, net.slope(self.fwd.N))
+
+    def local_terms(self, d: Direction, boundary: np.ndarray) -> tuple[float, float]:
+        """``(first(d), second(d))`` of the exact local model, weight decay included."""
+        fwd, net = self.fwd, self.net
+        T = fwd.Xbar @ d.Z.T
+        JT = self.kink_slopes(T, boundary) * T
+        dY1 = fwd.O @ d.W2.T + d.b2 + JT @ net.W2.T
+        dY2 = JT @ d.W2.T
+        first = float(np.sum(self.r * dY1))
+        second = float(np.sum(self.r * dY2)) + 0.5 * float(np.einsum("ic,icd,id->", dY1, self.Hl, dY1))
+        if self.weight_decay:
+            z = net.as_direction()
+            first += self.weight_decay * float(z.vector() @ d.vector())
+            second += 0.5 * self.weight_decay * d.norm() ** 2
+        return first, second
+
+
+def evaluate_point(net: TwoLayerNet, X: np.ndarray, Y: np.ndarray, loss: Loss, weight: float, weight_decay: float) -> Point:
+    """One pass over the data: outputs, ``r_i``, ``H_i``, ``a_ik`` and the risk."""
+    fwd = forward(net, X)
+    r = weight * loss.grad(fwd.out, Y)
+    Hl = weight * np.asarray(loss.hess(fwd.out, Y))
+    value = weight * float(np.sum(loss.value(fwd.out, Y)))
+    if weight_decay:
+        value += 0.5 * weight_decay * weight_norm_sq(net)
+    return Point(net, X, Y, loss, weight, weight_decay, fwd, r, Hl, r @ net.W2, value)

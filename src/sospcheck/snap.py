@@ -1,0 +1,107 @@
+"""Moving a trained point onto its nearby kinks (DESIGN.md section 4, "Snap").
+
+Trained weights never put data exactly on a kink. For each neuron ``k`` the near-boundary set
+``S_k = {i : |N_ik| <= tol * |Z_k| * max|xbar|}`` is moved onto the kink by the minimum-norm change
+``dZ_k = -pinv(X_S) N_S`` (so ``(Z_k + dZ_k) . xbar_i = 0`` for ``i in S_k``); the output layer,
+a convex problem once the hidden features are fixed, is then refit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize
+
+from .losses import Loss
+from .model import TwoLayerNet, forward
+
+__all__ = ["SnapInfo", "snap_to_kinks", "refit_output_layer"]
+
+
+@dataclass(frozen=True)
+class SnapInfo:
+    """What snapping changed: pairs moved, weight distances, risk before and after."""
+
+    n_pairs: int
+    per_neuron: list
+    dZ_norm: float
+    dW2_norm: float
+    db2_norm: float
+    max_residual: float
+    loss_before: float
+    loss_after: float
+    tol: float
+    refit_converged: bool
+    sign_changes: int
+
+    def to_dict(self) -> dict:
+        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()}
+
+
+def refit_output_layer(net: TwoLayerNet, X: np.ndarray, Y: np.ndarray, loss: Loss, weight: float,
+                       weight_decay: float) -> tuple[TwoLayerNet, bool]:
+    """``argmin_{W2, b2} R``: least squares for the squared loss, Newton-CG otherwise."""
+    O = forward(net, X).O
+    F = np.hstack([O, np.ones((O.shape[0], 1))])
+    dh = net.dh
+    if loss.name == "squared":
+        G = weight * (F.T @ F) + weight_decay * np.eye(dh + 1)
+        Theta = np.linalg.lstsq(G, weight * (F.T @ Y), rcond=None)[0]  # (dh+1, dy)
+        return net.with_weights(W2=Theta[:dh].T, b2=Theta[dh]), True
+
+    def unpack(x):
+        return x.reshape(net.dy, dh + 1)
+
+    def fun(x):
+        T = unpack(x)
+        out = F @ T.T
+        val = weight * float(np.sum(loss.value(out, Y))) + 0.5 * weight_decay * float(x @ x)
+        grad = weight * (loss.grad(out, Y).T @ F) + weight_decay * T
+        return val, grad.ravel()
+
+    def hessp(x, p):
+        T, P = unpack(x), unpack(p)
+        out = F @ T.T
+        dout = F @ P.T
+        Hd = np.einsum("icd,id->ic", loss.hess(out, Y), dout)
+        return (weight * (Hd.T @ F) + weight_decay * P).ravel()
+
+    x0 = np.hstack([net.W2, net.b2[:, None]]).ravel()
+    res = minimize(fun, x0, jac=True, hessp=hessp, method="trust-ncg", options={"gtol": 1e-12, "maxiter": 500})
+    T = unpack(res.x)
+    return net.with_weights(W2=T[:, :dh], b2=T[:, dh]), bool(res.success)
+
+
+def snap_to_kinks(net: TwoLayerNet, X: np.ndarray, Y: np.ndarray, loss: Loss, weight: float,
+                  weight_decay: float, tol: float = 1e-5) -> tuple[TwoLayerNet, SnapInfo]:
+    """Put each neuron's near-boundary points exactly on its kink, then refit ``W2, b2``."""
+    from .losses import risk
+
+    fwd = forward(net, X)
+    Xbar, N = fwd.Xbar, fwd.N
+    xmax = np.max(np.linalg.norm(Xbar, axis=1))
+    Z = net.Z.copy()
+    per_neuron, max_res, n_pairs = [], 0.0, 0
+    for k in range(net.dh):
+        near = np.abs(N[:, k]) <= tol * np.linalg.norm(Z[k]) * xmax
+        idx = np.flatnonzero(near & (N[:, k] != 0))
+        per_neuron.append(int(np.sum(near)))
+        n_pairs += int(np.sum(near))
+        if idx.size == 0:
+            continue
+        XS = Xbar[near]
+        dz = -np.linalg.lstsq(XS, N[near, k], rcond=None)[0]
+        Z[k] = Z[k] + dz
+        max_res = max(max_res, float(np.max(np.abs(XS @ Z[k]))) / (np.linalg.norm(Z[k]) * xmax or 1.0))
+    moved = net.with_weights(W1=Z[:, :-1], b1=Z[:, -1])
+    N_new = forward(moved, X).N
+    sign_changes = int(np.sum((np.sign(N_new) != np.sign(N)) & (np.abs(N) > tol * xmax * np.linalg.norm(net.Z, axis=1))))
+    refit, ok = refit_output_layer(moved, X, Y, loss, weight, weight_decay)
+    info = SnapInfo(
+        n_pairs, per_neuron, float(np.linalg.norm(refit.Z - net.Z)), float(np.linalg.norm(refit.W2 - net.W2)),
+        float(np.linalg.norm(refit.b2 - net.b2)), max_res,
+        risk(net, X, Y, loss, weight, weight_decay), risk(refit, X, Y, loss, weight, weight_decay), tol, ok,
+        sign_changes,
+    )
+    return refit, info

@@ -1,0 +1,61 @@
+"""Line-search verification of a descent direction on the true risk (DESIGN.md section 4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .geometry import validity_radius
+from .model import Direction
+from .point import Point
+
+__all__ = ["Verification", "verify_descent"]
+
+
+@dataclass(frozen=True)
+class Verification:
+    """``R(z + step * d) = loss_after < loss_before`` by more than ``noise`` if ``verified``.
+
+    ``slope`` and ``curvature`` are the local model's ``first(d)`` and ``second(d)`` for the unit
+    direction ``d``: ``R(z + t d) = R(z) + slope t + curvature t^2 + o(t^2)``; the model's output
+    part is exact for ``t < validity_radius``.
+    """
+
+    verified: bool
+    step: float
+    decrease: float
+    loss_before: float
+    loss_after: float
+    slope: float
+    curvature: float
+    validity_radius: float
+    noise: float
+    n_evaluations: int
+
+
+def verify_descent(pt: Point, d: Direction, boundary: np.ndarray, max_halvings: int = 100) -> Verification:
+    """Evaluate ``R(z + t d)`` for ``t = t0 2^-j`` (``t0 = max(1, |z|)``), keep the best decrease.
+
+    Stops once a verified decrease has been found and halving ``t`` only makes it smaller.
+    ``noise`` is a floating-point margin: ``1e-12 |R(z)|`` plus the weight-decay term's rounding.
+    """
+    d = d.normalized()
+    R0 = pt.value
+    slope, curvature = pt.local_terms(d, boundary)
+    radius = validity_radius(pt.fwd.N, boundary, pt.fwd.Xbar @ d.Z.T)
+    noise = 1e-12 * abs(R0) + 1e-300
+    t = max(1.0, pt.net.as_direction().norm())
+    best_t, best_dec, n = 0.0, -np.inf, 0
+    for _ in range(max_halvings):
+        n += 1
+        dec = R0 - pt.risk_at(pt.net.perturbed(d, t))
+        if dec > best_dec:
+            best_t, best_dec = t, dec
+        elif best_dec > noise:
+            break
+        t *= 0.5
+    verified = bool(best_dec > noise)
+    return Verification(
+        verified, best_t, float(best_dec), R0, R0 - float(best_dec), slope, curvature, radius, noise, n
+    )
