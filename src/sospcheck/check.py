@@ -15,7 +15,7 @@ from .geometry import boundary_mask
 from .losses import Loss, get_loss, reduction_weight
 from .model import Direction, TwoLayerNet, as_float_array
 from .options import Budget, Tolerances
-from .point import Point, evaluate_point
+from .point import evaluate_point
 from .result import CheckResult, DescentCertificate, Stats, Verdict
 from .second_order import T2, T3, second_order_test
 from .snap import snap_to_kinks
@@ -45,16 +45,6 @@ def validate_inputs(net, X, Y, loss, reduction: str, weight_decay) -> tuple[np.n
     if not math.isfinite(lam) or lam < 0:
         raise ValueError(f"`weight_decay` must be a finite number >= 0, got {weight_decay!r}")
     return X, Yp, lossobj, weight, lam
-
-
-def _validate_loss_outputs(pt: Point) -> None:
-    m, dy = pt.fwd.out.shape
-    if pt.r.shape != (m, dy) or not np.all(np.isfinite(pt.r)):
-        raise ValueError(f"loss `{pt.loss.name}`: gradient must be finite with shape ({m}, {dy}), got {pt.r.shape}")
-    if pt.Hl.shape != (m, dy, dy) or not np.all(np.isfinite(pt.Hl)):
-        raise ValueError(f"loss `{pt.loss.name}`: Hessian must be finite with shape ({m}, {dy}, {dy}), got {pt.Hl.shape}")
-    if not math.isfinite(pt.value):
-        raise ValueError(f"loss `{pt.loss.name}` is not finite at this point")
 
 
 def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight_decay: float = 0.0,
@@ -111,7 +101,6 @@ def _analyze(net, X, Yp, lossobj, weight, lam, tol: Tolerances, bud: Budget, see
         clock = now
 
     pt = evaluate_point(net, X, Yp, lossobj, weight, lam)
-    _validate_loss_outputs(pt)
     boundary = boundary_mask(pt.fwd.N, net.Z, pt.fwd.Xbar, tol.boundary)
     M_k = boundary.sum(axis=0)
     stats = Stats(m=X.shape[0], p=net.n_params, M=int(M_k.sum()), M_k=M_k.tolist())

@@ -65,9 +65,16 @@ class Point:
 def evaluate_point(net: TwoLayerNet, X: np.ndarray, Y: np.ndarray, loss: Loss, weight: float, weight_decay: float) -> Point:
     """One pass over the data: outputs, ``r_i``, ``H_i``, ``a_ik`` and the risk."""
     fwd = forward(net, X)
-    r = weight * loss.grad(fwd.out, Y)
-    Hl = weight * np.asarray(loss.hess(fwd.out, Y))
+    m, dy = fwd.out.shape
+    r = weight * np.asarray(loss.grad(fwd.out, Y), dtype=float)
+    Hl = weight * np.asarray(loss.hess(fwd.out, Y), dtype=float)
     value = weight * float(np.sum(loss.value(fwd.out, Y)))
+    if r.shape != (m, dy) or not np.all(np.isfinite(r)):
+        raise ValueError(f"loss `{loss.name}`: gradient must be finite with shape ({m}, {dy}), got {r.shape}")
+    if Hl.shape != (m, dy, dy) or not np.all(np.isfinite(Hl)):
+        raise ValueError(f"loss `{loss.name}`: Hessian must be finite with shape ({m}, {dy}, {dy}), got {Hl.shape}")
+    if not np.isfinite(value):
+        raise ValueError(f"loss `{loss.name}` is not finite at this point")
     if weight_decay:
         value += 0.5 * weight_decay * weight_norm_sq(net)
     return Point(net, X, Y, loss, weight, weight_decay, fwd, r, Hl, r @ net.W2, value)

@@ -1,0 +1,254 @@
+"""End-to-end: one hand-built instance per branch of DESIGN.md section 3, and the result object."""
+
+import json
+
+import numpy as np
+import pytest
+
+import cases
+from sospcheck import Budget, TwoLayerNet, Verdict, check
+from sospcheck.losses import get_loss, risk
+
+
+def assert_true_decrease(result, X, Y, loss="squared", reduction="sum", lam=0.0):
+    """Re-evaluate the returned step on the true risk, independently of the verifier."""
+    d = result.descent
+    L = get_loss(loss)
+    Yp = L.prepare(Y, result.net.dy)
+    w = 1.0 if reduction == "sum" else 1.0 / X.shape[0]
+    R0 = risk(result.net, X, Yp, L, w, lam)
+    R1 = risk(result.net.perturbed(d.direction, d.step), X, Yp, L, w, lam)
+    assert R1 < R0 and abs((R0 - R1) - d.decrease) <= 1e-9 * max(1, abs(R0))
+    assert abs(d.direction.norm() - 1) < 1e-12
+
+
+def test_output_layer_descent():
+    rng = np.random.default_rng(0)
+    net = TwoLayerNet(rng.standard_normal((3, 2)), rng.standard_normal(3), rng.standard_normal((2, 3)), np.zeros(2))
+    X, Y = rng.standard_normal((10, 2)), rng.standard_normal((10, 2))
+    r = check(net, X, Y)
+    assert r.verdict == Verdict.DESCENT and r.descent.order == 1 and r.descent.test == "output-layer gradient"
+    assert np.all(r.descent.direction.W1 == 0) and r.descent.slope < 0
+    assert_true_decrease(r, X, Y)
+
+
+def test_hidden_gradient_descent_without_kinks():
+    rng = np.random.default_rng(1)
+    X, Y = rng.standard_normal((10, 2)), rng.standard_normal(10)
+    net = cases.refit(TwoLayerNet(rng.standard_normal((3, 2)), rng.standard_normal(3), np.ones((1, 3)), [0.0]), X, Y)
+    r = check(net, X, Y)
+    assert r.stats.M == 0
+    assert r.descent.test == "neuron gradient" and r.descent.order == 1
+    assert np.all(r.descent.direction.W2 == 0)
+    assert_true_decrease(r, X, Y)
+
+
+def test_clarke_subgradient_descent_at_a_kink():
+    X = np.array([[-1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [2.0, 1.0], [1.0, 2.0]])
+    Y = np.array([1.0, -2.0, 3.0, 4.0, 1.0])
+    net = cases.refit(TwoLayerNet([[1.0, 0.0]], [0.0], [[1.0]], [0.0]), X, Y)
+    r = check(net, X, Y)
+    assert r.stats.M == 1
+    assert r.descent.test == "Clarke subgradient (BVLS)" and r.stats.bvls_residual[0] > 0
+    assert_true_decrease(r, X, Y)
+
+
+def test_extreme_ray_descent_where_autograd_is_fooled():
+    from sospcheck.smooth import smooth_view
+
+    net, X, Y = cases.autograd_fooled()
+    assert smooth_view(net, X, Y).looks_like_minimum
+    r = check(net, X, Y)
+    assert r.verdict == Verdict.DESCENT and r.descent.test == "extreme ray" and r.descent.order == 1
+    assert r.descent.direction.b1[0] > 0  # switching the neuron on for x = 0
+    assert_true_decrease(r, X, Y)
+
+
+def test_ecqp_t1_local_minimum_at_a_kink():
+    r = check(*cases.convex_kink_minimum())
+    assert r.verdict == Verdict.LOCAL_MINIMUM and r.stats.L == 0
+    assert [q.outcome for q in r.stats.qps] == ["T1"]
+
+
+def test_ecqp_t2_sosp_overparameterized():
+    r = check(*cases.overparameterized_interpolation())
+    assert r.verdict == Verdict.SOSP and r.stats.qps[0].outcome == "T2"
+
+
+def test_ecqp_t3_smooth_saddle():
+    net, X, Y = cases.smooth_saddle_dy2()
+    r = check(net, X, Y)
+    assert r.verdict == Verdict.DESCENT and r.descent.order == 2 and r.descent.test == "ECQP"
+    assert r.descent.curvature < 0 and abs(r.descent.slope) < 1e-9
+    assert_true_decrease(r, X, Y)
+
+
+def test_icqp_t1_with_a_both_flat_pair():
+    r = check(*cases.interpolating_kink_minimum())
+    assert r.verdict == Verdict.LOCAL_MINIMUM and (r.stats.L, r.stats.K) == (1, 1)
+    kinds = [q.kind for q in r.stats.qps]
+    assert kinds == ["ECQP", "ICQP", "ICQP"] and all(q.outcome == "T1" for q in r.stats.qps)
+    assert r.stats.n_icqp_planned == 2
+
+
+def test_icqp_t2_overparameterized_interpolation_on_a_kink():
+    X = np.array([[-1.0], [0.0], [1.0]])
+    net = TwoLayerNet([[1.0]], [0.0], [[1.0]], [0.0])
+    r = check(net, X, np.array([0.0, 0.0, 1.0]))
+    assert r.verdict == Verdict.SOSP and r.stats.K == 1
+    assert any(q.kind == "ICQP" and q.outcome == "T2" for q in r.stats.qps)
+
+
+def test_zero_output_neuron_gives_order_two_descent():
+    net, X, Y = cases.zero_output_saddle()
+    r = check(net, X, Y)
+    assert r.descent.test == "zero_output" and r.descent.order == 2
+    assert_true_decrease(r, X, Y)
+
+
+def test_origin_of_vanishing_initialisation_is_escaped():
+    net, X, Y = cases.origin()
+    r = check(net, X, Y)
+    assert r.stats.M == 6 * 3  # every point on every kink; Assumption 2 fails, the closed form still decides
+    assert r.verdict == Verdict.DESCENT and r.descent.order == 2
+    assert_true_decrease(r, X, Y)
+
+
+def test_zero_output_neuron_with_vanishing_g_is_quotiented():
+    # w_2 = 0 and neuron 2 only sees the kink point with zero residual: g == 0, nu_2 flat
+    net, X, Y = cases.interpolating_kink_minimum()
+    net2 = TwoLayerNet(np.vstack([net.W1, [[1.0]]]), np.append(net.b1, 0.0), np.hstack([net.W2, [[0.0]]]), net.b2)
+    Y2 = np.array([0.0, 0.0, 1.0, 2.0])
+    r = check(net2, X, Y2)
+    assert r.stats.quotient["zero_output_neurons"] == [1]
+    assert r.verdict != Verdict.DESCENT
+
+
+def test_dead_neuron_is_quotiented_so_minimum_stays_certified():
+    r = check(*cases.with_dead_neuron(*cases.convex_kink_minimum()))
+    assert r.verdict == Verdict.LOCAL_MINIMUM and r.stats.quotient["dead_neurons"] == [1]
+
+
+def test_data_span_quotient():
+    # a constant-zero input column: directions of W1 along it are exactly flat
+    net, X, Y = cases.convex_kink_minimum()
+    X3 = np.hstack([X, np.zeros_like(X)])
+    net3 = TwoLayerNet(np.hstack([net.W1, [[0.5]]]), net.b1, net.W2, net.b2)
+    r = check(net3, X3, Y)
+    assert r.verdict == Verdict.LOCAL_MINIMUM and r.stats.quotient["data_span_dim"] == 2
+
+
+def test_leaky_relu_dy2():
+    rng = np.random.default_rng(4)
+    X, Y = rng.standard_normal((8, 2)), rng.standard_normal((8, 2))
+    net = TwoLayerNet(rng.standard_normal((3, 2)), rng.standard_normal(3), rng.standard_normal((2, 3)),
+                      np.zeros(2), s_minus=0.01)
+    r = check(net, X, Y)
+    assert r.verdict == Verdict.DESCENT
+    assert_true_decrease(r, X, Y)
+
+
+@pytest.mark.parametrize("loss,dy,labels", [("logistic", 1, [1, -1, 1, 1, -1, -1, 1, -1]),
+                                            ("cross_entropy", 3, [0, 1, 2, 0, 1, 2, 0, 1])])
+def test_classification_losses_at_refit_points(loss, dy, labels):
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((8, 2))
+    Y = np.array(labels)
+    net = TwoLayerNet(rng.standard_normal((3, 2)), rng.standard_normal(3), rng.standard_normal((dy, 3)), np.zeros(dy))
+    net = cases.refit(net, X, Y, loss, lam=0.1)
+    r = check(net, X, Y, loss=loss, weight_decay=0.1)
+    assert r.stats.output_gradient_norm <= 1e-7 * r.stats.output_gradient_scale
+    assert r.verdict == Verdict.DESCENT and r.descent.test == "neuron gradient"
+    assert_true_decrease(r, X, Y, loss, lam=0.1)
+
+
+def test_weight_decay_removes_the_symmetry_rows_and_mean_reduction_scales():
+    net, X, Y = cases.convex_kink_minimum()
+    r = check(net, X, Y, reduction="mean")
+    assert r.verdict == Verdict.LOCAL_MINIMUM and abs(r.loss_value - 5 / 4) < 1e-12
+    # weight decay: the point is no longer stationary for the output layer
+    r = check(net, X, Y, weight_decay=0.5)
+    assert r.verdict == Verdict.DESCENT
+    assert_true_decrease(r, X, Y, lam=0.5)
+
+
+def test_assumption2_violation_is_inconclusive_not_a_guess():
+    # two parallel boundary vectors for one neuron (1-D data, b1 = 0, points at 0 duplicated)
+    X = np.array([[0.0], [0.0], [1.0], [2.0], [-1.0]])
+    net = TwoLayerNet([[1.0]], [0.0], [[1.0]], [0.0])
+    Y = np.array([-1.0, -1.0, 1.0, 2.0, 2.0])
+    net = cases.refit(net, X, Y)
+    r = check(net, X, Y)
+    if r.verdict == Verdict.INCONCLUSIVE:
+        assert "Assumption 2" in r.reason
+    else:
+        assert r.verdict == Verdict.DESCENT  # a first-order descent was found before the question arose
+
+
+def test_budget_past_2_to_K_is_inconclusive_with_what_was_established():
+    # one neuron, 5 interpolated points on its kink in 5-D: K = 5
+    dx = 5
+    X = np.vstack([np.eye(dx) - np.eye(dx)[0] * 0 for _ in range(1)])
+    X = np.vstack([np.hstack([np.eye(dx)[:, 1:], -np.ones((dx, 1)) * 0]), np.full((1, dx), 2.0)])
+    W1 = np.zeros((1, dx))
+    W1[0, -1] = 1.0
+    net = TwoLayerNet(W1, [0.0], [[1.0]], [0.0])
+    from sospcheck.model import forward
+    Y = forward(net, X).out
+    r = check(net, X, Y, budget=Budget(max_icqp=4))
+    assert r.stats.K == 5
+    assert r.verdict == Verdict.INCONCLUSIVE and "2^5" in r.reason and "max_icqp" in r.reason
+    assert "Clarke stationary" in r.established
+    r2 = check(net, X, Y, budget={"max_icqp": 64})
+    assert r2.verdict != Verdict.INCONCLUSIVE and r2.stats.n_icqp_planned == 32
+
+
+def test_fragile_flag_when_a_gradient_sits_near_the_tolerance():
+    net, X, Y = cases.convex_kink_minimum()
+    # output-layer gradient of relative size ~3e-8: zero at tolerance 1e-7, not at 1e-8
+    scale = check(net, X, Y, fragility=False).stats.output_gradient_scale
+    net2 = net.with_weights(b2=net.b2 + 3e-8 * scale / 4)
+    r = check(net2, X, Y)
+    assert r.fragile and r.verdict == Verdict.LOCAL_MINIMUM
+    assert r.fragility["tolerances_x0.1"] != "local_minimum"
+    assert "FRAGILE" in r.summary()
+
+
+def test_result_serialises_to_json_with_schema():
+    net, X, Y = cases.smooth_saddle_dy2()
+    d = json.loads(check(net, X, Y).to_json())
+    assert d["schema_version"] == "1.0" and d["verdict"] == "descent"
+    assert d["descent"]["order"] == 2 and d["descent"]["slope_or_curvature"] < 0
+    assert d["stats"]["n_qp"] == 1 and d["stats"]["qps"][0]["outcome"] == "T3"
+    assert set(d["timings"]) >= {"forward", "first_order", "second_order", "verify"}
+
+
+def test_custom_loss_triple_matches_squared():
+    sq = (lambda o, y: 0.5 * np.sum((o - y) ** 2, 1), lambda o, y: o - y,
+          lambda o, y: np.broadcast_to(np.eye(o.shape[1]), (o.shape[0], o.shape[1], o.shape[1])))
+    net, X, Y = cases.convex_kink_minimum()
+    assert check(net, X, Y, loss=sq).verdict == Verdict.LOCAL_MINIMUM
+    bad = (sq[0], lambda o, y: (o - y)[:, :0], sq[2])
+    with pytest.raises(ValueError, match="gradient must be finite with shape"):
+        check(net, X, Y, loss=bad)
+
+
+@pytest.mark.parametrize("kw,exc,match", [
+    (dict(net="nope"), TypeError, "`net` must be"),
+    (dict(X=np.zeros((4, 2))), ValueError, "feature column"),
+    (dict(X=np.zeros((0, 1)), Y=np.zeros(0)), ValueError, "empty"),
+    (dict(Y=np.zeros(5)), ValueError, "row"),
+    (dict(Y=np.array([1.0, np.inf, 0, 0])), ValueError, "`Y` contains"),
+    (dict(weight_decay=-1.0), ValueError, "`weight_decay`"),
+    (dict(reduction="max"), ValueError, "`reduction`"),
+    (dict(tolerances={"gradinet": 1}), ValueError, "unknown key"),
+    (dict(tolerances={"gradient": -1}), ValueError, "tolerance `gradient`"),
+    (dict(budget={"max_icqp": 0}), ValueError, "budget `max_icqp`"),
+    (dict(loss="logistic"), ValueError, "labels in"),
+])
+def test_bad_input_raises_naming_the_argument(kw, exc, match):
+    net, X, Y = cases.convex_kink_minimum()
+    args = dict(net=net, X=X, Y=Y)
+    args.update(kw)
+    with pytest.raises(exc, match=match):
+        check(args.pop("net"), args.pop("X"), args.pop("Y"), **args)

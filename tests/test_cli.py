@@ -1,0 +1,101 @@
+import json
+
+import numpy as np
+import pytest
+
+from sospcheck.cli import main
+from sospcheck.demo import EXAMPLES
+
+
+@pytest.fixture
+def files(tmp_path):
+    ex = EXAMPLES[0]
+    params = tmp_path / "p.npz"
+    data = tmp_path / "d.npz"
+    np.savez(params, W1=ex.net.W1, b1=ex.net.b1, W2=ex.net.W2, b2=ex.net.b2)
+    np.savez(data, X=ex.X, Y=ex.Y)
+    return tmp_path, str(params), str(data)
+
+
+def test_check_writes_json_and_direction(files, capsys):
+    tmp, params, data = files
+    out, dfile = tmp / "r.json", tmp / "dir.npz"
+    rc = main(["check", "--params", params, "--data", data, "--loss", "squared", "--json", str(out),
+               "--direction-out", str(dfile)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["verdict"] == "descent"
+    assert {"order", "slope_or_curvature", "step", "decrease"} <= set(report["descent"])
+    assert {"M", "L", "K"} <= set(report["stats"]) and "tolerances" in report
+    assert report["descent"]["decrease"] > 0
+    d = np.load(dfile)
+    assert set(d.files) == {"W1", "b1", "W2", "b2"}
+    assert "verdict: descent" in capsys.readouterr().out
+
+
+def test_one_file_may_hold_params_and_data(tmp_path, capsys):
+    ex = EXAMPLES[1]
+    both = tmp_path / "both.npz"
+    np.savez(both, W1=ex.net.W1, b1=ex.net.b1, W2=ex.net.W2, b2=ex.net.b2, X=ex.X, Y=ex.Y,
+             s_plus=1.0, s_minus=0.0)
+    rc = main(["check", "--params", str(both), "--data", str(both), "--loss", "squared", "--quiet"])
+    assert rc == 0 and capsys.readouterr().out.strip() == "local_minimum"
+
+
+def test_json_to_stdout_and_options(files, capsys):
+    _, params, data = files
+    rc = main(["check", "--params", params, "--data", data, "--loss", "squared", "--reduction", "mean",
+               "--weight-decay", "0.01", "--json", "-", "--tolerances", '{"gradient": 1e-6}',
+               "--budget", '{"max_icqp": 8}', "--no-fragility"])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["reduction"] == "mean" and report["weight_decay"] == 0.01
+    assert report["tolerances"]["gradient"] == 1e-6 and report["budget"]["max_icqp"] == 8
+
+
+@pytest.mark.parametrize("mutate,match", [
+    (lambda p, d, t: (str(t / "missing.npz"), d), "does not exist"),
+    (lambda p, d, t: ((t / "junk.npz").write_text("not a zip") and str(t / "junk.npz"), d), "not a readable .npz"),
+    (lambda p, d, t: (np.savez(t / "nob1.npz", W1=np.ones((1, 1)), W2=np.ones((1, 1)), b2=np.zeros(1))
+                      or str(t / "nob1.npz"), d), r"lacks key\(s\) \['b1'\]"),
+    (lambda p, d, t: (p, np.savez(t / "noy.npz", X=np.zeros((2, 1))) or str(t / "noy.npz")), r"lacks key\(s\) \['Y'\]"),
+    (lambda p, d, t: (p, np.savez(t / "wrongdx.npz", X=np.zeros((2, 3)), Y=np.zeros(2)) or str(t / "wrongdx.npz")),
+     "feature column"),
+    (lambda p, d, t: (p, np.savez(t / "nan.npz", X=np.array([[np.nan], [0]]), Y=np.zeros(2)) or str(t / "nan.npz")),
+     "NaN"),
+    (lambda p, d, t: (p, np.savez(t / "empty.npz", X=np.zeros((0, 1)), Y=np.zeros(0)) or str(t / "empty.npz")),
+     "empty"),
+    (lambda p, d, t: (p, np.savez(t / "rows.npz", X=np.zeros((2, 1)), Y=np.zeros(3)) or str(t / "rows.npz")),
+     "3 row"),
+    (lambda p, d, t: (np.savez(t / "slopes.npz", W1=np.ones((1, 1)), b1=np.zeros(1), W2=np.ones((1, 1)),
+                               b2=np.zeros(1), s_plus=1.0, s_minus=1.0) or str(t / "slopes.npz"), d), "must differ"),
+])
+def test_bad_input_gives_one_line_error_and_exit_2(files, capsys, mutate, match):
+    tmp, params, data = files
+    p, d = mutate(params, data, tmp)
+    rc = main(["check", "--params", p, "--data", d, "--loss", "squared"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.startswith("sospcheck: error:") and len(err.splitlines()) == 1
+    assert pytest.importorskip("re").search(match, err), err
+
+
+def test_bad_labels_for_logistic(files, capsys):
+    tmp, params, _ = files
+    np.savez(tmp / "lab.npz", X=np.zeros((2, 1)), Y=np.array([0.0, 3.0]))
+    assert main(["check", "--params", params, "--data", str(tmp / "lab.npz"), "--loss", "logistic"]) == 2
+    assert "labels" in capsys.readouterr().err
+
+
+def test_bad_json_option(files, capsys):
+    _, params, data = files
+    assert main(["check", "--params", params, "--data", data, "--loss", "squared", "--tolerances", "{oops"]) == 2
+    assert "--tolerances must be a JSON object" in capsys.readouterr().err
+    assert main(["check", "--params", params, "--data", data, "--loss", "squared", "--budget", '{"nope": 1}']) == 2
+    assert "unknown key" in capsys.readouterr().err
+
+
+def test_demo_runs_both_examples(capsys):
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "looks like a minimum" in out and "verdict: descent" in out and "verdict: local_minimum" in out

@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from sospcheck import Direction, TwoLayerNet
+from sospcheck.model import forward
+
+
+def good(**kw):
+    args = dict(W1=np.ones((2, 3)), b1=np.zeros(2), W2=np.ones((1, 2)), b2=np.zeros(1))
+    args.update(kw)
+    return args
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(b1=np.zeros(3)), "`b1` must have shape"),
+    (dict(W2=np.ones((1, 3))), "`W2` must have shape"),
+    (dict(b2=np.zeros(2)), "`b2` must have shape"),
+    (dict(W1=np.ones(3)), "`W1` must have 2 dimension"),
+    (dict(W1=np.array([[1.0, np.nan, 0], [0, 0, 0]])), "`W1` contains 1 NaN"),
+    (dict(b2=np.array([np.inf])), "`b2` contains"),
+    (dict(s_plus=0.0), "`s_plus` must be > 0"),
+    (dict(s_minus=-0.1), "`s_minus` must be >= 0"),
+    (dict(s_plus=0.5, s_minus=0.5), "must differ"),
+    (dict(s_plus=[1.0, 2.0]), "`s_plus` must be a scalar"),
+    (dict(W1="abc"), "`W1` must be a numeric array"),
+])
+def test_bad_weights_are_rejected_with_the_argument_named(kw, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        TwoLayerNet(**good(**kw))
+
+
+def test_forward_and_leaky_activation():
+    net = TwoLayerNet([[1.0], [-1.0]], [0.0, 1.0], [[2.0, 1.0]], [0.5], s_plus=1.0, s_minus=0.1)
+    f = forward(net, np.array([[2.0], [-3.0]]))
+    np.testing.assert_allclose(f.N, [[2.0, -1.0], [-3.0, 4.0]])
+    np.testing.assert_allclose(f.O, [[2.0, -0.1], [-0.3, 4.0]])
+    np.testing.assert_allclose(f.out[:, 0], [2 * 2 - 0.1 + 0.5, -0.6 + 4 + 0.5])
+
+
+def test_weights_are_read_only_copies():
+    W1 = np.ones((1, 1))
+    net = TwoLayerNet(W1, [0.0], [[1.0]], [0.0])
+    W1[0, 0] = 5
+    assert net.W1[0, 0] == 1
+    with pytest.raises(ValueError):
+        net.W1[0, 0] = 3
+
+
+def test_direction_roundtrip():
+    net = TwoLayerNet(np.ones((2, 3)), np.zeros(2), np.ones((1, 2)), np.zeros(1))
+    d = Direction.from_blocks(np.arange(8.0).reshape(2, 4), np.ones((1, 2)), np.ones(1))
+    assert d.W1.shape == (2, 3) and np.all(d.b1 == [3.0, 7.0])
+    moved = net.perturbed(d, 0.5)
+    np.testing.assert_allclose(moved.b1, [1.5, 3.5])
+    assert abs(d.normalized().norm() - 1) < 1e-12

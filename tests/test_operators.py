@@ -1,0 +1,55 @@
+"""The Hessian operator against finite differences of the true risk, away from kinks."""
+
+import numpy as np
+import pytest
+
+from sospcheck import TwoLayerNet
+from sospcheck.losses import get_loss, risk
+from sospcheck.model import Direction
+from sospcheck.operators import HessianOperator, Layout
+from sospcheck.point import evaluate_point
+
+
+def theta_to_direction(theta, net):
+    lay = Layout(net.dy, net.dh, net.dx + 1)
+    U, Nu, c = lay.split(theta[:, None])
+    return Direction.from_blocks(Nu[0], U[0], c[0])
+
+
+@pytest.mark.parametrize("loss,dy,lam,s_minus", [("squared", 2, 0.0, 0.0), ("squared", 1, 0.3, 0.2),
+                                                ("logistic", 1, 0.0, 0.0), ("cross_entropy", 3, 0.1, 0.05)])
+def test_dense_hessian_matches_second_differences(loss, dy, lam, s_minus):
+    rng = np.random.default_rng(3)
+    m, dx, dh = 9, 2, 3
+    X = rng.standard_normal((m, dx))
+    net = TwoLayerNet(rng.standard_normal((dh, dx)), rng.standard_normal(dh), rng.standard_normal((dy, dh)),
+                      rng.standard_normal(dy), s_minus=s_minus)
+    L = get_loss(loss)
+    Yraw = {"squared": rng.standard_normal((m, dy)), "logistic": rng.choice([-1.0, 1.0], m),
+            "cross_entropy": rng.integers(0, dy, m)}[loss]
+    Y = L.prepare(Yraw, dy)
+    pt = evaluate_point(net, X, Y, L, 1.0, lam)
+    J = net.slope(pt.fwd.N)
+    H = HessianOperator(pt.fwd.O, pt.fwd.Xbar, net.W2, pt.r, pt.Hl, J, lam,
+                        identity_hessian=loss == "squared").dense()
+    n = H.shape[0]
+    h = 1e-4
+    R = lambda th: risk(net.perturbed(theta_to_direction(th, net)), X, Y, L, 1.0, lam)
+    E = np.eye(n) * h
+    Hfd = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i, n):
+            Hfd[i, j] = Hfd[j, i] = (R(E[i] + E[j]) - R(E[i] - E[j]) - R(E[j] - E[i]) + R(-E[i] - E[j])) / (4 * h * h)
+    np.testing.assert_allclose(H, Hfd, atol=2e-5 * max(1, np.abs(H).max()))
+
+
+def test_matmat_is_linear_and_symmetric():
+    rng = np.random.default_rng(0)
+    m, dh, rho, dy = 11, 4, 3, 2
+    op = HessianOperator(rng.random((m, dh)), rng.standard_normal((m, rho)), rng.standard_normal((dy, dh)),
+                         rng.standard_normal((m, dy)), np.broadcast_to(np.eye(dy), (m, dy, dy)),
+                         rng.choice([0.0, 1.0], (m, dh)))
+    n = op.layout.n
+    A, B = rng.standard_normal((n, 3)), rng.standard_normal((n, 3))
+    np.testing.assert_allclose(A.T @ op.matmat(B), (B.T @ op.matmat(A)).T, atol=1e-10)
+    np.testing.assert_allclose(op.matmat(A + 2 * B), op.matmat(A) + 2 * op.matmat(B), atol=1e-10)
