@@ -1,0 +1,42 @@
+import numpy as np
+
+import cases
+from sospcheck.geometry import boundary_mask, validity_radius
+from sospcheck.losses import get_loss
+from sospcheck.model import Direction
+from sospcheck.point import evaluate_point
+from sospcheck.verify import verify_descent
+
+
+def point(net, X, Y):
+    L = get_loss("squared")
+    pt = evaluate_point(net, X, L.prepare(Y, net.dy), L, 1.0, 0.0)
+    return pt, boundary_mask(pt.fwd.N, net.Z, pt.fwd.Xbar, 1e-9)
+
+
+def test_a_non_descent_direction_is_not_verified():
+    net, X, Y = cases.convex_kink_minimum()
+    pt, B = point(net, X, Y)
+    d = Direction.from_blocks(np.array([[0.0, 1.0]]), np.zeros((1, 1)), np.zeros(1))  # raises b1: slope > 0
+    v = verify_descent(pt, d, B)
+    assert not v.verified and v.slope > 0
+
+
+def test_ray_direction_is_verified_and_local_model_matches():
+    net, X, Y = cases.autograd_fooled()
+    pt, B = point(net, X, Y)
+    d = Direction.from_blocks(np.array([[0.0, 1.0]]), np.zeros((1, 1)), np.zeros(1))
+    v = verify_descent(pt, d, B)
+    assert v.verified and v.slope == -1.0
+    # R(z + t d) = R + slope t + curvature t^2 exactly for squared loss inside the validity radius
+    t = 0.25 * min(v.validity_radius, 1.0)
+    exact = pt.risk_at(net.perturbed(d.normalized(), t))
+    assert abs(exact - (pt.value + v.slope * t + v.curvature * t * t)) < 1e-12
+
+
+def test_validity_radius_only_counts_pairs_moving_towards_their_kink():
+    N = np.array([[1.0, -2.0], [0.0, 3.0]])
+    B = N == 0
+    T = np.array([[1.0, 1.0], [5.0, -1.0]])
+    assert validity_radius(N, B, T) == 2.0  # (0,1): -2 + 2*1 = 0; (1,1): 3 - 3 = 0 later
+    assert validity_radius(N, B, np.array([[1.0, -1.0], [0.0, 1.0]])) == float("inf")
