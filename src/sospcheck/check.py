@@ -13,7 +13,7 @@ import numpy as np
 from .first_order import neuron_test, output_layer_test
 from .geometry import boundary_mask
 from .losses import Loss, get_loss, reduction_weight
-from .model import Direction, TwoLayerNet, as_float_array
+from .model import Direction, TwoLayerNet, as_float_array, forward
 from .options import Budget, Tolerances
 from .point import evaluate_point
 from .result import CheckResult, DescentCertificate, Stats, Verdict
@@ -45,6 +45,23 @@ def validate_inputs(net, X, Y, loss, reduction: str, weight_decay) -> tuple[np.n
     if not math.isfinite(lam) or lam < 0:
         raise ValueError(f"`weight_decay` must be a finite number >= 0, got {weight_decay!r}")
     return X, Yp, lossobj, weight, lam
+
+
+def near_zero_neurons(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, tol: Tolerances) -> list[int]:
+    """Nonzero neurons whose whole output contribution is tiny next to the outputs and targets (Tolerances.near_zero)."""
+    fwd = forward(net, X)
+    contribution = (max(net.s_plus, net.s_minus) * np.linalg.norm(net.W2, axis=0) * np.linalg.norm(net.Z, axis=1)
+                    * np.max(np.linalg.norm(fwd.Xbar, axis=1)))
+    scale = np.sqrt(np.mean(fwd.out**2)) + np.sqrt(np.mean(Yp**2))
+    return [int(k) for k in np.flatnonzero((contribution > 0) & (contribution <= tol.near_zero * scale))]
+
+
+def zero_neurons(net: TwoLayerNet, ks: list[int]) -> TwoLayerNet:
+    """The network with neurons ``ks`` set exactly to zero (``W1[k], b1[k], W2[:, k]``)."""
+    W1, W2 = np.array(net.W1), np.array(net.W2)
+    W1[ks], W2[:, ks] = 0.0, 0.0
+    b1 = None if net.b1 is None else np.where(np.isin(np.arange(net.dh), ks), 0.0, net.b1)
+    return net.with_weights(W1=W1, b1=b1, W2=W2)
 
 
 def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight_decay: float = 0.0,
@@ -80,6 +97,12 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
         result.timings = {"snap": t_snap, **result.timings}
     result.snap = snap_info
     result.loss, result.reduction = lossobj.name, reduction
+    near = near_zero_neurons(net, X, Yp, tol)
+    if near:
+        zeroed = zero_neurons(net, near)
+        probe = _analyze(zeroed, X, Yp, lossobj, weight, lam, tol, bud, seed)
+        result.stats.near_zero = {"neurons": near, "loss_change_if_zeroed": probe.loss_value - result.loss_value,
+                                  "verdict_if_zeroed": probe.verdict.value}
     if fragility:
         t1 = time.perf_counter()
         for name, factor in (("tolerances_x10", 10.0), ("tolerances_x0.1", 0.1)):
@@ -133,8 +156,8 @@ def _analyze(net, X, Yp, lossobj, weight, lam, tol: Tolerances, bud: Budget, see
     ol = output_layer_test(pt, tol)
     stats.output_gradient_norm, stats.output_gradient_scale = ol.norm, ol.scale
     if not ol.stationary:
-        zero = Direction.zeros_like(net)
-        return descent(Direction(zero.W1, zero.b1, -ol.G_W2, -ol.G_b2), 1, "output-layer gradient")
+        G_b2 = None if ol.G_b2 is None else -ol.G_b2
+        return descent(Direction.output(net, -ol.G_W2, G_b2), 1, "output-layer gradient")
     established.append("output layer stationary")
 
     # Step 2: Clarke stationarity, one BVLS per neuron
@@ -148,7 +171,7 @@ def _analyze(net, X, Yp, lossobj, weight, lam, tol: Tolerances, bud: Budget, see
         dZ = np.zeros_like(net.Z)
         dZ[nt.k] = -nt.vt
         test = "neuron gradient" if nt.M == 0 else "Clarke subgradient (BVLS)"
-        return descent(Direction.from_blocks(dZ, np.zeros_like(net.W2), np.zeros_like(net.b2)), 1, test, nt.k)
+        return descent(Direction.hidden(net, dZ), 1, test, nt.k)
     established.append("Clarke stationary")
 
     # Step 3: one-sided derivatives along the extreme rays +-vhat_i
@@ -168,8 +191,7 @@ def _analyze(net, X, Yp, lossobj, weight, lam, tol: Tolerances, bud: Budget, see
     if best is not None:
         dZ = np.zeros_like(net.Z)
         dZ[best[1]] = best[2]
-        return descent(Direction.from_blocks(dZ, np.zeros_like(net.W2), np.zeros_like(net.b2)), 1,
-                       "extreme ray", best[1])
+        return descent(Direction.hidden(net, dZ), 1, "extreme ray", best[1])
     bad = [nt.k for nt, zo in zip(neurons, zero_output) if nt.M and not nt.assumption2 and not zo]
     if bad:
         lap("first_order")
@@ -196,6 +218,8 @@ def _analyze(net, X, Yp, lossobj, weight, lam, tol: Tolerances, bud: Budget, see
     if so.outcome == T3:
         return descent(so.direction, 2, so.source, symmetric=so.source == "ECQP")
     lap("second_order")
+    if so.quotient.get("zero_output_neurons"):
+        established.append(f"zero-output neuron(s) {so.quotient['zero_output_neurons']}: no descent of order <= 2 (g == 0)")
     ecqp = next((q for q in so.records if q.kind == "ECQP"), None)
     if ecqp is not None:
         established.append(f"ECQP {ecqp.outcome}")

@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--params", required=True, help=".npz with W1, b1, W2, b2 [, s_plus, s_minus]")
     c.add_argument("--data", required=True, help=".npz with X, Y (may be the same file as --params)")
     c.add_argument("--loss", required=True, choices=["squared", "logistic", "cross_entropy"])
+    c.add_argument("--no-bias1", action="store_true", help="the network has no hidden bias (no b1 key)")
+    c.add_argument("--no-bias2", action="store_true", help="the network has no output bias (no b2 key)")
     c.add_argument("--reduction", default="sum", choices=["sum", "mean"])
     c.add_argument("--weight-decay", type=float, default=0.0, metavar="LAM")
     c.add_argument("--snap", action="store_true", help="move near-boundary points onto their kinks first")
@@ -55,7 +57,7 @@ def _json_arg(text: str | None, name: str) -> dict | None:
 
 
 def _run_check(args) -> int:
-    net = load_params(args.params)
+    net = load_params(args.params, args.no_bias1, args.no_bias2)
     X, Y = load_data(args.data)
     result = check(
         net, X, Y, loss=args.loss, reduction=args.reduction, weight_decay=args.weight_decay,

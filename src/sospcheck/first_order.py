@@ -19,7 +19,7 @@ class OutputLayerTest:
     """Step 1: ``G_W2 = sum_i r_i O_i'``, ``G_b2 = sum_i r_i`` (plus weight decay); exact gradients."""
 
     G_W2: np.ndarray
-    G_b2: np.ndarray
+    G_b2: np.ndarray | None
     norm: float
     scale: float
     stationary: bool
@@ -27,14 +27,16 @@ class OutputLayerTest:
 
 def output_layer_test(pt: Point, tol: Tolerances) -> OutputLayerTest:
     """Step 1: the output layer enters linearly, so its gradient is an ordinary gradient."""
+    net = pt.net
     G_W2 = pt.r.T @ pt.fwd.O
-    G_b2 = pt.r.sum(axis=0)
-    scale = np.linalg.norm(pt.r) * np.sqrt(np.linalg.norm(pt.fwd.O) ** 2 + pt.m)
+    G_b2 = pt.r.sum(axis=0) if net.has_b2 else None
+    scale = np.linalg.norm(pt.r) * np.sqrt(np.linalg.norm(pt.fwd.O) ** 2 + (pt.m if net.has_b2 else 0))
     if pt.weight_decay:
-        G_W2 = G_W2 + pt.weight_decay * pt.net.W2
-        G_b2 = G_b2 + pt.weight_decay * pt.net.b2
-        scale += pt.weight_decay * np.sqrt(np.sum(pt.net.W2**2) + np.sum(pt.net.b2**2))
-    norm = float(np.sqrt(np.sum(G_W2**2) + np.sum(G_b2**2)))
+        G_W2 = G_W2 + pt.weight_decay * net.W2
+        if net.has_b2:
+            G_b2 = G_b2 + pt.weight_decay * net.b2
+        scale += pt.weight_decay * np.sqrt(np.sum(net.W2**2) + (np.sum(net.b2**2) if net.has_b2 else 0.0))
+    norm = float(np.sqrt(np.sum(G_W2**2) + (np.sum(G_b2**2) if net.has_b2 else 0.0)))
     return OutputLayerTest(G_W2, G_b2, norm, float(scale), bool(norm <= tol.gradient * scale))
 
 

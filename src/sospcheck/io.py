@@ -32,11 +32,19 @@ def _require(arrays: dict, keys, path: str, what: str) -> None:
         raise InputError(f"{what} file {path!r} lacks key(s) {missing}; it has {sorted(arrays)}")
 
 
-def load_params(path: str) -> TwoLayerNet:
-    """Keys ``W1, b1, W2, b2`` and optional scalars ``s_plus, s_minus`` (default ReLU)."""
+def load_params(path: str, no_bias1: bool = False, no_bias2: bool = False) -> TwoLayerNet:
+    """Keys ``W1, b1, W2, b2`` and optional scalars ``s_plus, s_minus`` (default ReLU).
+
+    ``no_bias1`` / ``no_bias2``: the network has no ``b1`` / ``b2``; the key must then be absent.
+    """
     arrays = load_npz(path, "--params")
-    _require(arrays, ("W1", "b1", "W2", "b2"), path, "--params")
-    kw = {k: arrays[k] for k in ("W1", "b1", "W2", "b2")}
+    absent = {"b1": no_bias1, "b2": no_bias2}
+    for key, flag in absent.items():
+        if flag and key in arrays:
+            raise InputError(f"--params file {path!r} has key {key!r} but --no-bias{key[1]} says the network has none")
+    keys = [k for k in ("W1", "b1", "W2", "b2") if not absent.get(k)]
+    _require(arrays, keys, path, "--params")
+    kw = {k: arrays.get(k) for k in ("W1", "b1", "W2", "b2")}
     for k in ("s_plus", "s_minus"):
         if k in arrays:
             kw[k] = arrays[k]
@@ -54,4 +62,5 @@ def load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def save_direction(path: str, d: Direction) -> None:
-    np.savez(path, W1=d.W1, b1=d.b1, W2=d.W2, b2=d.b2)
+    """Keys ``W1, b1, W2, b2``; an absent bias is left out."""
+    np.savez(path, **{k: v for k, v in (("W1", d.W1), ("b1", d.b1), ("W2", d.W2), ("b2", d.b2)) if v is not None})

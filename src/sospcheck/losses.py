@@ -141,7 +141,7 @@ def reduction_weight(reduction: str, m: int) -> float:
 
 
 def weight_norm_sq(net: TwoLayerNet) -> float:
-    return float(np.sum(net.W1**2) + np.sum(net.b1**2) + np.sum(net.W2**2) + np.sum(net.b2**2))
+    return float(net.as_direction().norm() ** 2)
 
 
 def risk(net: TwoLayerNet, X: Array, Y: Array, loss: Loss, weight: float = 1.0, weight_decay: float = 0.0) -> float:

@@ -29,29 +29,30 @@ class TwoLayerNet:
 
     ``h(t) = s_plus * t`` for ``t > 0`` and ``s_minus * t`` for ``t <= 0``; ReLU is
     ``(1, 0)``, leaky ReLU ``(1, 0.01)``. Shapes: ``W1`` (dh, dx), ``b1`` (dh,),
-    ``W2`` (dy, dh), ``b2`` (dy,).
+    ``W2`` (dy, dh), ``b2`` (dy,). ``b1=None`` / ``b2=None`` mean the network has no such
+    parameter (``nn.Linear(..., bias=False)``): it is fixed at zero and never perturbed.
     """
 
     W1: np.ndarray
-    b1: np.ndarray
+    b1: np.ndarray | None
     W2: np.ndarray
-    b2: np.ndarray
+    b2: np.ndarray | None
     s_plus: float = 1.0
     s_minus: float = 0.0
 
     def __post_init__(self):
         W1 = as_float_array(self.W1, "W1", 2)
         dh, _ = W1.shape
-        b1 = as_float_array(self.b1, "b1", 1)
         W2 = as_float_array(self.W2, "W2", 2)
-        b2 = as_float_array(self.b2, "b2", 1)
         if dh == 0 or W1.shape[1] == 0:
             raise ValueError(f"`W1` must be non-empty, got shape {W1.shape}")
-        if b1.shape != (dh,):
-            raise ValueError(f"`b1` must have shape ({dh},) to match W1 {W1.shape}, got {b1.shape}")
         if W2.shape[1] != dh or W2.shape[0] == 0:
             raise ValueError(f"`W2` must have shape (dy, {dh}) to match W1 {W1.shape}, got {W2.shape}")
-        if b2.shape != (W2.shape[0],):
+        b1 = None if self.b1 is None else as_float_array(self.b1, "b1", 1)
+        b2 = None if self.b2 is None else as_float_array(self.b2, "b2", 1)
+        if b1 is not None and b1.shape != (dh,):
+            raise ValueError(f"`b1` must have shape ({dh},) to match W1 {W1.shape}, got {b1.shape}")
+        if b2 is not None and b2.shape != (W2.shape[0],):
             raise ValueError(f"`b2` must have shape ({W2.shape[0]},) to match W2 {W2.shape}, got {b2.shape}")
         s_plus, s_minus = _slope(self.s_plus, "s_plus"), _slope(self.s_minus, "s_minus")
         if s_plus <= 0:
@@ -63,7 +64,8 @@ class TwoLayerNet:
                 f"`s_plus` and `s_minus` must differ (got both {s_plus}): the activation would be linear"
             )
         for name, arr in (("W1", W1), ("b1", b1), ("W2", W2), ("b2", b2)):
-            arr.setflags(write=False)
+            if arr is not None:
+                arr.setflags(write=False)
             object.__setattr__(self, name, arr)
         object.__setattr__(self, "s_plus", s_plus)
         object.__setattr__(self, "s_minus", s_minus)
@@ -81,13 +83,25 @@ class TwoLayerNet:
         return self.W2.shape[0]
 
     @property
+    def has_b1(self) -> bool:
+        return self.b1 is not None
+
+    @property
+    def has_b2(self) -> bool:
+        return self.b2 is not None
+
+    @property
     def n_params(self) -> int:
-        return self.W1.size + self.b1.size + self.W2.size + self.b2.size
+        return self.W1.size + self.W2.size + (self.dh if self.has_b1 else 0) + (self.dy if self.has_b2 else 0)
 
     @property
     def Z(self) -> np.ndarray:
-        """``[W1 b1]``, one row per hidden neuron."""
-        return np.hstack([self.W1, self.b1[:, None]])
+        """``[W1 b1]`` (or ``W1`` without ``b1``), one row per hidden neuron."""
+        return np.hstack([self.W1, self.b1[:, None]]) if self.has_b1 else np.array(self.W1)
+
+    def augment(self, X: np.ndarray) -> np.ndarray:
+        """``xbar_i = [x_i; 1]``, or ``x_i`` when the network has no ``b1``."""
+        return np.hstack([X, np.ones((X.shape[0], 1))]) if self.has_b1 else np.asarray(X)
 
     def activation(self, N: np.ndarray) -> np.ndarray:
         return np.where(N > 0, self.s_plus * N, self.s_minus * N)
@@ -98,7 +112,8 @@ class TwoLayerNet:
 
     def perturbed(self, d: "Direction", t: float = 1.0) -> "TwoLayerNet":
         return TwoLayerNet(
-            self.W1 + t * d.W1, self.b1 + t * d.b1, self.W2 + t * d.W2, self.b2 + t * d.b2,
+            self.W1 + t * d.W1, None if self.b1 is None else self.b1 + t * d.b1,
+            self.W2 + t * d.W2, None if self.b2 is None else self.b2 + t * d.b2,
             self.s_plus, self.s_minus,
         )
 
@@ -108,13 +123,21 @@ class TwoLayerNet:
         return TwoLayerNet(**args)
 
     def as_direction(self) -> "Direction":
-        return Direction(self.W1.copy(), self.b1.copy(), self.W2.copy(), self.b2.copy())
+        return Direction(self.W1.copy(), _copy(self.b1), self.W2.copy(), _copy(self.b2))
 
     def to_dict(self) -> dict:
         return {
-            "W1": self.W1.tolist(), "b1": self.b1.tolist(), "W2": self.W2.tolist(), "b2": self.b2.tolist(),
+            "W1": self.W1.tolist(), "b1": _list(self.b1), "W2": self.W2.tolist(), "b2": _list(self.b2),
             "s_plus": self.s_plus, "s_minus": self.s_minus,
         }
+
+
+def _copy(a):
+    return None if a is None else a.copy()
+
+
+def _list(a):
+    return None if a is None else a.tolist()
 
 
 def _slope(value, name: str) -> float:
@@ -126,34 +149,54 @@ def _slope(value, name: str) -> float:
 
 @dataclass(frozen=True)
 class Direction:
-    """A perturbation with the shapes of a :class:`TwoLayerNet`'s weights."""
+    """A perturbation with the shapes of a :class:`TwoLayerNet`'s weights (``None`` for absent biases)."""
 
     W1: np.ndarray
-    b1: np.ndarray
+    b1: np.ndarray | None
     W2: np.ndarray
-    b2: np.ndarray
+    b2: np.ndarray | None
 
     @classmethod
     def zeros_like(cls, net: TwoLayerNet) -> "Direction":
-        return cls(np.zeros_like(net.W1), np.zeros_like(net.b1), np.zeros_like(net.W2), np.zeros_like(net.b2))
+        return cls(np.zeros_like(net.W1), None if net.b1 is None else np.zeros_like(net.b1),
+                   np.zeros_like(net.W2), None if net.b2 is None else np.zeros_like(net.b2))
 
     @classmethod
-    def from_blocks(cls, dZ: np.ndarray, dW2: np.ndarray, db2: np.ndarray) -> "Direction":
+    def from_blocks(cls, dZ: np.ndarray, dW2: np.ndarray, db2: np.ndarray | None, has_b1: bool = True) -> "Direction":
+        """From ``dZ = [dW1 db1]`` (or ``dW1`` when ``has_b1`` is False), ``dW2`` and ``db2``."""
         dZ = np.asarray(dZ, dtype=np.float64)
-        return cls(dZ[:, :-1].copy(), dZ[:, -1].copy(), np.asarray(dW2, float).copy(), np.asarray(db2, float).copy())
+        dW2 = np.asarray(dW2, dtype=np.float64).copy()
+        db2 = None if db2 is None else np.asarray(db2, dtype=np.float64).copy()
+        if has_b1:
+            return cls(dZ[:, :-1].copy(), dZ[:, -1].copy(), dW2, db2)
+        return cls(dZ.copy(), None, dW2, db2)
+
+    @classmethod
+    def hidden(cls, net: TwoLayerNet, dZ: np.ndarray) -> "Direction":
+        """Moves only the hidden layer: ``dZ`` (dh x d) in ``Z`` coordinates."""
+        zero = cls.zeros_like(net)
+        return cls.from_blocks(dZ, zero.W2, zero.b2, net.has_b1)
+
+    @classmethod
+    def output(cls, net: TwoLayerNet, dW2: np.ndarray, db2: np.ndarray | None) -> "Direction":
+        """Moves only the output layer."""
+        zero = cls.zeros_like(net)
+        return cls(zero.W1, zero.b1, np.asarray(dW2, float), None if net.b2 is None else np.asarray(db2, float))
 
     @property
     def Z(self) -> np.ndarray:
-        return np.hstack([self.W1, self.b1[:, None]])
+        return np.hstack([self.W1, self.b1[:, None]]) if self.b1 is not None else self.W1
 
     def vector(self) -> np.ndarray:
-        return np.concatenate([self.W1.ravel(), self.b1, self.W2.ravel(), self.b2])
+        parts = [self.W1.ravel(), self.b1, self.W2.ravel(), self.b2]
+        return np.concatenate([p for p in parts if p is not None])
 
     def norm(self) -> float:
         return float(np.linalg.norm(self.vector()))
 
     def scaled(self, c: float) -> "Direction":
-        return Direction(c * self.W1, c * self.b1, c * self.W2, c * self.b2)
+        return Direction(c * self.W1, None if self.b1 is None else c * self.b1, c * self.W2,
+                         None if self.b2 is None else c * self.b2)
 
     def normalized(self) -> "Direction":
         n = self.norm()
@@ -162,12 +205,12 @@ class Direction:
         return self.scaled(1.0 / n)
 
     def to_dict(self) -> dict:
-        return {"W1": self.W1.tolist(), "b1": self.b1.tolist(), "W2": self.W2.tolist(), "b2": self.b2.tolist()}
+        return {"W1": self.W1.tolist(), "b1": _list(self.b1), "W2": self.W2.tolist(), "b2": _list(self.b2)}
 
 
 @dataclass(frozen=True)
 class Forward:
-    """Quantities of one forward pass: ``Xbar = [X 1]``, ``N = Xbar Z'``, ``O = h(N)``, outputs."""
+    """Quantities of one forward pass: ``Xbar = [X 1]`` (or ``X``), ``N = Xbar Z'``, ``O = h(N)``, outputs."""
 
     Xbar: np.ndarray
     N: np.ndarray
@@ -177,8 +220,10 @@ class Forward:
 
 def forward(net: TwoLayerNet, X: np.ndarray) -> Forward:
     """One pass over the data: pre-activations, activations and outputs."""
-    Xbar = np.hstack([X, np.ones((X.shape[0], 1))])
+    Xbar = net.augment(X)
     N = Xbar @ net.Z.T
     O = net.activation(N)
-    out = O @ net.W2.T + net.b2
+    out = O @ net.W2.T
+    if net.has_b2:
+        out = out + net.b2
     return Forward(Xbar, N, O, out)

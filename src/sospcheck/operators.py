@@ -1,7 +1,7 @@
 """Products with the second-order form ``Q`` of one sign cone, as passes over the data (DESIGN.md sections 2, 5).
 
-Coordinates: ``theta = [vec dW2 (dy x dh), vec nu (dh x rho), db2 (dy)]`` with ``dZ = nu V'`` and
-``V`` a basis of the data span. For a fixed slope pattern ``J`` (m x dh), ``second(eta) =
+Coordinates: ``theta = [vec dW2 (dy x dh), vec nu (dh x rho), db2 (dy, absent without b2)]`` with
+``dZ = nu V'`` and ``V`` a basis of the data span. For a fixed slope pattern ``J`` (m x dh), ``second(eta) =
 1/2 theta' H theta`` with
 
     H theta = GN part  (sum_i dY1_i' H_i dY1_i, dY1 = dW2 O_i + db2 + W2 (J_i * t_i))
@@ -27,10 +27,11 @@ class Layout:
     dy: int
     dh: int
     rho: int
+    has_b2: bool = True
 
     @property
     def n(self) -> int:
-        return self.dy * self.dh + self.dh * self.rho + self.dy
+        return self.dy * self.dh + self.dh * self.rho + (self.dy if self.has_b2 else 0)
 
     @property
     def n_u(self) -> int:
@@ -43,21 +44,19 @@ class Layout:
     def nu_index(self, k: int) -> np.ndarray:
         return self.n_u + k * self.rho + np.arange(self.rho)
 
-    def b2_index(self) -> np.ndarray:
-        return self.n_u + self.dh * self.rho + np.arange(self.dy)
-
     def split(self, Theta: np.ndarray):
-        """``Theta`` (n, b) -> ``U`` (b, dy, dh), ``Nu`` (b, dh, rho), ``c`` (b, dy)."""
+        """``Theta`` (n, b) -> ``U`` (b, dy, dh), ``Nu`` (b, dh, rho), ``c`` (b, dy) or None."""
         b = Theta.shape[1]
         T = Theta.T
         U = T[:, : self.n_u].reshape(b, self.dy, self.dh)
         Nu = T[:, self.n_u : self.n_u + self.dh * self.rho].reshape(b, self.dh, self.rho)
-        c = T[:, self.n_u + self.dh * self.rho :]
+        c = T[:, self.n_u + self.dh * self.rho :] if self.has_b2 else None
         return U, Nu, c
 
-    def join(self, U: np.ndarray, Nu: np.ndarray, c: np.ndarray) -> np.ndarray:
+    def join(self, U: np.ndarray, Nu: np.ndarray, c: np.ndarray | None) -> np.ndarray:
         b = U.shape[0]
-        return np.concatenate([U.reshape(b, -1), Nu.reshape(b, -1), c], axis=1).T
+        parts = [U.reshape(b, -1), Nu.reshape(b, -1)] + ([c] if self.has_b2 else [])
+        return np.concatenate(parts, axis=1).T
 
 
 class HessianOperator:
@@ -66,29 +65,32 @@ class HessianOperator:
     Args:
         O: activations (m, dh). Xr: data in span coordinates, ``Xbar V`` (m, rho).
         W2: output weights (dy, dh). r, Hl: weighted loss gradients (m, dy) and Hessians (m, dy, dy).
-        J: slopes (m, dh). weight_decay: lambda.
+        J: slopes (m, dh). weight_decay: lambda. has_b2: whether ``db2`` is a coordinate.
     """
 
-    def __init__(self, O, Xr, W2, r, Hl, J, weight_decay: float = 0.0, identity_hessian: bool = False):
+    def __init__(self, O, Xr, W2, r, Hl, J, weight_decay: float = 0.0, identity_hessian: bool = False,
+                 has_b2: bool = True):
         self.O, self.Xr, self.W2, self.r, self.Hl = O, Xr, W2, r, Hl
         self.Jt = np.ascontiguousarray(J.T)
         self.lam = weight_decay
         # squared loss: H_i = weight * I, so the GN product needs no per-sample dy x dy solve
         self.h_scalar = float(Hl[0, 0, 0]) if identity_hessian else None
-        self.layout = Layout(W2.shape[0], W2.shape[1], Xr.shape[1])
+        self.layout = Layout(W2.shape[0], W2.shape[1], Xr.shape[1], has_b2)
 
     def matmat(self, Theta: np.ndarray) -> np.ndarray:
         U, Nu, c = self.layout.split(Theta)
         T = Nu @ self.Xr.T  # (b, dh, m): t_ik
         JT = T * self.Jt
-        dY1 = U @ self.O.T + c[:, :, None] + self.W2 @ JT  # (b, dy, m)
+        dY1 = U @ self.O.T + self.W2 @ JT  # (b, dy, m)
+        if c is not None:
+            dY1 = dY1 + c[:, :, None]
         if self.h_scalar is not None:
             P = self.h_scalar * dY1
         else:
             P = np.einsum("icd,bdi->bci", self.Hl, dY1)
         rt = self.r.T  # (dy, m)
         gU = P @ self.O + rt @ JT.transpose(0, 2, 1)
-        gc = P.sum(axis=2)
+        gc = P.sum(axis=2) if c is not None else None
         PW = (self.W2.T @ P + U.transpose(0, 2, 1) @ rt) * self.Jt  # (b, dh, m)
         gNu = PW @ self.Xr
         out = self.layout.join(gU, gNu, gc)

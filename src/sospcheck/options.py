@@ -20,6 +20,9 @@ class Tolerances:
     s_bound: ``s*_i`` sits at a bound if within ``s_bound * |s_plus - s_minus|`` of it.
     eigen: an eigenvalue (or copositivity value) is zero if at most ``eigen * |H|_2`` in size.
     rank: singular values below ``rank`` times the largest count as zero (data span, Assumption 2).
+    near_zero: a nonzero neuron is reported as near-zero when its largest possible output
+        contribution ``s_hi |w_k| |Z_k| max|xbar|`` is at most ``near_zero`` times the RMS size of
+        the outputs plus that of the targets (reporting only; never changes the verdict).
     """
 
     boundary: float = 1e-9
@@ -28,6 +31,7 @@ class Tolerances:
     s_bound: float = 1e-7
     eigen: float = 1e-9
     rank: float = 1e-10
+    near_zero: float = 1e-3
 
     def __post_init__(self):
         for f in fields(self):

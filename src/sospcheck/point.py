@@ -51,7 +51,9 @@ class Point:
         fwd, net = self.fwd, self.net
         T = fwd.Xbar @ d.Z.T
         JT = self.kink_slopes(T, boundary) * T
-        dY1 = fwd.O @ d.W2.T + d.b2 + JT @ net.W2.T
+        dY1 = fwd.O @ d.W2.T + JT @ net.W2.T
+        if d.b2 is not None:
+            dY1 = dY1 + d.b2
         dY2 = JT @ d.W2.T
         first = float(np.sum(self.r * dY1))
         second = float(np.sum(self.r * dY2)) + 0.5 * float(np.einsum("ic,icd,id->", dY1, self.Hl, dY1))

@@ -88,6 +88,7 @@ class Stats:
     hessian_norm: float = 0.0
     eig_tol: float = 0.0
     quotient: dict = field(default_factory=dict)
+    near_zero: dict = field(default_factory=dict)
 
     @property
     def n_qp(self) -> int:
@@ -186,6 +187,10 @@ class CheckResult:
                 quot.get("data_span_dim", 0) < quot.get("full_dim", 0)):
             lines.append(f"quotiented: data span {quot.get('data_span_dim')}/{quot.get('full_dim')} dims, "
                          f"dead neurons {quot.get('dead_neurons')}, zero-output neurons {quot.get('zero_output_neurons')}")
+        if s.near_zero:
+            nz = s.near_zero
+            lines.append(f"near-zero neurons {nz['neurons']}: zeroing them changes the loss by "
+                         f"{nz['loss_change_if_zeroed']:.3g} and gives verdict {nz['verdict_if_zeroed']}")
         if self.snap:
             sn = self.snap
             lines.append(f"snap: {sn.n_pairs} pairs moved onto kinks, |dZ| = {sn.dZ_norm:.3g}, |dW2| = {sn.dW2_norm:.3g}, "

@@ -89,7 +89,7 @@ class _Problem:
         pt = self.pt
         return HessianOperator(
             pt.fwd.O, self.Xr, pt.net.W2, pt.r, pt.Hl, J, pt.weight_decay,
-            identity_hessian=pt.loss.name == "squared",
+            identity_hessian=pt.loss.name == "squared", has_b2=pt.net.has_b2,
         )
 
     def apply(self, J: np.ndarray, M: np.ndarray) -> np.ndarray:
@@ -102,7 +102,7 @@ class _Problem:
         full = np.zeros(self.layout.n)
         full[self.keep] = theta_keep
         U, Nu, c = self.layout.split(full[:, None])
-        return Direction.from_blocks(Nu[0] @ self.V.T, U[0], c[0])
+        return Direction.from_blocks(Nu[0] @ self.V.T, U[0], None if c is None else c[0], self.pt.net.has_b1)
 
     def t_row(self, i: int, k: int) -> np.ndarray:
         row = np.zeros(self.layout.n)
@@ -140,7 +140,7 @@ def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray
     V = data_span(fwd.Xbar, tol.rank) if lam == 0 else np.eye(fwd.Xbar.shape[1])
     Xr = fwd.Xbar @ V
     Zr = net.Z @ V
-    layout = Layout(net.dy, net.dh, V.shape[1])
+    layout = Layout(net.dy, net.dh, V.shape[1], net.has_b2)
     keep = np.ones(layout.n, bool)
     out = SecondOrderOutcome(None)
     out.quotient = {"data_span_dim": int(V.shape[1]), "full_dim": int(fwd.Xbar.shape[1]),
@@ -301,17 +301,17 @@ def _zero_output_descent(pt, out, layout, V, Xr, Zr, boundary, k, nu) -> SecondO
     nu = nu - (nu @ Zr[k]) / max(Zr[k] @ Zr[k], 1e-300) * Zr[k] if np.any(Zr[k]) else nu
     dZ = np.zeros((layout.dh, V.shape[0]))
     dZ[k] = V @ nu
-    d_nu = Direction.from_blocks(dZ, np.zeros_like(pt.net.W2), np.zeros_like(pt.net.b2))
+    d_nu = Direction.hidden(pt.net, dZ)
     T = pt.fwd.Xbar @ dZ.T
     J = pt.kink_slopes(T, boundary)
     g = pt.r.T @ (J[:, k] * T[:, k])
     dW2 = np.zeros_like(pt.net.W2)
     dW2[:, k] = -g / np.linalg.norm(g)
-    d_u = Direction.from_blocks(np.zeros_like(dZ), dW2, np.zeros_like(pt.net.b2))
+    d_u = Direction.output(pt.net, dW2, np.zeros(pt.net.dy))
     A_u = pt.local_terms(d_u, boundary)[1]
     B = -float(np.linalg.norm(g))  # u . g(nu)
     beta = 2.0 * max(A_u, 0.0) / abs(B) + 1.0
-    d = Direction(d_u.W1 + beta * d_nu.W1, d_u.b1 + beta * d_nu.b1, dW2, d_u.b2)
+    d = Direction(beta * d_nu.W1, None if d_nu.b1 is None else beta * d_nu.b1, dW2, d_u.b2)
     out.records.append(QPRecord("zero_output", T3, int(layout.dy + layout.rho),
                                 detail=f"neuron {k}: w_k = 0 and |g(nu)| = {abs(B):.3g}"))
     return _finish(out, T3, d, "zero_output")

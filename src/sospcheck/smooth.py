@@ -40,9 +40,11 @@ def smooth_view(net: TwoLayerNet, X, Y, loss="squared", reduction="sum", weight_
     pt = evaluate_point(net, X, Yp, lossobj, weight, lam)
     J = np.where(pt.fwd.N > 0, net.s_plus, net.s_minus)
     Xbar = pt.fwd.Xbar
-    g = np.concatenate([(pt.r.T @ pt.fwd.O).ravel(), ((pt.a * J).T @ Xbar).ravel(), pt.r.sum(axis=0)])
-    g = g + lam * np.concatenate([net.W2.ravel(), net.Z.ravel(), net.b2])
-    H = HessianOperator(pt.fwd.O, Xbar, net.W2, pt.r, pt.Hl, J, lam).dense()
+    parts = [(pt.r.T @ pt.fwd.O).ravel(), ((pt.a * J).T @ Xbar).ravel()] + ([pt.r.sum(axis=0)] if net.has_b2 else [])
+    g = np.concatenate(parts)
+    z = [net.W2.ravel(), net.Z.ravel()] + ([net.b2] if net.has_b2 else [])
+    g = g + lam * np.concatenate(z)
+    H = HessianOperator(pt.fwd.O, Xbar, net.W2, pt.r, pt.Hl, J, lam, has_b2=net.has_b2).dense()
     ev = np.linalg.eigvalsh(H)
     scale = max(np.max(np.abs(ev)), 1e-300)
     gscale = np.linalg.norm(pt.r) * (np.linalg.norm(pt.fwd.O) + np.linalg.norm(Xbar) * np.linalg.norm(net.W2) + 1) + 1e-300

@@ -43,15 +43,19 @@ def refit_output_layer(net: TwoLayerNet, X: np.ndarray, Y: np.ndarray, loss: Los
                        weight_decay: float) -> tuple[TwoLayerNet, bool]:
     """``argmin_{W2, b2} R``: least squares for the squared loss, Newton-CG otherwise."""
     O = forward(net, X).O
-    F = np.hstack([O, np.ones((O.shape[0], 1))])
-    dh = net.dh
+    F = np.hstack([O, np.ones((O.shape[0], 1))]) if net.has_b2 else O
+    dh, nf = net.dh, F.shape[1]
+
+    def weights(T):  # T: (dy, nf)
+        return dict(W2=T[:, :dh], b2=T[:, dh] if net.has_b2 else None)
+
     if loss.name == "squared":
-        G = weight * (F.T @ F) + weight_decay * np.eye(dh + 1)
-        Theta = np.linalg.lstsq(G, weight * (F.T @ Y), rcond=None)[0]  # (dh+1, dy)
-        return net.with_weights(W2=Theta[:dh].T, b2=Theta[dh]), True
+        G = weight * (F.T @ F) + weight_decay * np.eye(nf)
+        Theta = np.linalg.lstsq(G, weight * (F.T @ Y), rcond=None)[0]  # (nf, dy)
+        return net.with_weights(**weights(Theta.T)), True
 
     def unpack(x):
-        return x.reshape(net.dy, dh + 1)
+        return x.reshape(net.dy, nf)
 
     def fun(x):
         T = unpack(x)
@@ -67,12 +71,12 @@ def refit_output_layer(net: TwoLayerNet, X: np.ndarray, Y: np.ndarray, loss: Los
         Hd = np.einsum("icd,id->ic", loss.hess(out, Y), dout)
         return (weight * (Hd.T @ F) + weight_decay * P).ravel()
 
-    x0 = np.hstack([net.W2, net.b2[:, None]]).ravel()
+    x0 = (np.hstack([net.W2, net.b2[:, None]]) if net.has_b2 else net.W2).ravel()
     res = minimize(fun, x0, jac=True, hessp=hessp, method="trust-ncg", options={"gtol": 1e-12, "maxiter": 500})
     T = unpack(res.x)
     # trust-ncg reports a "failure" when rounding stops progress at an already tiny gradient
     converged = bool(res.success or np.linalg.norm(res.jac) <= 1e-8 * (1.0 + abs(res.fun)))
-    return net.with_weights(W2=T[:, :dh], b2=T[:, dh]), converged
+    return net.with_weights(**weights(T)), converged
 
 
 def snap_to_kinks(net: TwoLayerNet, X: np.ndarray, Y: np.ndarray, loss: Loss, weight: float,
@@ -96,13 +100,13 @@ def snap_to_kinks(net: TwoLayerNet, X: np.ndarray, Y: np.ndarray, loss: Loss, we
         dz = -np.linalg.lstsq(XS, N[near, k], rcond=None)[0]
         Z[k] = Z[k] + dz
         max_res = max(max_res, float(np.max(np.abs(XS @ Z[k]))) / (np.linalg.norm(Z[k]) * xmax or 1.0))
-    moved = net.with_weights(W1=Z[:, :-1], b1=Z[:, -1])
+    moved = net.with_weights(W1=Z[:, :-1], b1=Z[:, -1]) if net.has_b1 else net.with_weights(W1=Z)
     N_new = forward(moved, X).N
     sign_changes = int(np.sum((np.sign(N_new) != np.sign(N)) & (np.abs(N) > tol * xmax * np.linalg.norm(net.Z, axis=1))))
     refit, ok = refit_output_layer(moved, X, Y, loss, weight, weight_decay)
     info = SnapInfo(
         n_pairs, per_neuron, float(np.linalg.norm(refit.Z - net.Z)), float(np.linalg.norm(refit.W2 - net.W2)),
-        float(np.linalg.norm(refit.b2 - net.b2)), max_res,
+        float(np.linalg.norm(refit.b2 - net.b2)) if net.has_b2 else 0.0, max_res,
         risk(net, X, Y, loss, weight, weight_decay), risk(refit, X, Y, loss, weight, weight_decay), tol, ok,
         sign_changes,
     )
