@@ -9,6 +9,8 @@ import cases
 from sospcheck import Budget, TwoLayerNet, Verdict, check
 from sospcheck.losses import get_loss, risk
 
+SOLVERS = pytest.mark.parametrize("solver", ["dense", "matrix_free"])
+
 
 def assert_true_decrease(result, X, Y, loss="squared", reduction="sum", lam=0.0):
     """Re-evaluate the returned step on the true risk, independently of the verifier."""
@@ -64,51 +66,58 @@ def test_extreme_ray_descent_where_autograd_is_fooled():
     assert_true_decrease(r, X, Y)
 
 
-def test_ecqp_t1_local_minimum_at_a_kink():
-    r = check(*cases.convex_kink_minimum())
+@SOLVERS
+def test_ecqp_t1_local_minimum_at_a_kink(solver):
+    r = check(*cases.convex_kink_minimum(), solver=solver)
     assert r.verdict == Verdict.LOCAL_MINIMUM and r.stats.L == 0
     assert [q.outcome for q in r.stats.qps] == ["T1"]
 
 
-def test_ecqp_t2_sosp_overparameterized():
-    r = check(*cases.overparameterized_interpolation())
+@SOLVERS
+def test_ecqp_t2_sosp_overparameterized(solver):
+    r = check(*cases.overparameterized_interpolation(), solver=solver)
     assert r.verdict == Verdict.SOSP and r.stats.qps[0].outcome == "T2"
 
 
-def test_ecqp_t3_smooth_saddle():
+@SOLVERS
+def test_ecqp_t3_smooth_saddle(solver):
     net, X, Y = cases.smooth_saddle_dy2()
-    r = check(net, X, Y)
+    r = check(net, X, Y, solver=solver)
     assert r.verdict == Verdict.DESCENT and r.descent.order == 2 and r.descent.test == "ECQP"
     assert r.descent.curvature < 0 and abs(r.descent.slope) < 1e-9
     assert_true_decrease(r, X, Y)
 
 
-def test_icqp_t1_with_a_both_flat_pair():
-    r = check(*cases.interpolating_kink_minimum())
+@SOLVERS
+def test_icqp_t1_with_a_both_flat_pair(solver):
+    r = check(*cases.interpolating_kink_minimum(), solver=solver)
     assert r.verdict == Verdict.LOCAL_MINIMUM and (r.stats.L, r.stats.K) == (1, 1)
     kinds = [q.kind for q in r.stats.qps]
     assert kinds == ["ECQP", "ICQP", "ICQP"] and all(q.outcome == "T1" for q in r.stats.qps)
     assert r.stats.n_icqp_planned == 2
 
 
-def test_icqp_t2_overparameterized_interpolation_on_a_kink():
+@SOLVERS
+def test_icqp_t2_overparameterized_interpolation_on_a_kink(solver):
     X = np.array([[-1.0], [0.0], [1.0]])
     net = TwoLayerNet([[1.0]], [0.0], [[1.0]], [0.0])
-    r = check(net, X, np.array([0.0, 0.0, 1.0]))
+    r = check(net, X, np.array([0.0, 0.0, 1.0]), solver=solver)
     assert r.verdict == Verdict.SOSP and r.stats.K == 1
     assert any(q.kind == "ICQP" and q.outcome == "T2" for q in r.stats.qps)
 
 
-def test_zero_output_neuron_gives_order_two_descent():
+@SOLVERS
+def test_zero_output_neuron_gives_order_two_descent(solver):
     net, X, Y = cases.zero_output_saddle()
-    r = check(net, X, Y)
+    r = check(net, X, Y, solver=solver)
     assert r.descent.test == "zero_output" and r.descent.order == 2
     assert_true_decrease(r, X, Y)
 
 
-def test_origin_of_vanishing_initialisation_is_escaped():
+@SOLVERS
+def test_origin_of_vanishing_initialisation_is_escaped(solver):
     net, X, Y = cases.origin()
-    r = check(net, X, Y)
+    r = check(net, X, Y, solver=solver)
     assert r.stats.M == 6 * 3  # every point on every kink; Assumption 2 fails, the closed form still decides
     assert r.verdict == Verdict.DESCENT and r.descent.order == 2
     assert_true_decrease(r, X, Y)
@@ -124,17 +133,19 @@ def test_zero_output_neuron_with_vanishing_g_is_quotiented():
     assert r.verdict != Verdict.DESCENT
 
 
-def test_dead_neuron_is_quotiented_so_minimum_stays_certified():
-    r = check(*cases.with_dead_neuron(*cases.convex_kink_minimum()))
+@SOLVERS
+def test_dead_neuron_is_quotiented_so_minimum_stays_certified(solver):
+    r = check(*cases.with_dead_neuron(*cases.convex_kink_minimum()), solver=solver)
     assert r.verdict == Verdict.LOCAL_MINIMUM and r.stats.quotient["dead_neurons"] == [1]
 
 
-def test_data_span_quotient():
+@SOLVERS
+def test_data_span_quotient(solver):
     # a constant-zero input column: directions of W1 along it are exactly flat
     net, X, Y = cases.convex_kink_minimum()
     X3 = np.hstack([X, np.zeros_like(X)])
     net3 = TwoLayerNet(np.hstack([net.W1, [[0.5]]]), net.b1, net.W2, net.b2)
-    r = check(net3, X3, Y)
+    r = check(net3, X3, Y, solver=solver)
     assert r.verdict == Verdict.LOCAL_MINIMUM and r.stats.quotient["data_span_dim"] == 2
 
 

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from .first_order import neuron_test, output_layer_test
+from .first_order import neuron_tests, output_layer_test
 from .geometry import boundary_mask
 from .losses import Loss, get_loss, reduction_weight
 from .model import Direction, TwoLayerNet, as_float_array, forward
@@ -66,7 +66,7 @@ def zero_neurons(net: TwoLayerNet, ks: list[int]) -> TwoLayerNet:
 
 def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight_decay: float = 0.0,
           tolerances: Tolerances | dict | None = None, snap: bool = False, budget: Budget | dict | None = None,
-          fragility: bool = True, snap_tol: float = 1e-5, seed: int = 0) -> CheckResult:
+          fragility: bool = True, snap_tol: float = 1e-5, seed: int = 0, solver: str = "auto") -> CheckResult:
     """Is ``net`` a local minimum, an SOSP, or not (with a verified descent direction) for ``(X, Y)``?
 
     Args:
@@ -78,11 +78,15 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
         fragility: re-run the decisions with all tolerances x10 and /10 and flag a flipping verdict.
         snap_tol: the near-boundary threshold for ``snap`` (relative, like ``tolerances.boundary``).
         seed: for the few random probes (zero-output neurons).
+        solver: second-order solver, "dense", "matrix_free" (Hessian products only), or "auto"
+            (dense up to ``budget.max_dense_params`` reduced parameters).
 
     Returns:
         :class:`CheckResult`.
     """
     X, Yp, lossobj, weight, lam = validate_inputs(net, X, Y, loss, reduction, weight_decay)
+    if solver not in ("auto", "dense", "matrix_free"):
+        raise ValueError(f"`solver` must be 'auto', 'dense' or 'matrix_free', got {solver!r}")
     tol = Tolerances.from_any(tolerances)
     bud = Budget.from_any(budget)
     snap_info = None
@@ -92,7 +96,7 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
             raise ValueError(f"`snap_tol` must be a finite number >= 0, got {snap_tol!r}")
         net, snap_info = snap_to_kinks(net, X, Yp, lossobj, weight, lam, snap_tol)
     t_snap = time.perf_counter() - t0
-    result = _analyze(net, X, Yp, lossobj, weight, lam, tol, bud, seed)
+    result = _analyze(net, X, Yp, lossobj, weight, lam, tol, bud, seed, solver)
     if snap:
         result.timings = {"snap": t_snap, **result.timings}
     result.snap = snap_info
@@ -100,20 +104,20 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
     near = near_zero_neurons(net, X, Yp, tol)
     if near:
         zeroed = zero_neurons(net, near)
-        probe = _analyze(zeroed, X, Yp, lossobj, weight, lam, tol, bud, seed)
+        probe = _analyze(zeroed, X, Yp, lossobj, weight, lam, tol, bud, seed, solver)
         result.stats.near_zero = {"neurons": near, "loss_change_if_zeroed": probe.loss_value - result.loss_value,
                                   "verdict_if_zeroed": probe.verdict.value}
     if fragility:
         t1 = time.perf_counter()
         for name, factor in (("tolerances_x10", 10.0), ("tolerances_x0.1", 0.1)):
-            probe = _analyze(net, X, Yp, lossobj, weight, lam, tol.scaled(factor), bud, seed)
+            probe = _analyze(net, X, Yp, lossobj, weight, lam, tol.scaled(factor), bud, seed, solver)
             result.fragility[name] = probe.verdict.value
         result.fragile = any(v != result.verdict.value for v in result.fragility.values())
         result.timings["fragility"] = time.perf_counter() - t1
     return result
 
 
-def _analyze(net, X, Yp, lossobj, weight, lam, tol: Tolerances, bud: Budget, seed: int) -> CheckResult:
+def _analyze(net, X, Yp, lossobj, weight, lam, tol: Tolerances, bud: Budget, seed: int, solver: str) -> CheckResult:
     timings: dict = {}
     clock = time.perf_counter()
 
@@ -161,7 +165,7 @@ def _analyze(net, X, Yp, lossobj, weight, lam, tol: Tolerances, bud: Budget, see
     established.append("output layer stationary")
 
     # Step 2: Clarke stationarity, one BVLS per neuron
-    neurons = [neuron_test(pt, k, boundary[:, k], tol) for k in range(net.dh)]
+    neurons = neuron_tests(pt, boundary, tol)
     stats.bvls_residual = [nt.residual for nt in neurons]
     stats.bvls_scale = [nt.scale for nt in neurons]
     stats.assumption2 = [nt.assumption2 for nt in neurons]
@@ -204,7 +208,8 @@ def _analyze(net, X, Yp, lossobj, weight, lam, tol: Tolerances, bud: Budget, see
     lap("first_order")
 
     # Step 4: second order on the critical cone
-    so = second_order_test(pt, neurons, boundary, tol, bud, np.random.default_rng(seed))
+    so = second_order_test(pt, neurons, boundary, tol, bud, np.random.default_rng(seed), solver)
+    stats.solver = so.solver
     stats.qps = so.records
     stats.n_icqp_planned = so.n_icqp_planned
     stats.n_params_reduced = so.n_params_reduced

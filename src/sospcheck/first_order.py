@@ -11,7 +11,7 @@ from .geometry import ray_directions
 from .options import Tolerances
 from .point import Point
 
-__all__ = ["OutputLayerTest", "NeuronTest", "output_layer_test", "neuron_test"]
+__all__ = ["OutputLayerTest", "NeuronTest", "output_layer_test", "neuron_tests"]
 
 
 @dataclass(frozen=True)
@@ -80,21 +80,26 @@ class NeuronTest:
         return int(np.sum(self.flat_plus & self.flat_minus))
 
 
-def neuron_test(pt: Point, k: int, boundary_k: np.ndarray, tol: Tolerances) -> NeuronTest:
-    """Steps 2-3 for neuron ``k``: one bounded-variable least squares and ``2 M_k`` sign tests.
+def neuron_tests(pt: Point, boundary: np.ndarray, tol: Tolerances) -> list[NeuronTest]:
+    """Steps 2-3 for every neuron: the off-kink gradients ``c_k`` in one pass over the data, then
+    per neuron with kinks one bounded-variable least squares and ``2 M_k`` sign tests."""
+    net, Xbar = pt.net, pt.fwd.Xbar
+    C = (np.where(boundary, 0.0, net.slope(pt.fwd.N)) * pt.a).T @ Xbar  # (dh, d): c_k
+    scale = max(net.s_plus, net.s_minus) * np.linalg.norm(pt.a, axis=0) * np.linalg.norm(Xbar)
+    if pt.weight_decay:
+        C = C + pt.weight_decay * net.Z
+        scale = scale + pt.weight_decay * np.linalg.norm(net.Z, axis=1)
+    r_max = np.max(np.linalg.norm(pt.r, axis=1))
+    return [_neuron_test(pt, k, boundary[:, k], C[k], float(scale[k]), r_max, tol) for k in range(net.dh)]
 
-    ``s* = argmin_{s in [s_lo, s_hi]^M_k} |c_k + sum_i s_i a_ik xbar_i|`` (scipy's BVLS).
-    """
+
+def _neuron_test(pt: Point, k: int, boundary_k: np.ndarray, c: np.ndarray, scale: float, r_max: float,
+                 tol: Tolerances) -> NeuronTest:
+    """``s* = argmin_{s in [s_lo, s_hi]^M_k} |c_k + sum_i s_i a_ik xbar_i|`` (scipy's BVLS), then the rays."""
     net, Xbar = pt.net, pt.fwd.Xbar
     s_lo, s_hi = sorted((net.s_minus, net.s_plus))
     idx = np.flatnonzero(boundary_k)
-    off = ~boundary_k
     a = pt.a[:, k]
-    c = (net.slope(pt.fwd.N[off, k]) * a[off]) @ Xbar[off]
-    scale = s_hi * np.linalg.norm(a) * np.linalg.norm(Xbar)
-    if pt.weight_decay:
-        c = c + pt.weight_decay * net.Z[k]
-        scale += pt.weight_decay * np.linalg.norm(net.Z[k])
     Xk = Xbar[idx]
     aB = a[idx]
     if idx.size:
@@ -111,12 +116,12 @@ def neuron_test(pt: Point, k: int, boundary_k: np.ndarray, tol: Tolerances) -> N
     rays, rank = ray_directions(Xk, tol.rank)
     slope_plus = (net.s_plus - s_star) * aB
     slope_minus = (s_star - net.s_minus) * aB
-    w_scale = np.linalg.norm(net.W2[:, k]) * np.max(np.linalg.norm(pt.r, axis=1))
+    w_scale = np.linalg.norm(net.W2[:, k]) * r_max
     a_zero = np.abs(aB) <= tol.a_zero * w_scale
     s_gap = tol.s_bound * abs(net.s_plus - net.s_minus)
     flat_plus = a_zero | (np.abs(s_star - net.s_plus) <= s_gap)
     flat_minus = a_zero | (np.abs(s_star - net.s_minus) <= s_gap)
     return NeuronTest(
-        k, idx, s_star, vt, residual, float(scale), bool(residual <= tol.gradient * scale), rank, rays,
+        k, idx, s_star, vt, residual, scale, bool(residual <= tol.gradient * scale), rank, rays,
         slope_plus, slope_minus, flat_plus, flat_minus,
     )

@@ -71,7 +71,8 @@ class Budget:
     max_copositive_subsets: most principal submatrices (``2^L``) to enumerate in one copositivity
         test; a larger test is solved as a mixed-integer program instead.
     milp_time_limit: seconds for one such mixed-integer program.
-    max_dense_params: largest reduced parameter count for the dense second-order solver.
+    max_dense_params: largest reduced parameter count for which ``solver="auto"`` forms the dense
+        reduced Hessian; larger problems use Hessian-vector products (Lanczos, CG).
     """
 
     max_icqp: int = 4096

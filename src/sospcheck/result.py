@@ -89,6 +89,7 @@ class Stats:
     eig_tol: float = 0.0
     quotient: dict = field(default_factory=dict)
     near_zero: dict = field(default_factory=dict)
+    solver: str = ""
 
     @property
     def n_qp(self) -> int:

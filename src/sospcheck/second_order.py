@@ -71,6 +71,7 @@ class SecondOrderOutcome:
     n_params_reduced: int = 0
     hessian_norm: float = 0.0
     eig_tol: float = 0.0
+    solver: str = ""
 
 
 @dataclass
@@ -104,11 +105,6 @@ class _Problem:
         U, Nu, c = self.layout.split(full[:, None])
         return Direction.from_blocks(Nu[0] @ self.V.T, U[0], None if c is None else c[0], self.pt.net.has_b1)
 
-    def t_row(self, i: int, k: int) -> np.ndarray:
-        row = np.zeros(self.layout.n)
-        row[self.layout.nu_index(k)] = self.Xr[i]
-        return row[self.keep]
-
     def J_for(self, signs: dict) -> np.ndarray:
         J = self.J_base.copy()
         net = self.pt.net
@@ -128,11 +124,14 @@ def _spectral_norm(H: np.ndarray) -> float:
 
 
 def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray, tol: Tolerances,
-                      budget: Budget, rng: np.random.Generator | None = None) -> SecondOrderOutcome:
+                      budget: Budget, rng: np.random.Generator | None = None,
+                      solver: str = "auto") -> SecondOrderOutcome:
     """Step 4 at a first-order stationary point whose rays were all nonnegative.
 
     Returns T3 with a second-order descent direction (``second < 0``, ``first = 0``), T2 if some
     nonzero critical direction has zero curvature, T1 if the form is positive on the critical cone.
+    ``solver``: "dense" (reduced H formed), "matrix_free" (products only), or "auto" (dense up to
+    ``budget.max_dense_params`` kept coordinates).
     """
     rng = rng or np.random.default_rng(0)
     net, fwd = pt.net, pt.fwd
@@ -167,113 +166,70 @@ def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray
                     return out
                 return _zero_output_descent(pt, out, layout, V, Xr, Zr, boundary, k, zt.nu)
 
-    keep_idx = np.flatnonzero(keep)
-    out.n_params_reduced = int(keep_idx.size)
-    rows_eq = []
-    flat_pairs = []
-    for nt in neurons:
-        k = nt.k
-        if not keep[layout.nu_index(k)[0]]:
-            continue
-        for j, i in enumerate(nt.boundary):
-            fp, fm = bool(nt.flat_plus[j]), bool(nt.flat_minus[j])
-            if fp or fm:
-                flat_pairs.append((int(i), k, tuple(s for s, f in ((1, fp), (-1, fm)) if f)))
-            else:
-                rows_eq.append(("t", int(i), k))
-    prob = _Problem(pt, V, Xr, layout, keep_idx, net.slope(fwd.N).astype(float), flat_pairs)
+    prob = _Problem(pt, V, Xr, layout, np.flatnonzero(keep), net.slope(fwd.N).astype(float), [])
     prob.J_base[boundary] = net.s_plus
-    A_rows = [prob.t_row(i, k) for _, i, k in rows_eq]
-    if lam == 0:
-        for k in range(net.dh):
-            if k in out.quotient["zero_output_neurons"]:
-                continue  # w_k = 0 and nu_k quotiented: the orbit direction is already flat
-            row = np.zeros(layout.n)
-            row[layout.u_index(k)] = -net.W2[:, k]
-            if layout.rho:
-                row[layout.nu_index(k)] = Zr[k]
-            row = row[keep_idx]
-            if np.any(row):
-                A_rows.append(row)
-    A = np.array(A_rows) if A_rows else np.zeros((0, keep_idx.size))
-
-    L = len(flat_pairs)
-    K = sum(1 for p in flat_pairs if len(p[2]) == 2)
+    blocks = _constraint_blocks(prob, neurons, keep, Zr, out.quotient["zero_output_neurons"], lam)
+    prob.flat_pairs = [(i, b.k, allowed) for b in blocks for i, allowed in b.flat]
+    out.n_params_reduced = int(prob.keep.size)
+    L = len(prob.flat_pairs)
+    K = sum(1 for p in prob.flat_pairs if len(p[2]) == 2)
     out.n_icqp_planned = 2**K if L else 0
-    if keep_idx.size > budget.max_dense_params:
-        out.inconclusive = (
-            f"reduced parameter count {keep_idx.size} exceeds budget.max_dense_params={budget.max_dense_params} "
-            "(the dense second-order solver would form a {0}x{0} matrix)".format(keep_idx.size)
-        )
-        return out
     if L and 2**K > budget.max_icqp:
         out.inconclusive = f"2^{K} = {2**K} ICQPs exceed budget.max_icqp={budget.max_icqp}"
         return out
-
-    H = prob.operator(prob.J_base).dense(keep_idx)
-    out.hessian_norm = _spectral_norm(H)
+    if any(b.dependent for b in blocks):
+        out.inconclusive = ("the flat-ray constraints are linearly dependent on the critical subspace; "
+                            "the cone reduction of step 4 does not apply")
+        return out
+    use_dense = solver == "dense" or (solver == "auto" and prob.keep.size <= budget.max_dense_params)
+    sub = _DenseSubspace(prob, blocks) if use_dense else _ProjectedSubspace(prob, blocks)
+    out.solver = "dense" if use_dense else "matrix_free"
+    out.hessian_norm = sub.hessian_norm
     eig_tol = tol.eigen * out.hessian_norm
     out.eig_tol = eig_tol
-    Nb = null_space(A, rcond=tol.rank) if A.shape[0] else np.eye(keep_idx.size)
-
-    if L == 0:
-        Mw, My0 = Nb, np.zeros((keep_idx.size, 0))
-    else:
-        B0 = np.array([prob.t_row(i, k) for i, k, _ in flat_pairs])
-        C0 = B0 @ Nb
-        sv = np.linalg.svd(C0, compute_uv=False)
-        if sv.size < L or sv[-1] <= tol.rank * max(sv[0], 1e-300):
-            out.inconclusive = ("the flat-ray constraints are linearly dependent on the critical subspace; "
-                                "the cone reduction of step 4 does not apply")
-            return out
-        My0 = Nb @ np.linalg.pinv(C0)
-        My0 /= np.linalg.norm(My0, axis=0)[None, :]  # copositivity is invariant to positive scaling of y
-        Mw = Nb @ null_space(C0, rcond=tol.rank)
 
     # ECQP: every kink held (t = 0 on all boundary pairs); the same block Qww for every ICQP
-    Qww = Mw.T @ H @ Mw
-    ew, Uw = np.linalg.eigh(Qww) if Qww.size else (np.zeros(0), np.zeros((0, 0)))
-    ecqp = QPRecord("ECQP", T1, int(Mw.shape[1]), n_eq=int(A.shape[0] + L),
-                    min_eig=float(ew[0]) if ew.size else None)
+    n_eq = int(sum(b.A.shape[0] for b in blocks))
+    lam_min, v_min = sub.min_eig()
+    ecqp = QPRecord("ECQP", T1, sub.dim, n_eq=n_eq + L, min_eig=lam_min, detail=sub.detail)
     out.records.append(ecqp)
-    if ew.size and ew[0] < -eig_tol:
+    if sub.failed:
+        out.inconclusive = f"ECQP eigenvalue not computed: {sub.failed}"
+        return out
+    if lam_min is not None and lam_min < -eig_tol:
         ecqp.outcome = T3
-        return _finish(out, T3, prob.direction(Mw @ Uw[:, 0]), "ECQP")
-    null_w = np.abs(ew) <= eig_tol
-    if np.any(null_w):
+        return _finish(out, T3, prob.direction(v_min), "ECQP")
+    singular = lam_min is not None and lam_min <= eig_tol
+    if singular:
         ecqp.outcome = T2
-    pos = ew > eig_tol
-    Qww_pinv = (Uw[:, pos] / ew[pos]) @ Uw[:, pos].T
     if L == 0:
         return _finish(out, ecqp.outcome, None, "ECQP")
+    if singular and not sub.can_handle_singular:
+        out.inconclusive = ("the ECQP block Qww is singular and the matrix-free ICQP needs it invertible; "
+                            "rerun with solver='dense'")
+        return out
+    sub.prepare_solves(eig_tol)
 
     overall = ecqp.outcome
-    free_pairs = [p for p in flat_pairs if len(p[2]) == 2]
+    My0 = _particular_solutions(prob, blocks)
+    free_pairs = [p for p in prob.flat_pairs if len(p[2]) == 2]
     for choice in product((1, -1), repeat=K):
         it = iter(choice)
-        signs = {(i, k): (next(it) if len(allowed) == 2 else allowed[0]) for i, k, allowed in flat_pairs}
-        sig = np.array([signs[(i, k)] for i, k, _ in flat_pairs], float)
+        signs = {(i, k): (next(it) if len(allowed) == 2 else allowed[0]) for i, k, allowed in prob.flat_pairs}
+        sig = np.array([signs[(i, k)] for i, k, _ in prob.flat_pairs], float)
         My = My0 * sig[None, :]
         HMy = prob.apply(prob.J_for(signs), My)
         Qyy = My.T @ HMy
         Qyy = 0.5 * (Qyy + Qyy.T)
-        Qwy = Mw.T @ HMy
-        rec = QPRecord("ICQP", T1, int(L + Mw.shape[1]), n_eq=int(A.shape[0]), n_ineq=L,
-                       signs=tuple(signs[(i, k)] for i, k, _ in free_pairs),
-                       min_eig=float(ew[0]) if ew.size else None)
+        rec = QPRecord("ICQP", T1, int(L + sub.dim), n_eq=n_eq, n_ineq=L,
+                       signs=tuple(signs[(i, k)] for i, k, _ in free_pairs), min_eig=lam_min)
         out.records.append(rec)
-        if np.any(null_w):
-            G = Uw[:, null_w].T @ Qwy  # (n_null, L)
-            gn = np.linalg.norm(G, axis=0)
-            j = int(np.argmax(gn))
-            if gn[j] > eig_tol:
-                # y = e_j and w along -G_j inside null(Qww): the form is linear in the step, unbounded below
-                n0 = Uw[:, null_w] @ G[:, j]
-                alpha = (abs(Qyy[j, j]) + 1.0) / gn[j] ** 2
-                theta = My[:, j] - alpha * (Mw @ n0)
-                rec.outcome, rec.detail = T3, "Qww singular and coupled to y: unbounded below"
-                return _finish(out, T3, prob.direction(theta), "ICQP")
-        S = Qyy - Qwy.T @ Qww_pinv @ Qwy
+        theta = sub.unbounded_direction(My, HMy, Qyy, eig_tol) if singular else None
+        if theta is not None:
+            rec.outcome, rec.detail = T3, "Qww singular and coupled to y: unbounded below"
+            return _finish(out, T3, prob.direction(theta), "ICQP")
+        Xs = sub.solve(HMy)  # Mw Qww^+ Mw' H My
+        S = Qyy - HMy.T @ Xs
         S = 0.5 * (S + S.T)
         cop = copositivity(S, eig_tol, budget.max_copositive_subsets, budget.milp_time_limit)
         rec.copositivity, rec.copositivity_value = cop.status, cop.value
@@ -282,13 +238,226 @@ def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray
             return out
         if cop.status == NOT:
             y = cop.witness
-            theta = My @ y - Mw @ (Qww_pinv @ (Qwy @ y))
             rec.outcome = T3
-            return _finish(out, T3, prob.direction(theta), "ICQP")
-        if cop.status != STRICT or np.any(null_w):
+            return _finish(out, T3, prob.direction(My @ y - Xs @ y), "ICQP")
+        if cop.status != STRICT or singular:
             rec.outcome = T2
             overall = T2
     return _finish(out, overall, None, "ICQP")
+
+
+@dataclass
+class _Block:
+    """One neuron's constraints in its own kept coordinates ``idx`` (into the kept vector)."""
+
+    k: int
+    idx: np.ndarray
+    A: np.ndarray  # equality rows: symmetry, t_ik = 0 for non-flat pairs
+    B: np.ndarray  # flat rows t_ik (unsigned)
+    flat: list  # (i, allowed signs) per row of B
+    QE: np.ndarray = None  # orthonormal basis of the row space of [A; B]
+    dependent: bool = False
+
+
+def _constraint_blocks(prob: _Problem, neurons, keep, Zr, zero_output, lam) -> list[_Block]:
+    """Per neuron, the rows acting on ``(u_k, nu_k)``: block diagonal, so projections are local."""
+    layout, net = prob.layout, prob.pt.net
+    pos = -np.ones(layout.n, int)
+    pos[prob.keep] = np.arange(prob.keep.size)
+    blocks = []
+    for nt in neurons:
+        k = nt.k
+        coords = np.concatenate([layout.u_index(k), layout.nu_index(k)])
+        kept = keep[coords]
+        if not np.any(kept):
+            continue
+        nu_kept = bool(keep[layout.nu_index(k)[0]])
+        rows, flat_rows, flat = [], [], []
+        if lam == 0 and k not in zero_output:
+            rows.append(np.concatenate([-net.W2[:, k], Zr[k]])[kept])
+        if nu_kept:
+            for j, i in enumerate(nt.boundary):
+                row = np.concatenate([np.zeros(layout.dy), prob.Xr[i]])[kept]
+                fp, fm = bool(nt.flat_plus[j]), bool(nt.flat_minus[j])
+                if fp or fm:
+                    flat_rows.append(row)
+                    flat.append((int(i), tuple(s for s, f in ((1, fp), (-1, fm)) if f)))
+                else:
+                    rows.append(row)
+        d = int(kept.sum())
+        A = np.array(rows) if rows else np.zeros((0, d))
+        A = A[np.any(A != 0, axis=1)] if A.size else A
+        B = np.array(flat_rows) if flat_rows else np.zeros((0, d))
+        b = _Block(k, pos[coords[kept]], A, B, flat)
+        AB = np.vstack([A, B])
+        if AB.shape[0]:
+            U, sv, _ = np.linalg.svd(AB.T, full_matrices=False)
+            rank = int(np.sum(sv > prob_rank_tol(sv)))
+            b.QE = U[:, :rank]
+            if B.shape[0]:
+                rank_A = int(np.sum(np.linalg.svd(A, compute_uv=False) > prob_rank_tol(sv))) if A.shape[0] else 0
+                b.dependent = rank - rank_A < B.shape[0]
+        else:
+            b.QE = np.zeros((d, 0))
+        blocks.append(b)
+    return blocks
+
+
+def prob_rank_tol(sv: np.ndarray) -> float:
+    return 1e-10 * (sv[0] if sv.size else 0.0)
+
+
+def _particular_solutions(prob: _Problem, blocks: list[_Block]) -> np.ndarray:
+    """``My``: column j has ``A theta = 0`` and ``t = e_j`` on the flat rows (min-norm, unit columns)."""
+    L = len(prob.flat_pairs)
+    My = np.zeros((prob.keep.size, L))
+    j = 0
+    for b in blocks:
+        nb = b.B.shape[0]
+        if not nb:
+            continue
+        AB = np.vstack([b.A, b.B])
+        rhs = np.zeros((AB.shape[0], nb))
+        rhs[b.A.shape[0]:] = np.eye(nb)
+        My[b.idx, j:j + nb] = np.linalg.pinv(AB) @ rhs
+        j += nb
+    # copositivity is invariant to positive scaling of y: unit columns keep S on the scale of H
+    return My / np.linalg.norm(My, axis=0)[None, :]
+
+
+class _DenseSubspace:
+    """The ECQP subspace by an explicit orthonormal basis ``Mw`` and the dense reduced ``H``."""
+
+    can_handle_singular = True
+
+    def __init__(self, prob: _Problem, blocks: list[_Block]):
+        self.prob = prob
+        n = prob.keep.size
+        self.H = prob.operator(prob.J_base).dense(prob.keep)
+        self.hessian_norm = _spectral_norm(self.H)
+        cols = []
+        in_block = np.zeros(n, bool)
+        for b in blocks:
+            in_block[b.idx] = True
+            Nk = null_space(b.QE.T) if b.QE.shape[1] else np.eye(b.idx.size)
+            C = np.zeros((n, Nk.shape[1]))
+            C[b.idx] = Nk
+            cols.append(C)
+        free = np.flatnonzero(~in_block)
+        F = np.zeros((n, free.size))
+        F[free, np.arange(free.size)] = 1.0
+        self.Mw = np.hstack(cols + [F]) if cols or free.size else np.zeros((n, 0))
+        self.dim = int(self.Mw.shape[1])
+        self.failed = None
+        self.detail = "dense"
+
+    def min_eig(self):
+        Qww = self.Mw.T @ self.H @ self.Mw
+        if not Qww.size:
+            self.ew, self.Uw = np.zeros(0), np.zeros((0, 0))
+            return None, None
+        self.ew, self.Uw = np.linalg.eigh(Qww)
+        return float(self.ew[0]), self.Mw @ self.Uw[:, 0]
+
+    def prepare_solves(self, eig_tol):
+        self.null = np.abs(self.ew) <= eig_tol
+        pos = self.ew > eig_tol
+        self.Qww_pinv = (self.Uw[:, pos] / self.ew[pos]) @ self.Uw[:, pos].T
+
+    def unbounded_direction(self, My, HMy, Qyy, eig_tol):
+        """y = e_j and w along -G_j inside null(Qww): the form is linear in the step, unbounded below."""
+        G = self.Uw[:, self.null].T @ (self.Mw.T @ HMy)
+        gn = np.linalg.norm(G, axis=0)
+        j = int(np.argmax(gn))
+        if gn[j] <= eig_tol:
+            return None
+        alpha = (abs(Qyy[j, j]) + 1.0) / gn[j] ** 2
+        return My[:, j] - alpha * (self.Mw @ (self.Uw[:, self.null] @ G[:, j]))
+
+    def solve(self, R):
+        return self.Mw @ (self.Qww_pinv @ (self.Mw.T @ R))
+
+
+class _ProjectedSubspace:
+    """The ECQP subspace by its block-diagonal projector; ``H`` only through products (DESIGN.md section 5).
+
+    The minimum eigenvalue comes from Lanczos (ARPACK) on ``P H P + sigma (I - P)``: the shift
+    ``sigma > |H|`` pushes the constrained directions above the spectrum of interest. ``Qww``
+    solves use conjugate gradients on the same operator (valid when ``Qww`` is positive definite).
+    """
+
+    can_handle_singular = False
+
+    def __init__(self, prob: _Problem, blocks: list[_Block]):
+        from scipy.sparse.linalg import LinearOperator, eigsh
+
+        self.prob, self.blocks = prob, blocks
+        n = prob.keep.size
+        self.n = n
+        self.dim = int(n - sum(b.QE.shape[1] for b in blocks))
+        self.failed = None
+        H = LinearOperator((n, n), matvec=self._h, matmat=self._h, dtype=float)
+        self.hessian_norm = float(abs(eigsh(H, k=1, which="LM", tol=1e-3, return_eigenvectors=False)[0])) if n > 1 \
+            else float(abs(self._h(np.ones((1, 1)))[0, 0]))
+        self.sigma = 2.0 * self.hessian_norm + 1e-300
+        self.op = LinearOperator((n, n), matvec=self._op, matmat=self._op, dtype=float)
+        self.detail = "matrix-free (Lanczos)"
+        self.n_products = 0
+
+    def _h(self, x):
+        x = x.reshape(self.n, -1)
+        return self.prob.apply(self.prob.J_base, x)
+
+    def project(self, x):
+        x = np.array(x, dtype=float).reshape(self.n, -1)
+        for b in self.blocks:
+            if b.QE.shape[1]:
+                x[b.idx] -= b.QE @ (b.QE.T @ x[b.idx])
+        return x
+
+    def _op(self, x):
+        x = np.asarray(x, float).reshape(self.n, -1)
+        px = self.project(x)
+        self.n_products += x.shape[1]
+        return self.project(self._h(px)) + self.sigma * (x - px)
+
+    def min_eig(self):
+        from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+
+        if self.dim == 0:
+            return None, None
+        v0 = self.project(np.random.default_rng(0).standard_normal((self.n, 1)))[:, 0]
+        try:
+            if self.n <= 2:
+                raise ValueError("too small for ARPACK")
+            lam, vec = eigsh(self.op, k=1, which="SA", v0=v0, tol=1e-12, maxiter=max(1000, 20 * self.n))
+        except ArpackNoConvergence as exc:
+            self.failed = f"Lanczos did not converge ({exc})"
+            return None, None
+        except ValueError:
+            M = self._op(np.eye(self.n))
+            w, U = np.linalg.eigh(0.5 * (M + M.T))
+            lam, vec = w[:1], U[:, :1]
+        v = vec[:, 0]
+        self.detail = f"matrix-free (Lanczos, {self.n_products} products, residual " \
+                      f"{np.linalg.norm(self._op(v)[:, 0] - lam[0] * v):.2g})"
+        return float(lam[0]), v
+
+    def prepare_solves(self, eig_tol):
+        pass
+
+    def unbounded_direction(self, My, HMy, Qyy, eig_tol):
+        return None
+
+    def solve(self, R):
+        from scipy.sparse.linalg import cg
+
+        out = np.zeros_like(R)
+        for j in range(R.shape[1]):
+            b = self.project(R[:, j])[:, 0]
+            x, info = cg(self.op, b, rtol=1e-12, atol=0.0, maxiter=10 * self.n)
+            out[:, j] = self.project(x)[:, 0]
+        return out
 
 
 def _finish(out: SecondOrderOutcome, outcome: str, direction: Direction | None, source: str) -> SecondOrderOutcome:
