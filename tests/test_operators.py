@@ -53,3 +53,13 @@ def test_matmat_is_linear_and_symmetric():
     A, B = rng.standard_normal((n, 3)), rng.standard_normal((n, 3))
     np.testing.assert_allclose(A.T @ op.matmat(B), (B.T @ op.matmat(A)).T, atol=1e-10)
     np.testing.assert_allclose(op.matmat(A + 2 * B), op.matmat(A) + 2 * op.matmat(B), atol=1e-10)
+
+
+def test_chunked_data_passes_give_the_same_product():
+    rng = np.random.default_rng(5)
+    m, dh, rho, dy = 300, 6, 4, 3
+    Hl = np.einsum("mij,mkj->mik", *(2 * [rng.standard_normal((m, dy, dy))]))
+    op = HessianOperator(rng.random((m, dh)), rng.standard_normal((m, rho)), rng.standard_normal((dy, dh)),
+                         rng.standard_normal((m, dy)), Hl, rng.choice([0.0, 1.0], (m, dh)), 0.1)
+    T = rng.standard_normal((op.layout.n, 3))
+    np.testing.assert_allclose(op.matmat(T), op.matmat(T, max_elements=50), rtol=1e-10, atol=1e-10)

@@ -77,22 +77,33 @@ class HessianOperator:
         self.h_scalar = float(Hl[0, 0, 0]) if identity_hessian else None
         self.layout = Layout(W2.shape[0], W2.shape[1], Xr.shape[1], has_b2)
 
-    def matmat(self, Theta: np.ndarray) -> np.ndarray:
+    def matmat(self, Theta: np.ndarray, max_elements: int = 1 << 24) -> np.ndarray:
+        """``H Theta`` for ``Theta`` (n, b); the data are visited in row chunks so that the
+        intermediates stay below ``max_elements`` floats (memory independent of ``m``)."""
         U, Nu, c = self.layout.split(Theta)
-        T = Nu @ self.Xr.T  # (b, dh, m): t_ik
-        JT = T * self.Jt
-        dY1 = U @ self.O.T + self.W2 @ JT  # (b, dy, m)
-        if c is not None:
-            dY1 = dY1 + c[:, :, None]
-        if self.h_scalar is not None:
-            P = self.h_scalar * dY1
-        else:
-            P = np.einsum("icd,bdi->bci", self.Hl, dY1)
-        rt = self.r.T  # (dy, m)
-        gU = P @ self.O + rt @ JT.transpose(0, 2, 1)
-        gc = P.sum(axis=2) if c is not None else None
-        PW = (self.W2.T @ P + U.transpose(0, 2, 1) @ rt) * self.Jt  # (b, dh, m)
-        gNu = PW @ self.Xr
+        b, dh = U.shape[0], self.layout.dh
+        m = self.O.shape[0]
+        step = max(1, min(m, max_elements // max(1, b * max(dh, self.layout.dy))))
+        gU = np.zeros_like(U)
+        gNu = np.zeros_like(Nu)
+        gc = np.zeros_like(c) if c is not None else None
+        for s in range(0, m, step):
+            rows = slice(s, min(m, s + step))
+            O, Xr, Jt, rt = self.O[rows], self.Xr[rows], self.Jt[:, rows], self.r[rows].T
+            T = Nu @ Xr.T  # (b, dh, mc): t_ik
+            JT = T * Jt
+            dY1 = U @ O.T + self.W2 @ JT  # (b, dy, mc)
+            if c is not None:
+                dY1 = dY1 + c[:, :, None]
+            if self.h_scalar is not None:
+                P = self.h_scalar * dY1
+            else:
+                P = np.einsum("icd,bdi->bci", self.Hl[rows], dY1)
+            gU += P @ O + rt @ JT.transpose(0, 2, 1)
+            if c is not None:
+                gc += P.sum(axis=2)
+            PW = (self.W2.T @ P + U.transpose(0, 2, 1) @ rt) * Jt  # (b, dh, mc)
+            gNu += PW @ Xr
         out = self.layout.join(gU, gNu, gc)
         if self.lam:
             out = out + self.lam * Theta

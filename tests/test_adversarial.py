@@ -1,0 +1,63 @@
+"""No local_minimum claim may be beaten by a local search: random and structured probes near the point."""
+
+import numpy as np
+import pytest
+
+import cases
+from sospcheck import Verdict, check
+from sospcheck.losses import get_loss, risk
+from sospcheck.model import Direction
+
+
+def probe_minimum(net, X, Y, rng, n_dirs=400, radii=(1e-1, 1e-2, 1e-3, 1e-4)):
+    """Smallest R(z + t d) - R(z) over random unit directions, kink-aligned directions and a
+    short derivative-free descent from each probe; a strict minimum keeps it >= 0."""
+    L = get_loss("squared")
+    Yp = L.prepare(Y, net.dy)
+    R0 = risk(net, X, Yp, L)
+    n = net.n_params
+    base = net.as_direction()
+
+    def from_vec(v):
+        d = Direction.zeros_like(net)
+        parts, off = [], 0
+        for a in (d.W1, d.b1, d.W2, d.b2):
+            parts.append(v[off:off + a.size].reshape(a.shape))
+            off += a.size
+        return Direction(*parts)
+
+    worst = np.inf
+    for _ in range(n_dirs):
+        v = rng.standard_normal(n)
+        if rng.random() < 0.5:  # keep the kink points on their kinks, the hardest directions
+            v[: net.W1.size + net.dh] *= rng.random() < 0.5
+        v /= np.linalg.norm(v)
+        for t in radii:
+            d = from_vec(t * v)
+            R = risk(net.perturbed(d), X, Yp, L)
+            # a few steps of random search around the probe, staying inside the ball of radius t
+            for _ in range(5):
+                w = rng.standard_normal(n) * 0.3 * t
+                cand = t * v + w
+                cand *= min(1.0, t / np.linalg.norm(cand))
+                Rc = risk(net.perturbed(from_vec(cand)), X, Yp, L)
+                if Rc < R:
+                    R, v = Rc, cand / np.linalg.norm(cand)
+            worst = min(worst, R - R0)
+    return worst, R0
+
+
+@pytest.mark.parametrize("make", [cases.convex_kink_minimum, cases.interpolating_kink_minimum,
+                                  lambda: cases.with_dead_neuron(*cases.convex_kink_minimum())])
+def test_certified_minima_survive_adversarial_probes(make):
+    net, X, Y = make()
+    assert check(net, X, Y).verdict == Verdict.LOCAL_MINIMUM
+    worst, R0 = probe_minimum(net, X, Y, np.random.default_rng(0))
+    assert worst >= -1e-12 * max(1.0, R0)
+
+
+@pytest.mark.parametrize("make", [cases.autograd_fooled, cases.smooth_saddle_dy2])
+def test_the_probe_does_find_descent_where_there_is_one(make):
+    net, X, Y = make()
+    worst, R0 = probe_minimum(net, X, Y, np.random.default_rng(0), n_dirs=100)
+    assert worst < 0
