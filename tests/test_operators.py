@@ -63,3 +63,23 @@ def test_chunked_data_passes_give_the_same_product():
                          rng.standard_normal((m, dy)), Hl, rng.choice([0.0, 1.0], (m, dh)), 0.1)
     T = rng.standard_normal((op.layout.n, 3))
     np.testing.assert_allclose(op.matmat(T), op.matmat(T, max_elements=50), rtol=1e-10, atol=1e-10)
+
+
+def test_torch_backend_gives_the_same_products_and_verdicts():
+    pytest.importorskip("torch")
+    import cases
+    from sospcheck import check
+    from sospcheck.operators import TorchHessianOperator
+
+    rng = np.random.default_rng(6)
+    m, dh, rho, dy = 50, 4, 3, 2
+    Hl = np.einsum("mij,mkj->mik", *(2 * [rng.standard_normal((m, dy, dy))]))
+    args = (rng.random((m, dh)), rng.standard_normal((m, rho)), rng.standard_normal((dy, dh)),
+            rng.standard_normal((m, dy)), Hl, rng.choice([0.0, 1.0], (m, dh)), 0.2)
+    T = rng.standard_normal((HessianOperator(*args).layout.n, 3))
+    np.testing.assert_allclose(TorchHessianOperator(*args, device="cpu").matmat(T), HessianOperator(*args).matmat(T),
+                               rtol=1e-12, atol=1e-12)
+    for make in (cases.smooth_saddle_dy2, cases.interpolating_kink_minimum):
+        a = check(*make(), solver="matrix_free", backend="torch", device="cpu")
+        b = check(*make(), solver="matrix_free")
+        assert a.verdict == b.verdict

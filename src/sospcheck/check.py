@@ -66,7 +66,8 @@ def zero_neurons(net: TwoLayerNet, ks: list[int]) -> TwoLayerNet:
 
 def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight_decay: float = 0.0,
           tolerances: Tolerances | dict | None = None, snap: bool = False, budget: Budget | dict | None = None,
-          fragility: bool = True, snap_tol: float = 1e-5, seed: int = 0, solver: str = "auto") -> CheckResult:
+          fragility: bool = True, snap_tol: float = 1e-5, seed: int = 0, solver: str = "auto",
+          backend: str = "numpy", device: str | None = None) -> CheckResult:
     """Is ``net`` a local minimum, an SOSP, or not (with a verified descent direction) for ``(X, Y)``?
 
     Args:
@@ -80,6 +81,8 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
         seed: for the few random probes (zero-output neurons).
         solver: second-order solver, "dense", "matrix_free" (Hessian products only), or "auto"
             (dense up to ``budget.max_dense_params`` reduced parameters).
+        backend: "numpy", or "torch" for the Hessian products (``device`` e.g. "cuda"; default: a GPU
+            when available). Needs the ``torch`` extra.
 
     Returns:
         :class:`CheckResult`.
@@ -87,6 +90,14 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
     X, Yp, lossobj, weight, lam = validate_inputs(net, X, Y, loss, reduction, weight_decay)
     if solver not in ("auto", "dense", "matrix_free"):
         raise ValueError(f"`solver` must be 'auto', 'dense' or 'matrix_free', got {solver!r}")
+    if backend not in ("numpy", "torch"):
+        raise ValueError(f"`backend` must be 'numpy' or 'torch', got {backend!r}")
+    if backend == "torch":
+        try:
+            import torch  # noqa: F401
+        except ImportError as exc:
+            raise ValueError("`backend='torch'` needs PyTorch: pip install 'sospcheck[torch]'") from exc
+    engine = (solver, backend, device)
     tol = Tolerances.from_any(tolerances)
     bud = Budget.from_any(budget)
     snap_info = None
@@ -96,7 +107,7 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
             raise ValueError(f"`snap_tol` must be a finite number >= 0, got {snap_tol!r}")
         net, snap_info = snap_to_kinks(net, X, Yp, lossobj, weight, lam, snap_tol)
     t_snap = time.perf_counter() - t0
-    result = _analyze(net, X, Yp, lossobj, weight, lam, tol, bud, seed, solver)
+    result = _analyze(net, X, Yp, lossobj, weight, lam, tol, bud, seed, engine)
     if snap:
         result.timings = {"snap": t_snap, **result.timings}
     result.snap = snap_info
@@ -104,20 +115,20 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
     near = near_zero_neurons(net, X, Yp, tol)
     if near:
         zeroed = zero_neurons(net, near)
-        probe = _analyze(zeroed, X, Yp, lossobj, weight, lam, tol, bud, seed, solver)
+        probe = _analyze(zeroed, X, Yp, lossobj, weight, lam, tol, bud, seed, engine)
         result.stats.near_zero = {"neurons": near, "loss_change_if_zeroed": probe.loss_value - result.loss_value,
                                   "verdict_if_zeroed": probe.verdict.value}
     if fragility:
         t1 = time.perf_counter()
         for name, factor in (("tolerances_x10", 10.0), ("tolerances_x0.1", 0.1)):
-            probe = _analyze(net, X, Yp, lossobj, weight, lam, tol.scaled(factor), bud, seed, solver)
+            probe = _analyze(net, X, Yp, lossobj, weight, lam, tol.scaled(factor), bud, seed, engine)
             result.fragility[name] = probe.verdict.value
         result.fragile = any(v != result.verdict.value for v in result.fragility.values())
         result.timings["fragility"] = time.perf_counter() - t1
     return result
 
 
-def _analyze(net, X, Yp, lossobj, weight, lam, tol: Tolerances, bud: Budget, seed: int, solver: str) -> CheckResult:
+def _analyze(net, X, Yp, lossobj, weight, lam, tol: Tolerances, bud: Budget, seed: int, engine: tuple) -> CheckResult:
     timings: dict = {}
     clock = time.perf_counter()
 
@@ -208,7 +219,7 @@ def _analyze(net, X, Yp, lossobj, weight, lam, tol: Tolerances, bud: Budget, see
     lap("first_order")
 
     # Step 4: second order on the critical cone
-    so = second_order_test(pt, neurons, boundary, tol, bud, np.random.default_rng(seed), solver)
+    so = second_order_test(pt, neurons, boundary, tol, bud, np.random.default_rng(seed), *engine)
     stats.solver = so.solver
     stats.qps = so.records
     stats.n_icqp_planned = so.n_icqp_planned

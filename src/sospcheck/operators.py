@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Layout", "HessianOperator"]
+__all__ = ["Layout", "HessianOperator", "TorchHessianOperator", "make_operator"]
 
 
 @dataclass(frozen=True)
@@ -68,43 +68,49 @@ class HessianOperator:
         J: slopes (m, dh). weight_decay: lambda. has_b2: whether ``db2`` is a coordinate.
     """
 
+    xp = np
+
     def __init__(self, O, Xr, W2, r, Hl, J, weight_decay: float = 0.0, identity_hessian: bool = False,
                  has_b2: bool = True):
-        self.O, self.Xr, self.W2, self.r, self.Hl = O, Xr, W2, r, Hl
-        self.Jt = np.ascontiguousarray(J.T)
         self.lam = weight_decay
         # squared loss: H_i = weight * I, so the GN product needs no per-sample dy x dy solve
         self.h_scalar = float(Hl[0, 0, 0]) if identity_hessian else None
         self.layout = Layout(W2.shape[0], W2.shape[1], Xr.shape[1], has_b2)
+        self.m = O.shape[0]
+        arrays = dict(O=O, Xr=Xr, W2=W2, r=r, Jt=np.ascontiguousarray(J.T),
+                      Hl=None if identity_hessian else np.asarray(Hl))
+        for name, arr in arrays.items():
+            setattr(self, name, None if arr is None else self._to_backend(arr))
+
+    def _to_backend(self, arr: np.ndarray):
+        return arr
+
+    def _from_backend(self, arr) -> np.ndarray:
+        return arr
 
     def matmat(self, Theta: np.ndarray, max_elements: int = 1 << 24) -> np.ndarray:
         """``H Theta`` for ``Theta`` (n, b); the data are visited in row chunks so that the
         intermediates stay below ``max_elements`` floats (memory independent of ``m``)."""
-        U, Nu, c = self.layout.split(Theta)
+        xp = self.xp
+        U, Nu, c = (None if a is None else self._to_backend(np.ascontiguousarray(a)) for a in self.layout.split(Theta))
         b, dh = U.shape[0], self.layout.dh
-        m = self.O.shape[0]
-        step = max(1, min(m, max_elements // max(1, b * max(dh, self.layout.dy))))
-        gU = np.zeros_like(U)
-        gNu = np.zeros_like(Nu)
-        gc = np.zeros_like(c) if c is not None else None
-        for s in range(0, m, step):
-            rows = slice(s, min(m, s + step))
+        step = max(1, min(self.m, max_elements // max(1, b * max(dh, self.layout.dy))))
+        gU, gNu = xp.zeros_like(U), xp.zeros_like(Nu)
+        gc = xp.zeros_like(c) if c is not None else None
+        Ut = U.swapaxes(1, 2)
+        for s in range(0, self.m, step):
+            rows = slice(s, min(self.m, s + step))
             O, Xr, Jt, rt = self.O[rows], self.Xr[rows], self.Jt[:, rows], self.r[rows].T
-            T = Nu @ Xr.T  # (b, dh, mc): t_ik
-            JT = T * Jt
+            JT = (Nu @ Xr.T) * Jt  # (b, dh, mc): J_ik t_ik
             dY1 = U @ O.T + self.W2 @ JT  # (b, dy, mc)
             if c is not None:
                 dY1 = dY1 + c[:, :, None]
-            if self.h_scalar is not None:
-                P = self.h_scalar * dY1
-            else:
-                P = np.einsum("icd,bdi->bci", self.Hl[rows], dY1)
-            gU += P @ O + rt @ JT.transpose(0, 2, 1)
+            P = self.h_scalar * dY1 if self.h_scalar is not None else xp.einsum("icd,bdi->bci", self.Hl[rows], dY1)
+            gU += P @ O + rt @ JT.swapaxes(1, 2)
             if c is not None:
-                gc += P.sum(axis=2)
-            PW = (self.W2.T @ P + U.transpose(0, 2, 1) @ rt) * Jt  # (b, dh, mc)
-            gNu += PW @ Xr
-        out = self.layout.join(gU, gNu, gc)
+                gc += P.sum(2)
+            gNu += ((self.W2.T @ P + Ut @ rt) * Jt) @ Xr
+        out = self.layout.join(*(None if a is None else self._from_backend(a) for a in (gU, gNu, gc)))
         if self.lam:
             out = out + self.lam * Theta
         return out
@@ -120,3 +126,32 @@ class HessianOperator:
             E[sel, np.arange(sel.size)] = 1.0
             H[:, start : start + sel.size] = self.matmat(E)[cols]
         return 0.5 * (H + H.T)
+
+
+class TorchHessianOperator(HessianOperator):
+    """The same products with PyTorch (float64) on ``device`` (a GPU when available): the data
+    stay on the device, only ``theta`` and ``H theta`` cross. Needs the ``torch`` extra."""
+
+    def __init__(self, *args, device: str | None = None, **kw):
+        import torch
+
+        self.xp = torch
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        super().__init__(*args, **kw)
+
+    def _to_backend(self, arr):
+        arr = np.asarray(arr, dtype=np.float64)
+        if not arr.flags.writeable:  # torch cannot wrap read-only memory
+            arr = arr.copy()
+        return self.xp.as_tensor(arr, device=self.device)
+
+    def _from_backend(self, arr) -> np.ndarray:
+        return arr.cpu().numpy()
+
+
+def make_operator(backend: str, *args, **kw) -> HessianOperator:
+    """``backend``: "numpy" or "torch" (``device`` keyword for the latter)."""
+    if backend == "torch":
+        return TorchHessianOperator(*args, **kw)
+    kw.pop("device", None)
+    return HessianOperator(*args, **kw)

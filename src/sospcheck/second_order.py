@@ -25,7 +25,7 @@ from .copositive import NOT, STRICT, UNKNOWN, copositivity
 from .first_order import NeuronTest
 from .geometry import data_span
 from .model import Direction
-from .operators import HessianOperator, Layout
+from .operators import Layout, make_operator
 from .options import Budget, Tolerances
 from .point import Point
 from .zero_output import zero_output_test
@@ -85,12 +85,14 @@ class _Problem:
     keep: np.ndarray  # indices of kept coordinates
     J_base: np.ndarray
     flat_pairs: list  # (i, k, allowed signs tuple)
+    backend: str = "numpy"
+    device: str | None = None
 
     def operator(self, J: np.ndarray) -> HessianOperator:
         pt = self.pt
-        return HessianOperator(
-            pt.fwd.O, self.Xr, pt.net.W2, pt.r, pt.Hl, J, pt.weight_decay,
-            identity_hessian=pt.loss.name == "squared", has_b2=pt.net.has_b2,
+        return make_operator(
+            self.backend, pt.fwd.O, self.Xr, pt.net.W2, pt.r, pt.Hl, J, pt.weight_decay,
+            identity_hessian=pt.loss.name == "squared", has_b2=pt.net.has_b2, device=self.device,
         )
 
     def apply(self, J: np.ndarray, M: np.ndarray) -> np.ndarray:
@@ -125,13 +127,14 @@ def _spectral_norm(H: np.ndarray) -> float:
 
 def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray, tol: Tolerances,
                       budget: Budget, rng: np.random.Generator | None = None,
-                      solver: str = "auto") -> SecondOrderOutcome:
+                      solver: str = "auto", backend: str = "numpy", device: str | None = None) -> SecondOrderOutcome:
     """Step 4 at a first-order stationary point whose rays were all nonnegative.
 
     Returns T3 with a second-order descent direction (``second < 0``, ``first = 0``), T2 if some
     nonzero critical direction has zero curvature, T1 if the form is positive on the critical cone.
     ``solver``: "dense" (reduced H formed), "matrix_free" (products only), or "auto" (dense up to
-    ``budget.max_dense_params`` kept coordinates).
+    ``budget.max_dense_params`` kept coordinates). ``backend``: "numpy" or "torch" (Hessian products
+    on ``device``, a GPU when available).
     """
     rng = rng or np.random.default_rng(0)
     net, fwd = pt.net, pt.fwd
@@ -166,7 +169,7 @@ def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray
                     return out
                 return _zero_output_descent(pt, out, layout, V, Xr, Zr, boundary, k, zt.nu)
 
-    prob = _Problem(pt, V, Xr, layout, np.flatnonzero(keep), net.slope(fwd.N).astype(float), [])
+    prob = _Problem(pt, V, Xr, layout, np.flatnonzero(keep), net.slope(fwd.N).astype(float), [], backend, device)
     prob.J_base[boundary] = net.s_plus
     blocks = _constraint_blocks(prob, neurons, keep, Zr, out.quotient["zero_output_neurons"], lam)
     prob.flat_pairs = [(i, b.k, allowed) for b in blocks for i, allowed in b.flat]
