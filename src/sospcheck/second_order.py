@@ -193,7 +193,7 @@ def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray
 
     # ECQP: every kink held (t = 0 on all boundary pairs); the same block Qww for every ICQP
     n_eq = int(sum(b.A.shape[0] for b in blocks))
-    lam_min, v_min = sub.min_eig()
+    lam_min, v_min = sub.min_eig(eig_tol)
     ecqp = QPRecord("ECQP", T1, sub.dim, n_eq=n_eq + L, min_eig=lam_min, detail=sub.detail)
     out.records.append(ecqp)
     if sub.failed:
@@ -354,7 +354,7 @@ class _DenseSubspace:
         self.failed = None
         self.detail = "dense"
 
-    def min_eig(self):
+    def min_eig(self, eig_tol: float):
         Qww = self.Mw.T @ self.H @ self.Mw
         if not Qww.size:
             self.ew, self.Uw = np.zeros(0), np.zeros((0, 0))
@@ -381,12 +381,43 @@ class _DenseSubspace:
         return self.Mw @ (self.Qww_pinv @ (self.Mw.T @ R))
 
 
+def _negative_ritz_vector(apply, v0: np.ndarray, eig_tol: float, max_steps: int):
+    """Lanczos with full reorthogonalisation, stopped at the first Ritz vector ``y`` with
+    ``y' A y < -eig_tol |y|^2`` (checked with one extra product); ``(rq, y)`` or None."""
+    Q = np.empty((max_steps, v0.size))
+    Q[0] = v0 / np.linalg.norm(v0)
+    alphas, betas = [], []
+    for j in range(max_steps):
+        w = apply(Q[j])
+        alphas.append(float(Q[j] @ w))
+        Qm = Q[: j + 1]
+        w -= Qm.T @ (Qm @ w)
+        w -= Qm.T @ (Qm @ w)  # twice is enough (Kahan)
+        T = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+        theta, S = np.linalg.eigh(T)
+        if theta[0] < -eig_tol:
+            y = Qm.T @ S[:, 0]
+            y /= np.linalg.norm(y)
+            rq = float(y @ apply(y))
+            if rq < -eig_tol:
+                return rq, y
+        beta = float(np.linalg.norm(w))
+        if beta <= 1e-14 * max(1.0, abs(theta).max()) or j + 1 == max_steps:
+            break
+        betas.append(beta)
+        Q[j + 1] = w / beta
+    return None
+
+
 class _ProjectedSubspace:
     """The ECQP subspace by its block-diagonal projector; ``H`` only through products (DESIGN.md section 5).
 
-    The minimum eigenvalue comes from Lanczos (ARPACK) on ``P H P + sigma (I - P)``: the shift
-    ``sigma > |H|`` pushes the constrained directions above the spectrum of interest. ``Qww``
-    solves use conjugate gradients on the same operator (valid when ``Qww`` is positive definite).
+    The minimum eigenvalue comes from Lanczos on ``P H P + sigma (I - P)``: the shift
+    ``sigma > |H|`` pushes the constrained directions above the spectrum of interest. A short
+    Lanczos run with early exit settles the saddle case: any Ritz vector whose (exactly computed)
+    Rayleigh quotient is below ``-eig_tol`` is already a certificate, long before the eigenvalue
+    converges. Otherwise ARPACK computes ``lambda_min`` to high accuracy.
+    ``Qww`` solves use conjugate gradients on the same operator (valid when ``Qww`` is positive definite).
     """
 
     can_handle_singular = False
@@ -402,7 +433,7 @@ class _ProjectedSubspace:
         H = LinearOperator((n, n), matvec=self._h, matmat=self._h, dtype=float)
         self.hessian_norm = float(abs(eigsh(H, k=1, which="LM", tol=1e-3, return_eigenvectors=False)[0])) if n > 1 \
             else float(abs(self._h(np.ones((1, 1)))[0, 0]))
-        self.sigma = 2.0 * self.hessian_norm + 1e-300
+        self.sigma = 1.05 * self.hessian_norm + 1e-300
         self.op = LinearOperator((n, n), matvec=self._op, matmat=self._op, dtype=float)
         self.detail = "matrix-free (Lanczos)"
         self.n_products = 0
@@ -424,27 +455,31 @@ class _ProjectedSubspace:
         self.n_products += x.shape[1]
         return self.project(self._h(px)) + self.sigma * (x - px)
 
-    def min_eig(self):
+    def min_eig(self, eig_tol: float):
         from scipy.sparse.linalg import ArpackNoConvergence, eigsh
 
         if self.dim == 0:
             return None, None
-        v0 = self.project(np.random.default_rng(0).standard_normal((self.n, 1)))[:, 0]
+        v = self.project(np.random.default_rng(0).standard_normal((self.n, 1)))[:, 0]
+        if self.n <= 2:  # below ARPACK's minimum size
+            M = self._op(np.eye(self.n))
+            w, U = np.linalg.eigh(0.5 * (M + M.T))
+            return self._report(float(w[0]), U[:, 0])
+        found = _negative_ritz_vector(lambda x: self._op(x)[:, 0], v, eig_tol, max_steps=min(self.n, 300, (1 << 27) // self.n + 2))
+        if found is not None:
+            return self._report(*found)
         try:
-            if self.n <= 2:
-                raise ValueError("too small for ARPACK")
-            lam, vec = eigsh(self.op, k=1, which="SA", v0=v0, tol=1e-12, maxiter=max(1000, 20 * self.n))
+            lam, vec = eigsh(self.op, k=1, which="SA", v0=v, tol=1e-12, maxiter=max(1000, 20 * self.n))
         except ArpackNoConvergence as exc:
             self.failed = f"Lanczos did not converge ({exc})"
             return None, None
-        except ValueError:
-            M = self._op(np.eye(self.n))
-            w, U = np.linalg.eigh(0.5 * (M + M.T))
-            lam, vec = w[:1], U[:, :1]
-        v = vec[:, 0]
-        self.detail = f"matrix-free (Lanczos, {self.n_products} products, residual " \
-                      f"{np.linalg.norm(self._op(v)[:, 0] - lam[0] * v):.2g})"
-        return float(lam[0]), v
+        v = self.project(vec)[:, 0]
+        return self._report(float(lam[0]), v / np.linalg.norm(v))
+
+    def _report(self, lam: float, v: np.ndarray):
+        self.detail = (f"matrix-free (Lanczos, {self.n_products} products, residual "
+                       f"{np.linalg.norm(self._op(v)[:, 0] - lam * v):.2g})")
+        return lam, v
 
     def prepare_solves(self, eig_tol):
         pass
