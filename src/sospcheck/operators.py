@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import copy
+
 import numpy as np
 
 __all__ = ["Layout", "HessianOperator", "TorchHessianOperator", "make_operator"]
@@ -84,6 +86,12 @@ class HessianOperator:
 
     def _to_backend(self, arr: np.ndarray):
         return arr
+
+    def with_slopes(self, J: np.ndarray) -> "HessianOperator":
+        """The operator of another slope pattern, sharing the data already on the backend."""
+        other = copy.copy(self)
+        other.Jt = self._to_backend(np.ascontiguousarray(J.T))
+        return other
 
     def _from_backend(self, arr) -> np.ndarray:
         return arr

@@ -87,13 +87,17 @@ class _Problem:
     flat_pairs: list  # (i, k, allowed signs tuple)
     backend: str = "numpy"
     device: str | None = None
+    _base_op: object = field(default=None, repr=False)
 
-    def operator(self, J: np.ndarray) -> HessianOperator:
-        pt = self.pt
-        return make_operator(
-            self.backend, pt.fwd.O, self.Xr, pt.net.W2, pt.r, pt.Hl, J, pt.weight_decay,
-            identity_hessian=pt.loss.name == "squared", has_b2=pt.net.has_b2, device=self.device,
-        )
+    def operator(self, J: np.ndarray):
+        """The Hessian operator for slopes ``J``; the data go to the backend once, for ``J_base``."""
+        if self._base_op is None:
+            pt = self.pt
+            self._base_op = make_operator(
+                self.backend, pt.fwd.O, self.Xr, pt.net.W2, pt.r, pt.Hl, self.J_base, pt.weight_decay,
+                identity_hessian=pt.loss.name == "squared", has_b2=pt.net.has_b2, device=self.device,
+            )
+        return self._base_op if J is self.J_base else self._base_op.with_slopes(J)
 
     def apply(self, J: np.ndarray, M: np.ndarray) -> np.ndarray:
         """``H_J[keep][:, keep] @ M`` without forming ``H_J``."""

@@ -35,7 +35,10 @@ class Verification:
 
 
 def verify_descent(pt: Point, d: Direction, boundary: np.ndarray, max_halvings: int = 100) -> Verification:
-    """Evaluate ``R(z + t d)`` for ``t = t0 2^-j`` (``t0 = max(1, |z|)``), keep the best decrease.
+    """Evaluate ``R(z + t d)`` for ``t = t0 2^-j``, keep the best decrease.
+
+    ``t0 = max(1, |z|)``, capped at 8x the step the local model suggests (the validity radius, or
+    the minimiser ``-slope / (2 curvature)`` of a convex first-order model) to save evaluations.
 
     Stops once a verified decrease has been found and halving ``t`` only makes it smaller.
     ``noise`` is a floating-point margin: ``1e-12 |R(z)|`` plus the weight-decay term's rounding.
@@ -46,6 +49,11 @@ def verify_descent(pt: Point, d: Direction, boundary: np.ndarray, max_halvings: 
     radius = validity_radius(pt.fwd.N, boundary, pt.fwd.Xbar @ d.Z.T)
     noise = 1e-12 * abs(R0) + 1e-300
     t = max(1.0, pt.net.as_direction().norm())
+    suggested = radius
+    if slope < 0 < curvature:
+        suggested = min(suggested, -slope / (2.0 * curvature))
+    if np.isfinite(suggested) and suggested > 0:
+        t = min(t, 8.0 * suggested)
     best_t, best_dec, n = 0.0, -np.inf, 0
     for _ in range(max_halvings):
         n += 1
