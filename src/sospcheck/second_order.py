@@ -211,10 +211,6 @@ def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray
         ecqp.outcome = T2
     if L == 0:
         return _finish(out, ecqp.outcome, None, "ECQP")
-    if singular and not sub.can_handle_singular:
-        out.inconclusive = ("the ECQP block Qww is singular and the matrix-free ICQP needs it invertible; "
-                            "rerun with solver='dense'")
-        return out
     sub.prepare_solves(eig_tol)
 
     overall = ecqp.outcome
@@ -225,14 +221,25 @@ def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray
         signs = {(i, k): (next(it) if len(allowed) == 2 else allowed[0]) for i, k, allowed in prob.flat_pairs}
         sig = np.array([signs[(i, k)] for i, k, _ in prob.flat_pairs], float)
         My = My0 * sig[None, :]
-        HMy = prob.apply(prob.J_for(signs), My)
+        J_sigma = prob.J_for(signs)
+        HMy = prob.apply(J_sigma, My)
         Qyy = My.T @ HMy
         Qyy = 0.5 * (Qyy + Qyy.T)
         rec = QPRecord("ICQP", T1, int(L + sub.dim), n_eq=n_eq, n_ineq=L,
                        signs=tuple(signs[(i, k)] for i, k, _ in free_pairs), min_eig=lam_min)
         out.records.append(rec)
+
+        def negative(theta):
+            """The candidate's curvature, recomputed with one product: solver round-off must not
+            turn into a claimed descent direction."""
+            return float(theta @ prob.apply(J_sigma, theta[:, None])[:, 0]) < -eig_tol * float(theta @ theta)
+
         theta = sub.unbounded_direction(My, HMy, Qyy, eig_tol) if singular else None
         if theta is not None:
+            if not negative(theta):
+                out.inconclusive = ("Qww is (nearly) singular and the solver's null-space direction does not have "
+                                    "negative curvature; rerun with solver='dense'")
+                return out
             rec.outcome, rec.detail = T3, "Qww singular and coupled to y: unbounded below"
             return _finish(out, T3, prob.direction(theta), "ICQP")
         Xs = sub.solve(HMy)  # Mw Qww^+ Mw' H My
@@ -245,8 +252,13 @@ def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray
             return out
         if cop.status == NOT:
             y = cop.witness
+            theta = My @ y - Xs @ y
+            if not negative(theta):
+                out.inconclusive = (f"the copositivity witness (y'Sy = {cop.value:.3g}) does not give negative "
+                                    "curvature once recomputed: the Schur complement is inaccurate")
+                return out
             rec.outcome = T3
-            return _finish(out, T3, prob.direction(My @ y - Xs @ y), "ICQP")
+            return _finish(out, T3, prob.direction(theta), "ICQP")
         if cop.status != STRICT or singular:
             rec.outcome = T2
             overall = T2
@@ -335,8 +347,6 @@ def _particular_solutions(prob: _Problem, blocks: list[_Block]) -> np.ndarray:
 class _DenseSubspace:
     """The ECQP subspace by an explicit orthonormal basis ``Mw`` and the dense reduced ``H``."""
 
-    can_handle_singular = True
-
     def __init__(self, prob: _Problem, blocks: list[_Block]):
         self.prob = prob
         n = prob.keep.size
@@ -421,10 +431,9 @@ class _ProjectedSubspace:
     Lanczos run with early exit settles the saddle case: any Ritz vector whose (exactly computed)
     Rayleigh quotient is below ``-eig_tol`` is already a certificate, long before the eigenvalue
     converges. Otherwise ARPACK computes ``lambda_min`` to high accuracy.
-    ``Qww`` solves use conjugate gradients on the same operator (valid when ``Qww`` is positive definite).
+    ``Qww`` solves use MINRES on the same operator; when ``Qww`` is singular its residual is the
+    right-hand side's component in the null space (the unbounded case of the ICQP).
     """
-
-    can_handle_singular = False
 
     def __init__(self, prob: _Problem, blocks: list[_Block]):
         from scipy.sparse.linalg import LinearOperator, eigsh
@@ -438,7 +447,7 @@ class _ProjectedSubspace:
         self.hessian_norm = float(abs(eigsh(H, k=1, which="LM", tol=1e-3, return_eigenvectors=False)[0])) if n > 1 \
             else float(abs(self._h(np.ones((1, 1)))[0, 0]))
         self.sigma = 1.05 * self.hessian_norm + 1e-300
-        self.op = LinearOperator((n, n), matvec=self._op, matmat=self._op, dtype=float)
+        self.op = LinearOperator((n, n), matvec=self._op, rmatvec=self._op, matmat=self._op, dtype=float)
         self.detail = "matrix-free (Lanczos)"
         self.n_products = 0
 
@@ -486,20 +495,44 @@ class _ProjectedSubspace:
         return lam, v
 
     def prepare_solves(self, eig_tol):
-        pass
+        self.eig_tol = eig_tol
+        self._cache = (None, None, None)
 
-    def unbounded_direction(self, My, HMy, Qyy, eig_tol):
-        return None
+    def _solve_lsq(self, R):
+        """Least-squares solutions of ``Qww x = Mw' R`` (``Qww`` may be singular) and the residuals,
+        which are the components of the right-hand sides in ``null(Qww)``. MINRES first (fast when
+        ``Qww`` is definite), LSMR to finish where MINRES leaves a residual that is not in the null
+        space (it may stop short on singular, inconsistent systems)."""
+        from scipy.sparse.linalg import lsmr, minres
 
-    def solve(self, R):
-        from scipy.sparse.linalg import cg
-
-        out = np.zeros_like(R)
+        if self._cache[0] is R:
+            return self._cache[1], self._cache[2]
+        X, res = np.zeros_like(R), np.zeros_like(R)
         for j in range(R.shape[1]):
             b = self.project(R[:, j])[:, 0]
-            x, info = cg(self.op, b, rtol=1e-12, atol=0.0, maxiter=10 * self.n)
-            out[:, j] = self.project(x)[:, 0]
-        return out
+            x = self.project(minres(self.op, b, rtol=1e-12, maxiter=10 * self.n)[0])[:, 0]
+            rj = b - self._op(x)[:, 0]
+            if np.linalg.norm(self._op(rj)) > 1e-10 * self.sigma * np.linalg.norm(rj):
+                x = self.project(lsmr(self.op, b, atol=1e-15, btol=1e-15, maxiter=20 * self.n)[0])[:, 0]
+                rj = b - self._op(x)[:, 0]
+            X[:, j] = x
+            res[:, j] = rj
+        self._cache = (R, X, res)
+        return X, res
+
+    def unbounded_direction(self, My, HMy, Qyy, eig_tol):
+        """As the dense solver, with the null-space component read off the MINRES residual."""
+        _, res = self._solve_lsq(HMy)
+        gn = np.linalg.norm(res, axis=0)
+        j = int(np.argmax(gn))
+        if gn[j] <= max(eig_tol, 1e-8 * np.linalg.norm(HMy[:, j])):
+            return None
+        # n0 = res_j lies in null(Qww): the form along My e_j - alpha n0 is Qyy_jj - 2 alpha |n0|^2
+        alpha = (abs(Qyy[j, j]) + 1.0) / gn[j] ** 2
+        return My[:, j] - alpha * res[:, j]
+
+    def solve(self, R):
+        return self._solve_lsq(R)[0]
 
 
 def _finish(out: SecondOrderOutcome, outcome: str, direction: Direction | None, source: str) -> SecondOrderOutcome:
