@@ -75,3 +75,23 @@ def with_dead_neuron(net, X, Y):
     b1 = np.append(net.b1, -1.0)
     W2 = np.hstack([net.W2, np.full((net.dy, 1), 0.7)])
     return TwoLayerNet(W1, b1, W2, net.b2), X, Y
+
+
+def icqp_unbounded_saddle():
+    """dy = 2, two neurons sharing a kink point; Qww singular and coupled to a flat ray: ICQP T3."""
+    return (TwoLayerNet([[1.0], [1.0]], [1.0, 1.0], [[1.0, -2.0], [-2.0, 2.0]], [1.0, -2.0]),
+            np.array([[-1.0], [2.0], [3.0], [-2.0]]),
+            np.array([[3.0, 0.0], [-10.0, -10.0], [3.0, 4.0], [1.0, -2.0]]))
+
+
+def icqp_copositivity_saddle():
+    """dy = 2, three neurons; the Schur complement on the flat rays is not copositive: ICQP T3."""
+    return (TwoLayerNet([[2.0], [-2.0], [-2.0]], [4.0, -4.0, -2.0], [[0.0, 1.0, 0.0], [-2.0, 0.0, 2.0]], [-1.0, 1.0]),
+            np.array([[-2.0], [1.0], [0.0], [-1.0]]),
+            np.array([[-1.0, 5.0], [-2.0, -11.0], [1.0, -7.0], [-2.0, -3.0]]))
+
+
+def icqp_one_sided_minimum():
+    """Leaky ReLU (s_minus = 1/2), a ray flat on one side only (L > K): ICQP T1."""
+    return (TwoLayerNet([[-1.0]], [0.0], [[-2.0]], [2.0], s_minus=0.5), np.array([[-1.0], [1.0], [0.0], [-3.0]]),
+            np.array([1.0, -1.0, 6.0, -5.0]))

@@ -263,3 +263,31 @@ def test_bad_input_raises_naming_the_argument(kw, exc, match):
     args.update(kw)
     with pytest.raises(exc, match=match):
         check(args.pop("net"), args.pop("X"), args.pop("Y"), **args)
+
+
+@SOLVERS
+def test_icqp_t3_unbounded_through_a_singular_ecqp_block(solver):
+    net, X, Y = cases.icqp_unbounded_saddle()
+    r = check(net, X, Y, solver=solver)
+    assert r.verdict == Verdict.DESCENT and r.descent.order == 2 and r.descent.test == "ICQP"
+    assert r.stats.qps[0].outcome == "T2" and r.stats.qps[-1].outcome == "T3"
+    assert_true_decrease(r, X, Y)
+
+
+@SOLVERS
+def test_icqp_t3_by_a_copositivity_witness_where_autograd_sees_a_minimum(solver):
+    from sospcheck.smooth import smooth_view
+
+    net, X, Y = cases.icqp_copositivity_saddle()
+    assert smooth_view(net, X, Y).looks_like_minimum
+    r = check(net, X, Y, solver=solver)
+    assert r.verdict == Verdict.DESCENT and r.descent.order == 2 and r.descent.test == "ICQP"
+    assert r.stats.qps[-1].copositivity == "not_copositive" and r.stats.qps[-1].copositivity_value < 0
+    assert_true_decrease(r, X, Y)
+
+
+@SOLVERS
+def test_icqp_t1_with_a_one_sided_flat_ray_leaky(solver):
+    r = check(*cases.icqp_one_sided_minimum(), solver=solver)
+    assert r.verdict == Verdict.LOCAL_MINIMUM and (r.stats.L, r.stats.K) == (1, 0)
+    assert [q.kind for q in r.stats.qps] == ["ECQP", "ICQP"]

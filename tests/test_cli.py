@@ -99,3 +99,4 @@ def test_demo_runs_both_examples(capsys):
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
     assert "looks like a minimum" in out and "verdict: descent" in out and "verdict: local_minimum" in out
+    assert "(c) a second-order saddle" in out and "order 2 from ICQP" in out

@@ -43,4 +43,15 @@ EXAMPLES = [
         np.array([1.0, -2.0, 3.0, 1.0]),
         "local_minimum",
     ),
+    Example(
+        "(c) a second-order saddle hidden in the kinks",
+        "Three ReLU neurons, two outputs, four points; three data-neuron pairs sit on kinks with both "
+        "one-sided slopes zero. The autograd gradient is 0 and its Hessian PSD. No first-order descent "
+        "exists either, but on the cone where the kinks open up the second-order form is not "
+        "copositive: sospcheck returns a second-order descent direction from an ICQP and verifies it.",
+        TwoLayerNet([[2.0], [-2.0], [-2.0]], [4.0, -4.0, -2.0], [[0.0, 1.0, 0.0], [-2.0, 0.0, 2.0]], [-1.0, 1.0]),
+        np.array([[-2.0], [1.0], [0.0], [-1.0]]),
+        np.array([[-1.0, 5.0], [-2.0, -11.0], [1.0, -7.0], [-2.0, -3.0]]),
+        "descent",
+    ),
 ]

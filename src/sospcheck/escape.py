@@ -110,6 +110,45 @@ def _zeroed(net: TwoLayerNet, ks: list[int]) -> TwoLayerNet:
     return net.with_weights(W1=W1, b1=b1, W2=W2)
 
 
+def merge_parallel(net: TwoLayerNet, merge_tol: float) -> tuple[TwoLayerNet, list[list[int]]]:
+    """Merge neurons whose rows ``Z_k`` point the same way (unit vectors within ``merge_tol``).
+
+    ``h`` is positively homogeneous, so neurons with ``Z_j = |Z_j| u`` add up to one neuron:
+    ``sum_j w_j h(Z_j . xbar) = v h(u . xbar)`` with ``v = sum_j |Z_j| w_j``; it is kept balanced
+    (``Z = sqrt|v| u``, ``w = v / sqrt|v|``) in the slot of the group's largest member, and the other
+    members become zero neurons. Training from small initialisation aligns neurons into such
+    groups; merging them removes nearly flat valleys and frees zero neurons for the check to use.
+    Returns the merged network and the groups (each a list of neuron indices, first one kept).
+    """
+    Z, W2 = np.array(net.Z), np.array(net.W2)
+    zn = np.linalg.norm(Z, axis=1)
+    live = np.flatnonzero(zn > 0)
+    U = Z[live] / zn[live, None]
+    size = zn[live] * np.linalg.norm(W2[:, live], axis=0)
+    groups, used = [], np.zeros(live.size, bool)
+    for a in np.argsort(-size, kind="stable"):
+        if used[a]:
+            continue
+        members = np.flatnonzero(~used & (np.linalg.norm(U - U[a], axis=1) <= merge_tol))
+        used[members] = True
+        if members.size > 1:
+            members = np.concatenate([[a], members[members != a]])
+            groups.append([int(live[j]) for j in members])
+    for group in groups:
+        keep = group[0]
+        v = W2[:, group] @ zn[group]
+        s = np.sqrt(np.linalg.norm(v))
+        Z[group], W2[:, group] = 0.0, 0.0
+        if s > 0:
+            Z[keep] = s * U[np.flatnonzero(live == keep)[0]]
+            W2[:, keep] = v / s
+    if not groups:
+        return net, groups
+    if net.has_b1:
+        return net.with_weights(W1=Z[:, :-1], b1=Z[:, -1], W2=W2), groups
+    return net.with_weights(W1=Z, W2=W2), groups
+
+
 def _refit_quadratic(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, weight: float, lam: float,
                      rcond: float = 1e-9) -> TwoLayerNet:
     """Minimum-change output-layer refit for ``l = (c/2)|yhat - y*|^2``: with features ``F = [O 1]``
@@ -135,18 +174,21 @@ def _refit_quadratic(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss
 
 
 def nearby_point(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, weight: float, weight_decay: float = 0.0,
-                 zero_tol: float = 1e-3, snap_tol: float = 1e-5) -> tuple[TwoLayerNet, list[int]]:
-    """The nearby kink point of ``net`` (module docstring) and the neurons set to zero.
-    ``Yp``: targets already prepared by ``loss.prepare``; ``weight``: the reduction weight."""
+                 zero_tol: float = 1e-3, snap_tol: float = 1e-5, merge_tol: float = 1e-3
+                 ) -> tuple[TwoLayerNet, list[int], list[list[int]]]:
+    """The nearby kink point of ``net`` (module docstring), the neurons set to zero, and the
+    groups of parallel neurons merged (:func:`merge_parallel`; ``merge_tol=0`` merges only exact
+    duplicates). ``Yp``: targets already prepared by ``loss.prepare``; ``weight``: the reduction weight."""
     ks = small_neurons(net, X, Yp, zero_tol) if zero_tol > 0 else []
     moved = _zeroed(net, ks) if ks else net
+    moved, groups = merge_parallel(moved, merge_tol)
     snapped, _ = snap_to_kinks(moved, X, Yp, loss, weight, weight_decay, snap_tol)
     if loss.name in _QUADRATIC:
         # snap_to_kinks solves the normal equations, which can throw W2 far off for near-duplicate
         # neurons: keep its hidden layer only and refit the output layer by its minimum change
         hidden = moved.with_weights(W1=snapped.W1, b1=snapped.b1)
-        return _refit_quadratic(hidden, X, Yp, loss, weight, weight_decay), ks
-    return snapped, ks
+        return _refit_quadratic(hidden, X, Yp, loss, weight, weight_decay), ks, groups
+    return snapped, ks, groups
 
 
 @dataclass(frozen=True)
@@ -157,6 +199,7 @@ class NearbyCheck:
     net: TwoLayerNet
     start: TwoLayerNet
     zeroed: list
+    merged: list
     loss_start: float
     loss_nearby: float
     distance: float
@@ -172,17 +215,18 @@ def _setup(net, X, Y, loss, reduction):
 
 
 def nearby_check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight_decay: float = 0.0, *,
-                 zero_tol: float = 1e-3, snap_tol: float = 1e-5, **check_kwargs) -> NearbyCheck:
+                 zero_tol: float = 1e-3, merge_tol: float = 1e-3, snap_tol: float = 1e-5,
+                 **check_kwargs) -> NearbyCheck:
     """Move to the nearby kink point, then :func:`sospcheck.check` there (``check_kwargs``: tolerances,
     budget, fragility, ...). The verdict and any direction are about ``NearbyCheck.net``."""
     if "snap" in check_kwargs:
         raise TypeError("nearby_check() snaps by itself; do not pass `snap`")
     X, Yp, lossobj, weight = _setup(net, X, Y, loss, reduction)
-    near, ks = nearby_point(net, X, Yp, lossobj, weight, weight_decay, zero_tol, snap_tol)
+    near, ks, groups = nearby_point(net, X, Yp, lossobj, weight, weight_decay, zero_tol, snap_tol, merge_tol)
     result = check(near, X, Yp, loss=lossobj, reduction=reduction, weight_decay=weight_decay, **check_kwargs)
     start_loss = risk(net, X, Yp, lossobj, weight, weight_decay)
     distance = float(np.linalg.norm(near.as_direction().vector() - net.as_direction().vector()))
-    return NearbyCheck(result, near, net, ks, start_loss, result.loss_value, distance)
+    return NearbyCheck(result, near, net, ks, groups, start_loss, result.loss_value, distance)
 
 
 @dataclass(frozen=True)
@@ -201,13 +245,13 @@ class EscapeAttempt:
 
 
 def escape_step(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight_decay: float = 0.0, *,
-                zero_tol: float = 1e-3, snap_tol: float = 1e-5, max_doublings: int = 30,
+                zero_tol: float = 1e-3, merge_tol: float = 1e-3, snap_tol: float = 1e-5, max_doublings: int = 30,
                 **check_kwargs) -> EscapeAttempt:
     """:func:`nearby_check`, then on ``descent`` a line search along the certified direction ``d``
     from the nearby point: starting at the certificate's verified step, double ``t`` while
     ``R(z_near + t d)`` keeps falling. Accepted only if the result beats the loss at ``net``."""
-    near = nearby_check(net, X, Y, loss, reduction, weight_decay, zero_tol=zero_tol, snap_tol=snap_tol,
-                        **check_kwargs)
+    near = nearby_check(net, X, Y, loss, reduction, weight_decay, zero_tol=zero_tol, merge_tol=merge_tol,
+                        snap_tol=snap_tol, **check_kwargs)
     res = near.result
     if res.verdict != Verdict.DESCENT:
         return EscapeAttempt(near, None, None, near.loss_start)
@@ -244,6 +288,7 @@ class EscapeEvent:
     step: float | None
     distance: float
     zeroed: list
+    merged: list
     accepted: bool
     seconds: float
     reason: str | None = None
@@ -255,7 +300,7 @@ class EscapeEvent:
         what = f"order-{self.order} {self.test}, step {self.step:.3g}" if self.order else (self.reason or "")
         return (f"iter {self.iteration}: {self.verdict} ({what}); loss {self.loss_before:.6g} -> nearby "
                 f"{self.loss_nearby:.6g} -> {self.loss_after:.6g}{'' if self.accepted else ' (weights kept)'}; "
-                f"zeroed {self.zeroed}, moved {self.distance:.3g}, {self.seconds * 1e3:.1f} ms")
+                f"zeroed {self.zeroed}, merged {self.merged}, moved {self.distance:.3g}, {self.seconds * 1e3:.1f} ms")
 
 
 class SaddleEscape:
@@ -280,7 +325,8 @@ class SaddleEscape:
     """
 
     def __init__(self, model, X, Y, criterion=None, optimizer=None, *, window: int = 100, loss_rtol: float = 1e-4,
-                 loss_atol: float = 0.0, grad_tol: float = 1e-3, zero_tol: float = 1e-3, snap_tol: float = 1e-5,
+                 loss_atol: float = 0.0, grad_tol: float = 1e-3, zero_tol: float = 1e-3, merge_tol: float = 1e-3,
+                 snap_tol: float = 1e-5,
                  weight_decay: float = 0.0, stop_on: tuple = ("local_minimum", "sosp"), max_escapes: int | None = None,
                  reset_optimizer: bool = True, load_certified: bool = True, negative_slope: float | None = None,
                  check_kwargs: dict | None = None, verbose: bool = False):
@@ -302,7 +348,8 @@ class SaddleEscape:
         if bad:
             raise ValueError(f"`stop_on` must hold verdict names {[v.value for v in Verdict]}, got {sorted(bad)}")
         self.stop_on = tuple(stop_on)
-        self.zero_tol, self.snap_tol, self.weight_decay = zero_tol, snap_tol, weight_decay
+        self.nearby_options = dict(zero_tol=zero_tol, merge_tol=merge_tol, snap_tol=snap_tol)
+        self.weight_decay = weight_decay
         self.max_escapes = max_escapes
         self.reset_optimizer, self.load_certified, self.verbose = reset_optimizer, load_certified, verbose
         self.check_kwargs = {"fragility": False, **(check_kwargs or {})}
@@ -346,7 +393,7 @@ class SaddleEscape:
         t0 = time.perf_counter()
         net = self._bridge.from_torch(self.model, negative_slope=self.negative_slope, check_forward=False)
         att = escape_step(net, self.X, self.Y, self.spec.loss, self.spec.reduction, self.weight_decay,
-                          zero_tol=self.zero_tol, snap_tol=self.snap_tol, **self.check_kwargs)
+                          **self.nearby_options, **self.check_kwargs)
         near, res = att.nearby, att.nearby.result
         self.last_check = res
         accepted, loss_after = False, near.loss_start
@@ -369,7 +416,7 @@ class SaddleEscape:
             reason = "the line search did not beat the loss at the optimizer's weights"
         event = EscapeEvent(self.iteration, res.verdict.value, near.loss_start, near.loss_nearby, loss_after,
                             d.order if d else None, d.test if d else None, att.step, near.distance, list(near.zeroed),
-                            accepted, time.perf_counter() - t0, reason)
+                            list(near.merged), accepted, time.perf_counter() - t0, reason)
         self.events.append(event)
         self.detector.reset()
         logger.info(event.line())
