@@ -6,11 +6,19 @@ The NumPy core (:class:`StallDetector`, :func:`nearby_point`, :func:`nearby_chec
 :func:`escape_step`) needs no PyTorch. :class:`SaddleEscape`, a callback for a plain PyTorch loop,
 and :func:`train_with_escapes` import it when used.
 
-"The nearby kink point" of weights ``z``: neurons whose whole output contribution is negligible are
-set exactly to zero (vanishing initialisation leaves such neurons, and they put every data point on
-their kink: the saddles of saddle-to-saddle dynamics), points within ``snap_tol`` of a kink are
-moved onto it (:func:`sospcheck.snap.snap_to_kinks`), and the output layer, a convex problem once
-the hidden layer is fixed, is refit by its minimum change.
+"The nearby kink point" of weights ``z`` (:class:`Nearby` holds the thresholds):
+
+1. neurons whose whole output contribution is negligible are set exactly to zero: vanishing
+   initialisation leaves such neurons, and a zero neuron puts every data point on its kink (the
+   saddles of saddle-to-saddle dynamics, decided exactly by the check);
+2. neurons pointing the same way are merged into one (the others become zero neurons): small
+   initialisation aligns neurons into such groups, whose nearly flat valleys no optimizer resolves;
+3. points within ``snap_tol`` of a kink are moved onto it (:func:`sospcheck.snap.snap_to_kinks`);
+4. a few Levenberg-Marquardt steps on all weights with those points held on their kinks
+   (``polish_iters``): gradient methods converge slowly near the end, the check's tolerances are tight;
+5. the output layer, convex once the hidden layer is fixed, is refit by its minimum change.
+
+Each step is monotone or negligible in the loss; the reported ``distance`` says how far it went.
 """
 
 from __future__ import annotations
@@ -18,9 +26,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
+from scipy.linalg import null_space
 
 from .check import check
 from .losses import Loss, get_loss, reduction_weight, risk
@@ -28,8 +37,9 @@ from .model import TwoLayerNet, forward
 from .result import CheckResult, Verdict
 from .snap import refit_output_layer, snap_to_kinks
 
-__all__ = ["StallDetector", "NearbyCheck", "EscapeAttempt", "EscapeEvent", "small_neurons", "nearby_point",
-           "nearby_check", "escape_step", "SaddleEscape", "TrainLog", "train_with_escapes"]
+__all__ = ["StallDetector", "Nearby", "NearbyCheck", "EscapeAttempt", "EscapeEvent", "small_neurons",
+           "merge_parallel", "polish", "nearby_point", "nearby_check", "escape_step", "SaddleEscape", "TrainLog",
+           "train_with_escapes"]
 
 logger = logging.getLogger("sospcheck.escape")
 
@@ -55,12 +65,12 @@ class StallDetector:
     _n: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self):
-        if not (isinstance(self.window, int) and self.window >= 1):
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
             raise ValueError(f"`window` must be an integer >= 1, got {self.window!r}")
         for name in ("loss_rtol", "loss_atol", "grad_tol"):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or math.isnan(v) or v < 0:
-                raise ValueError(f"`{name}` must be a number >= 0 (inf disables nothing, 0 is strictest), got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or v < 0:
+                raise ValueError(f"`{name}` must be a number >= 0 (math.inf disables the test), got {v!r}")
 
     def reset(self) -> None:
         self.losses.clear()
@@ -85,13 +95,56 @@ class StallDetector:
             self._avg = grad * 1.0 if self._avg is None else self._avg + rate * (grad - self._avg)
         if len(self.losses) <= self.window or not math.isfinite(loss):
             return False
-        plateau = self.losses[0] - loss <= self.loss_rtol * abs(loss) + self.loss_atol
-        return plateau and (grad is None and self._avg is None or self.grad_norm <= self.grad_tol)
+        if not self.losses[0] - loss <= self.loss_rtol * abs(loss) + self.loss_atol:
+            return False
+        return self._avg is None or self.grad_norm <= self.grad_tol
+
+
+@dataclass(frozen=True)
+class Nearby:
+    """Thresholds of the nearby kink point (module docstring).
+
+    zero_tol: a neuron is set to zero when ``s_hi |w_k| |Z_k| max|xbar| <= zero_tol * (rms(outputs)
+        + rms(targets))`` (the check's ``near_zero`` rule); 0 disables.
+    merge_tol: neurons whose unit rows ``Z_k / |Z_k|`` differ by at most this are merged; 0 merges
+        exact duplicates only.
+    snap_tol: pairs with ``|N_ik| <= snap_tol |Z_k| max|xbar|`` are put on the kink (as ``check(snap=True)``).
+    polish_iters: Levenberg-Marquardt iterations (0 disables); skipped when the Jacobian would have
+        more than ``polish_max_size`` entries (``m * dy * parameters``).
+    refit_rcond: singular values of the output-layer features below ``refit_rcond * s_max`` count as
+        zero in the refit (nearly collinear features must not send ``W2`` far away).
+    """
+
+    zero_tol: float = 1e-3
+    merge_tol: float = 1e-3
+    snap_tol: float = 1e-5
+    polish_iters: int = 30
+    polish_max_size: int = 2_000_000
+    refit_rcond: float = 1e-9
+
+    def __post_init__(self):
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"`{f.name}` must be a finite number >= 0, got {v!r}")
+
+    @classmethod
+    def from_any(cls, value) -> "Nearby":
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            unknown = set(value) - {f.name for f in fields(cls)}
+            if unknown:
+                raise ValueError(f"`nearby` has unknown key(s) {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")
+            return replace(cls(), **value)
+        raise TypeError(f"`nearby` must be a Nearby, a dict or None, got {type(value).__name__}")
 
 
 def small_neurons(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, zero_tol: float) -> list[int]:
     """Nonzero neurons with ``s_hi |w_k| |Z_k| max|xbar| <= zero_tol * (rms(outputs) + rms(targets))``:
-    the largest output they can contribute is negligible (the check's ``near_zero`` rule)."""
+    the largest output they can contribute is negligible."""
     fwd = forward(net, X)
     reach = (max(net.s_plus, net.s_minus) * np.linalg.norm(net.W2, axis=0) * np.linalg.norm(net.Z, axis=1)
              * np.max(np.linalg.norm(fwd.Xbar, axis=1)))
@@ -100,14 +153,16 @@ def small_neurons(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, zero_tol: flo
     return [int(k) for k in np.flatnonzero(nonzero & (reach <= zero_tol * scale))]
 
 
+def _with_Z(net: TwoLayerNet, Z: np.ndarray, **kw) -> TwoLayerNet:
+    if net.has_b1:
+        return net.with_weights(W1=Z[:, :-1], b1=Z[:, -1], **kw)
+    return net.with_weights(W1=Z, **kw)
+
+
 def _zeroed(net: TwoLayerNet, ks: list[int]) -> TwoLayerNet:
-    W1, W2 = np.array(net.W1), np.array(net.W2)
-    W1[ks], W2[:, ks] = 0.0, 0.0
-    b1 = None
-    if net.b1 is not None:
-        b1 = np.array(net.b1)
-        b1[ks] = 0.0
-    return net.with_weights(W1=W1, b1=b1, W2=W2)
+    Z, W2 = np.array(net.Z), np.array(net.W2)
+    Z[ks], W2[:, ks] = 0.0, 0.0
+    return _with_Z(net, Z, W2=W2)
 
 
 def merge_parallel(net: TwoLayerNet, merge_tol: float) -> tuple[TwoLayerNet, list[list[int]]]:
@@ -115,10 +170,8 @@ def merge_parallel(net: TwoLayerNet, merge_tol: float) -> tuple[TwoLayerNet, lis
 
     ``h`` is positively homogeneous, so neurons with ``Z_j = |Z_j| u`` add up to one neuron:
     ``sum_j w_j h(Z_j . xbar) = v h(u . xbar)`` with ``v = sum_j |Z_j| w_j``; it is kept balanced
-    (``Z = sqrt|v| u``, ``w = v / sqrt|v|``) in the slot of the group's largest member, and the other
-    members become zero neurons. Training from small initialisation aligns neurons into such
-    groups; merging them removes nearly flat valleys and frees zero neurons for the check to use.
-    Returns the merged network and the groups (each a list of neuron indices, first one kept).
+    (``Z = sqrt|v| u``, ``w = v / sqrt|v|``) in the slot of the group's largest member, and the
+    others become zero neurons. Returns the network and the groups (lists of neurons, kept one first).
     """
     Z, W2 = np.array(net.Z), np.array(net.W2)
     zn = np.linalg.norm(Z, axis=1)
@@ -134,27 +187,96 @@ def merge_parallel(net: TwoLayerNet, merge_tol: float) -> tuple[TwoLayerNet, lis
         if members.size > 1:
             members = np.concatenate([[a], members[members != a]])
             groups.append([int(live[j]) for j in members])
+    if not groups:
+        return net, groups
     for group in groups:
         keep = group[0]
         v = W2[:, group] @ zn[group]
         s = np.sqrt(np.linalg.norm(v))
+        direction = Z[keep] / zn[keep]
         Z[group], W2[:, group] = 0.0, 0.0
         if s > 0:
-            Z[keep] = s * U[np.flatnonzero(live == keep)[0]]
-            W2[:, keep] = v / s
-    if not groups:
-        return net, groups
-    if net.has_b1:
-        return net.with_weights(W1=Z[:, :-1], b1=Z[:, -1], W2=W2), groups
-    return net.with_weights(W1=Z, W2=W2), groups
+            Z[keep], W2[:, keep] = s * direction, v / s
+    return _with_Z(net, Z, W2=W2), groups
+
+
+def _on_kink(net: TwoLayerNet, X: np.ndarray, tol: float) -> np.ndarray:
+    fwd = forward(net, X)
+    scale = np.linalg.norm(net.Z, axis=1) * np.max(np.linalg.norm(fwd.Xbar, axis=1))
+    return np.abs(fwd.N) <= tol * scale[None, :]
+
+
+def polish(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, weight: float, weight_decay: float,
+           on_kink: np.ndarray, iters: int = 30) -> tuple[TwoLayerNet, int]:
+    """Levenberg-Marquardt on ``R`` over all weights, with the pairs in ``on_kink`` (m, dh) held
+    exactly on their kinks (``dZ_k`` in the null space of those ``xbar_i``).
+
+    Step: ``(J' H J + lam I + mu I) delta = -(J' r + lam z)`` with ``J`` the output Jacobian of the
+    current linear piece and ``r``, ``H`` the loss gradients and Hessians; taken only if ``R``
+    falls (``mu`` shrinks), else ``mu`` grows. Returns the network and the number of steps taken.
+    """
+    Xbar = net.augment(X)
+    m, d = Xbar.shape
+    dh, dy = net.dh, net.dy
+    bases = [null_space(Xbar[on_kink[:, k]]) if on_kink[:, k].any() else np.eye(d) for k in range(dh)]
+    sizes = [b.shape[1] for b in bases]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    nf = dh + (1 if net.has_b2 else 0)
+    n_hidden = int(offsets[-1])
+    n = n_hidden + dy * nf
+    value = risk(net, X, Yp, loss, weight, weight_decay)
+    mu, taken = None, 0
+    cur = net
+    for _ in range(iters):
+        fwd = forward(cur, X)
+        F = np.hstack([fwd.O, np.ones((m, 1))]) if cur.has_b2 else fwd.O
+        G = weight * np.asarray(loss.grad(fwd.out, Yp))
+        H = weight * np.asarray(loss.hess(fwd.out, Yp))
+        S = cur.slope(fwd.N)
+        J = np.zeros((m, dy, n))
+        for k in range(dh):
+            if sizes[k]:
+                # dY_i / d phi_k = w_k (S_ik xbar_i' B_k)
+                J[:, :, offsets[k]:offsets[k + 1]] = cur.W2[:, k][None, :, None] * (S[:, k, None] * (Xbar @ bases[k]))[:, None, :]
+        for c in range(dy):
+            J[:, c, n_hidden + c * nf:n_hidden + (c + 1) * nf] = F
+        T = np.hstack([cur.W2, cur.b2[:, None]]) if cur.has_b2 else np.array(cur.W2)
+        theta = np.concatenate([np.concatenate([bases[k].T @ cur.Z[k] for k in range(dh)]) if n_hidden else np.zeros(0),
+                                T.ravel()])
+        g = np.einsum("ic,icv->v", G, J) + weight_decay * theta
+        A = np.einsum("icv,icd,idw->vw", J, H, J)
+        if weight_decay:
+            A[np.diag_indices(n)] += weight_decay
+        if mu is None:
+            mu = 1e-6 * max(float(np.max(np.diag(A))), 1e-300)
+        improved = False
+        while mu < 1e12 * max(float(np.max(np.diag(A))), 1e-300):
+            try:
+                delta = -np.linalg.solve(A + mu * np.eye(n), g)
+            except np.linalg.LinAlgError:
+                mu *= 8.0
+                continue
+            Z = np.array(cur.Z)
+            for k in range(dh):
+                Z[k] += bases[k] @ delta[offsets[k]:offsets[k + 1]]
+            Tn = T + delta[n_hidden:].reshape(dy, nf)
+            cand = _with_Z(cur, Z, W2=Tn[:, :dh], b2=Tn[:, dh] if cur.has_b2 else None)
+            new = risk(cand, X, Yp, loss, weight, weight_decay)
+            if new < value:
+                improved = value - new > 1e-15 * abs(value)
+                cur, value, mu, taken = cand, new, mu / 3.0, taken + 1
+                break
+            mu *= 8.0
+        if not improved:
+            break
+    return cur, taken
 
 
 def _refit_quadratic(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, weight: float, lam: float,
-                     rcond: float = 1e-9) -> TwoLayerNet:
+                     rcond: float) -> TwoLayerNet:
     """Minimum-change output-layer refit for ``l = (c/2)|yhat - y*|^2``: with features ``F = [O 1]``
     and ``E = -grad l / c``, ``dT = argmin (w c / 2)|F dT' - E|^2 + (lam / 2)|T + dT|^2`` (minimum
-    norm; singular values below ``rcond * s_max`` count as zero, so nearly duplicate neurons do not
-    send ``W2`` far away for a negligible gain). Columns of ``F`` that are exactly zero (zero or
+    norm, singular values below ``rcond * s_max`` dropped). Exactly zero columns of ``F`` (zero or
     dead neurons) keep their weights when ``lam = 0``."""
     fwd = forward(net, X)
     F = np.hstack([fwd.O, np.ones((fwd.O.shape[0], 1))]) if net.has_b2 else fwd.O
@@ -173,22 +295,32 @@ def _refit_quadratic(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss
     return net.with_weights(W2=T[:, :net.dh], b2=T[:, net.dh] if net.has_b2 else None)
 
 
-def nearby_point(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, weight: float, weight_decay: float = 0.0,
-                 zero_tol: float = 1e-3, snap_tol: float = 1e-5, merge_tol: float = 1e-3
-                 ) -> tuple[TwoLayerNet, list[int], list[list[int]]]:
-    """The nearby kink point of ``net`` (module docstring), the neurons set to zero, and the
-    groups of parallel neurons merged (:func:`merge_parallel`; ``merge_tol=0`` merges only exact
-    duplicates). ``Yp``: targets already prepared by ``loss.prepare``; ``weight``: the reduction weight."""
-    ks = small_neurons(net, X, Yp, zero_tol) if zero_tol > 0 else []
-    moved = _zeroed(net, ks) if ks else net
-    moved, groups = merge_parallel(moved, merge_tol)
-    snapped, _ = snap_to_kinks(moved, X, Yp, loss, weight, weight_decay, snap_tol)
+def _refit(net, X, Yp, loss, weight, lam, rcond):
     if loss.name in _QUADRATIC:
-        # snap_to_kinks solves the normal equations, which can throw W2 far off for near-duplicate
-        # neurons: keep its hidden layer only and refit the output layer by its minimum change
-        hidden = moved.with_weights(W1=snapped.W1, b1=snapped.b1)
-        return _refit_quadratic(hidden, X, Yp, loss, weight, weight_decay), ks, groups
-    return snapped, ks, groups
+        return _refit_quadratic(net, X, Yp, loss, weight, lam, rcond)
+    return refit_output_layer(net, X, Yp, loss, weight, lam)[0]
+
+
+def nearby_point(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, weight: float, weight_decay: float = 0.0,
+                 nearby: Nearby | dict | None = None) -> tuple[TwoLayerNet, dict]:
+    """The nearby kink point of ``net`` (module docstring) and what was done to get there:
+    ``zeroed`` and ``merged`` neurons, ``polish_steps``. ``Yp``: targets prepared by ``loss.prepare``;
+    ``weight``: the reduction weight."""
+    opt = Nearby.from_any(nearby)
+    ks = small_neurons(net, X, Yp, opt.zero_tol) if opt.zero_tol > 0 else []
+    cur = _zeroed(net, ks) if ks else net
+    cur, groups = merge_parallel(cur, opt.merge_tol)
+    # snap_to_kinks also refits the output layer, by normal equations: keep its hidden layer only
+    snapped, _ = snap_to_kinks(cur, X, Yp, loss, weight, weight_decay, opt.snap_tol)
+    cur = _refit(_with_Z(cur, snapped.Z), X, Yp, loss, weight, weight_decay, opt.refit_rcond)
+    steps = 0
+    if opt.polish_iters and X.shape[0] * net.dy * net.n_params <= opt.polish_max_size:
+        on_kink = _on_kink(cur, X, opt.snap_tol) & (np.linalg.norm(cur.Z, axis=1) > 0)[None, :]
+        cur, steps = polish(cur, X, Yp, loss, weight, weight_decay, on_kink, int(opt.polish_iters))
+        if steps:
+            snapped, _ = snap_to_kinks(cur, X, Yp, loss, weight, weight_decay, opt.snap_tol)
+            cur = _refit(_with_Z(cur, snapped.Z), X, Yp, loss, weight, weight_decay, opt.refit_rcond)
+    return cur, {"zeroed": ks, "merged": groups, "polish_steps": steps}
 
 
 @dataclass(frozen=True)
@@ -200,6 +332,7 @@ class NearbyCheck:
     start: TwoLayerNet
     zeroed: list
     merged: list
+    polish_steps: int
     loss_start: float
     loss_nearby: float
     distance: float
@@ -215,18 +348,19 @@ def _setup(net, X, Y, loss, reduction):
 
 
 def nearby_check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight_decay: float = 0.0, *,
-                 zero_tol: float = 1e-3, merge_tol: float = 1e-3, snap_tol: float = 1e-5,
-                 **check_kwargs) -> NearbyCheck:
-    """Move to the nearby kink point, then :func:`sospcheck.check` there (``check_kwargs``: tolerances,
-    budget, fragility, ...). The verdict and any direction are about ``NearbyCheck.net``."""
+                 nearby: Nearby | dict | None = None, **check_kwargs) -> NearbyCheck:
+    """Move to the nearby kink point (:func:`nearby_point`), then :func:`sospcheck.check` there
+    (``check_kwargs``: tolerances, budget, fragility, ...). The verdict and any direction are
+    about ``NearbyCheck.net``; ``loss_start`` is the risk at ``net``."""
     if "snap" in check_kwargs:
         raise TypeError("nearby_check() snaps by itself; do not pass `snap`")
     X, Yp, lossobj, weight = _setup(net, X, Y, loss, reduction)
-    near, ks, groups = nearby_point(net, X, Yp, lossobj, weight, weight_decay, zero_tol, snap_tol, merge_tol)
+    near, info = nearby_point(net, X, Yp, lossobj, weight, weight_decay, nearby)
     result = check(near, X, Yp, loss=lossobj, reduction=reduction, weight_decay=weight_decay, **check_kwargs)
     start_loss = risk(net, X, Yp, lossobj, weight, weight_decay)
     distance = float(np.linalg.norm(near.as_direction().vector() - net.as_direction().vector()))
-    return NearbyCheck(result, near, net, ks, groups, start_loss, result.loss_value, distance)
+    return NearbyCheck(result, near, net, info["zeroed"], info["merged"], info["polish_steps"], start_loss,
+                       result.loss_value, distance)
 
 
 @dataclass(frozen=True)
@@ -245,13 +379,11 @@ class EscapeAttempt:
 
 
 def escape_step(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight_decay: float = 0.0, *,
-                zero_tol: float = 1e-3, merge_tol: float = 1e-3, snap_tol: float = 1e-5, max_doublings: int = 30,
-                **check_kwargs) -> EscapeAttempt:
+                nearby: Nearby | dict | None = None, max_doublings: int = 30, **check_kwargs) -> EscapeAttempt:
     """:func:`nearby_check`, then on ``descent`` a line search along the certified direction ``d``
-    from the nearby point: starting at the certificate's verified step, double ``t`` while
+    from the nearby point: from the certificate's verified step ``t``, double ``t`` while
     ``R(z_near + t d)`` keeps falling. Accepted only if the result beats the loss at ``net``."""
-    near = nearby_check(net, X, Y, loss, reduction, weight_decay, zero_tol=zero_tol, merge_tol=merge_tol,
-                        snap_tol=snap_tol, **check_kwargs)
+    near = nearby_check(net, X, Y, loss, reduction, weight_decay, nearby=nearby, **check_kwargs)
     res = near.result
     if res.verdict != Verdict.DESCENT:
         return EscapeAttempt(near, None, None, near.loss_start)
@@ -289,6 +421,7 @@ class EscapeEvent:
     distance: float
     zeroed: list
     merged: list
+    polish_steps: int
     accepted: bool
     seconds: float
     reason: str | None = None
@@ -300,7 +433,7 @@ class EscapeEvent:
         what = f"order-{self.order} {self.test}, step {self.step:.3g}" if self.order else (self.reason or "")
         return (f"iter {self.iteration}: {self.verdict} ({what}); loss {self.loss_before:.6g} -> nearby "
                 f"{self.loss_nearby:.6g} -> {self.loss_after:.6g}{'' if self.accepted else ' (weights kept)'}; "
-                f"zeroed {self.zeroed}, merged {self.merged}, moved {self.distance:.3g}, {self.seconds * 1e3:.1f} ms")
+                f"zeroed {self.zeroed}, merged {self.merged}, polish {self.polish_steps}, moved {self.distance:.3g}, {self.seconds * 1e3:.1f} ms")
 
 
 class SaddleEscape:
@@ -325,8 +458,7 @@ class SaddleEscape:
     """
 
     def __init__(self, model, X, Y, criterion=None, optimizer=None, *, window: int = 100, loss_rtol: float = 1e-4,
-                 loss_atol: float = 0.0, grad_tol: float = 1e-3, zero_tol: float = 1e-3, merge_tol: float = 1e-3,
-                 snap_tol: float = 1e-5,
+                 loss_atol: float = 0.0, grad_tol: float = 1e-3, nearby: Nearby | dict | None = None,
                  weight_decay: float = 0.0, stop_on: tuple = ("local_minimum", "sosp"), max_escapes: int | None = None,
                  reset_optimizer: bool = True, load_certified: bool = True, negative_slope: float | None = None,
                  check_kwargs: dict | None = None, verbose: bool = False):
@@ -348,7 +480,7 @@ class SaddleEscape:
         if bad:
             raise ValueError(f"`stop_on` must hold verdict names {[v.value for v in Verdict]}, got {sorted(bad)}")
         self.stop_on = tuple(stop_on)
-        self.nearby_options = dict(zero_tol=zero_tol, merge_tol=merge_tol, snap_tol=snap_tol)
+        self.nearby = Nearby.from_any(nearby)
         self.weight_decay = weight_decay
         self.max_escapes = max_escapes
         self.reset_optimizer, self.load_certified, self.verbose = reset_optimizer, load_certified, verbose
@@ -380,7 +512,8 @@ class SaddleEscape:
 
             with torch.no_grad():
                 loss = self.criterion(self.model(self.X_t), self.Y_t)
-        if not self.detector.update(float(loss), self._grad()):
+        value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
+        if not self.detector.update(value, self._grad()):
             return None
         if self.max_escapes is not None and self.n_escapes >= self.max_escapes:
             return None
@@ -393,7 +526,7 @@ class SaddleEscape:
         t0 = time.perf_counter()
         net = self._bridge.from_torch(self.model, negative_slope=self.negative_slope, check_forward=False)
         att = escape_step(net, self.X, self.Y, self.spec.loss, self.spec.reduction, self.weight_decay,
-                          **self.nearby_options, **self.check_kwargs)
+                          nearby=self.nearby, **self.check_kwargs)
         near, res = att.nearby, att.nearby.result
         self.last_check = res
         accepted, loss_after = False, near.loss_start
@@ -416,7 +549,7 @@ class SaddleEscape:
             reason = "the line search did not beat the loss at the optimizer's weights"
         event = EscapeEvent(self.iteration, res.verdict.value, near.loss_start, near.loss_nearby, loss_after,
                             d.order if d else None, d.test if d else None, att.step, near.distance, list(near.zeroed),
-                            list(near.merged), accepted, time.perf_counter() - t0, reason)
+                            list(near.merged), near.polish_steps, accepted, time.perf_counter() - t0, reason)
         self.events.append(event)
         self.detector.reset()
         logger.info(event.line())
@@ -456,7 +589,7 @@ def train_with_escapes(model, X, Y, criterion, optimizer, max_iters: int, *, tar
         optimizer.zero_grad()
         loss = criterion(model(X), Y)
         loss.backward()
-        value = float(loss)
+        value = float(loss.detach())
         losses.append(value)
         if target_loss is not None and value <= target_loss:
             times.append(time.perf_counter() - t0)

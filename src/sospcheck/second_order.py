@@ -230,9 +230,12 @@ def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray
         out.records.append(rec)
 
         def negative(theta):
-            """The candidate's curvature, recomputed with one product: solver round-off must not
-            turn into a claimed descent direction."""
-            return float(theta @ prob.apply(J_sigma, theta[:, None])[:, 0]) < -eig_tol * float(theta @ theta)
+            """The candidate's curvature, recomputed with one product, must be negative beyond the
+            rounding error of that product (~ eps |H| |theta|^2): solver round-off must not turn into a
+            claimed descent direction. (An unbounded direction can have a tiny curvature per unit
+            norm, so the threshold is the rounding level, not ``eig_tol``.)"""
+            q = float(theta @ prob.apply(J_sigma, theta[:, None])[:, 0])
+            return q < -1e-13 * out.hessian_norm * float(theta @ theta)
 
         theta = sub.unbounded_direction(My, HMy, Qyy, eig_tol) if singular else None
         if theta is not None:
@@ -382,14 +385,25 @@ class _DenseSubspace:
         self.Qww_pinv = (self.Uw[:, pos] / self.ew[pos]) @ self.Uw[:, pos].T
 
     def unbounded_direction(self, My, HMy, Qyy, eig_tol):
-        """y = e_j and w along -G_j inside null(Qww): the form is linear in the step, unbounded below."""
+        """y = e_j and w = -alpha n0 with n0 = the coupling G_j inside the (numerical) null space of Qww.
+
+        Along it the form is ``Qyy_jj - 2 alpha |G_j|^2 + alpha^2 n0' Qww n0``: unbounded below when
+        the null eigenvalues are truly zero, and otherwise negative only if ``Qyy_jj < |G_j|^4 /
+        n0' Qww n0`` (its value at the best ``alpha``); near-null eigenvalues within the tolerance
+        are thus never mistaken for an unbounded direction."""
         G = self.Uw[:, self.null].T @ (self.Mw.T @ HMy)
-        gn = np.linalg.norm(G, axis=0)
-        j = int(np.argmax(gn))
-        if gn[j] <= eig_tol:
-            return None
-        alpha = (abs(Qyy[j, j]) + 1.0) / gn[j] ** 2
-        return My[:, j] - alpha * (self.Mw @ (self.Uw[:, self.null] @ G[:, j]))
+        lam = self.ew[self.null]
+        lam = np.where(np.abs(lam) <= 1e-12 * self.hessian_norm, 0.0, lam)  # rounding noise is zero
+        for j in np.argsort(-np.linalg.norm(G, axis=0)):
+            g2 = float(G[:, j] @ G[:, j])
+            if np.sqrt(g2) <= eig_tol:
+                break
+            quad = float(lam @ G[:, j] ** 2)
+            if quad > 0 and Qyy[j, j] - g2**2 / quad >= -eig_tol:
+                continue
+            alpha = g2 / quad if quad > 0 else (abs(Qyy[j, j]) + 1.0) / g2
+            return My[:, j] - alpha * (self.Mw @ (self.Uw[:, self.null] @ G[:, j]))
+        return None
 
     def solve(self, R):
         return self.Mw @ (self.Qww_pinv @ (self.Mw.T @ R))
