@@ -11,14 +11,23 @@ and :func:`train_with_escapes` import it when used.
 1. neurons whose whole output contribution is negligible are set exactly to zero: vanishing
    initialisation leaves such neurons, and a zero neuron puts every data point on its kink (the
    saddles of saddle-to-saddle dynamics, decided exactly by the check);
-2. neurons pointing the same way are merged into one (the others become zero neurons): small
-   initialisation aligns neurons into such groups, whose nearly flat valleys no optimizer resolves;
+2. neurons whose outputs on the data are collinear are merged into one (the others become zero
+   neurons): small initialisation aligns neurons into such groups, whose nearly flat valleys no
+   optimizer resolves;
 3. points within ``snap_tol`` of a kink are moved onto it (:func:`sospcheck.snap.snap_to_kinks`);
-4. a few Levenberg-Marquardt steps on all weights with those points held on their kinks
-   (``polish_iters``): gradient methods converge slowly near the end, the check's tolerances are tight;
+4. a few Levenberg-Marquardt steps on all weights with those points held on their kinks, within a
+   ball around the start (``polish_iters``, ``polish_radius``): gradient methods converge slowly near
+   the end, and the check's tolerances are tight;
 5. the output layer, convex once the hidden layer is fixed, is refit by its minimum change.
 
-Each step is monotone or negligible in the loss; the reported ``distance`` says how far it went.
+Steps 1 and 2 change the outputs on the data by at most their tolerances, 3 by the snap, and 4
+and 5 only lower the loss; ``loss_nearby`` and ``distance`` report what it cost.
+
+The escape step (:func:`escape_step`) line-searches the check's verified direction from the nearby
+point. When that direction grows a zero neuron (order 2), the neuron that lowers the loss most is
+tried too (:func:`best_new_neuron`); when the check finds only an order-1 direction, it is re-run
+with a looser gradient tolerance to look for an order-2 one. Whatever is taken was evaluated on the
+true loss and must beat the loss where the optimizer was.
 """
 
 from __future__ import annotations
@@ -31,15 +40,16 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import numpy as np
 from scipy.linalg import null_space
 
-from .check import check
-from .losses import Loss, get_loss, reduction_weight, risk
+from .check import check, validate_inputs
+from .losses import Loss, risk
 from .model import TwoLayerNet, forward
+from .options import Tolerances
 from .result import CheckResult, Verdict
 from .snap import refit_output_layer, snap_to_kinks
 
 __all__ = ["StallDetector", "Nearby", "NearbyCheck", "EscapeAttempt", "EscapeEvent", "small_neurons",
-           "merge_parallel", "polish", "nearby_point", "nearby_check", "escape_step", "SaddleEscape", "TrainLog",
-           "train_with_escapes"]
+           "merge_duplicates", "polish", "best_new_neuron", "neuron_size_bound", "nearby_point", "nearby_check",
+           "escape_step", "SaddleEscape", "TrainLog", "train_with_escapes"]
 
 logger = logging.getLogger("sospcheck.escape")
 
@@ -50,10 +60,9 @@ _QUADRATIC = ("squared", "mse")
 @dataclass
 class StallDetector:
     """Flags a stall: over the last ``window`` updates the loss fell by at most
-    ``loss_rtol * |loss| + loss_atol``, and the running average of the gradient (mean over the
-    first ``window`` updates, then an exponential average with time constant ``window``) has norm
-    at most ``grad_tol``. Averaging keeps an optimizer that zigzags across a kink from looking busy.
-    Without gradients (``grad=None``) only the loss test applies.
+    ``loss_rtol * |loss| + loss_atol``, and the mean gradient over the last complete block of
+    ``window`` updates has norm at most ``grad_tol``. Averaging keeps an optimizer that zigzags
+    across a kink from looking busy. Without gradients (``grad=None``) only the loss test applies.
     """
 
     window: int = 100
@@ -61,7 +70,8 @@ class StallDetector:
     loss_atol: float = 0.0
     grad_tol: float = 1e-3
     losses: list = field(default_factory=list, init=False, repr=False)
-    _avg: object = field(default=None, init=False, repr=False)
+    _sum: object = field(default=None, init=False, repr=False)
+    _mean: object = field(default=None, init=False, repr=False)
     _n: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self):
@@ -74,14 +84,14 @@ class StallDetector:
 
     def reset(self) -> None:
         self.losses.clear()
-        self._avg, self._n = None, 0
+        self._sum, self._mean, self._n = None, None, 0
 
     @property
     def grad_norm(self) -> float:
-        """Norm of the averaged gradient (inf before any gradient was seen)."""
-        if self._avg is None:
+        """Norm of the mean gradient of the last complete block (inf before one is complete)."""
+        if self._mean is None:
             return math.inf
-        return float((self._avg * self._avg).sum()) ** 0.5
+        return float((self._mean * self._mean).sum()) ** 0.5
 
     def update(self, loss: float, grad=None) -> bool:
         """Record one iteration's loss and (flattened, NumPy or torch) gradient; True on a stall."""
@@ -90,14 +100,17 @@ class StallDetector:
         if len(self.losses) > self.window + 1:
             del self.losses[0]
         if grad is not None:
+            self._sum = grad * 1.0 if self._sum is None else self._sum + grad
             self._n += 1
-            rate = 1.0 / min(self._n, self.window)
-            self._avg = grad * 1.0 if self._avg is None else self._avg + rate * (grad - self._avg)
+            if self._n >= self.window:
+                self._mean, self._sum, self._n = self._sum / self.window, None, 0
         if len(self.losses) <= self.window or not math.isfinite(loss):
             return False
         if not self.losses[0] - loss <= self.loss_rtol * abs(loss) + self.loss_atol:
             return False
-        return self._avg is None or self.grad_norm <= self.grad_tol
+        if self._mean is None and self._sum is None:
+            return True  # no gradients given: the loss test alone
+        return self.grad_norm <= self.grad_tol
 
 
 @dataclass(frozen=True)
@@ -106,19 +119,21 @@ class Nearby:
 
     zero_tol: a neuron is set to zero when ``s_hi |w_k| |Z_k| max|xbar| <= zero_tol * (rms(outputs)
         + rms(targets))`` (the check's ``near_zero`` rule); 0 disables.
-    merge_tol: neurons whose unit rows ``Z_k / |Z_k|`` differ by at most this are merged; 0 merges
-        exact duplicates only.
+    merge_tol: neurons whose output columns on the data are within this angle (its sine) are merged
+        (:func:`merge_duplicates`); 0 merges exact duplicates only.
     snap_tol: pairs with ``|N_ik| <= snap_tol |Z_k| max|xbar|`` are put on the kink (as ``check(snap=True)``).
     polish_iters: Levenberg-Marquardt iterations (0 disables); skipped when the Jacobian would have
-        more than ``polish_max_size`` entries (``m * dy * parameters``).
+        more than ``polish_max_size`` entries (``m * dy * parameters``). polish_radius: the polished
+        weights stay within ``polish_radius * (1 + |z|)`` of where polishing started.
     refit_rcond: singular values of the output-layer features below ``refit_rcond * s_max`` count as
         zero in the refit (nearly collinear features must not send ``W2`` far away).
     """
 
     zero_tol: float = 1e-3
-    merge_tol: float = 1e-3
+    merge_tol: float = 1e-2
     snap_tol: float = 1e-5
     polish_iters: int = 30
+    polish_radius: float = 0.1
     polish_max_size: int = 2_000_000
     refit_rcond: float = 1e-9
 
@@ -137,7 +152,8 @@ class Nearby:
         if isinstance(value, dict):
             unknown = set(value) - {f.name for f in fields(cls)}
             if unknown:
-                raise ValueError(f"`nearby` has unknown key(s) {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")
+                known = [f.name for f in fields(cls)]
+                raise ValueError(f"`nearby` has unknown key(s) {sorted(unknown)}; known: {known}")
             return replace(cls(), **value)
         raise TypeError(f"`nearby` must be a Nearby, a dict or None, got {type(value).__name__}")
 
@@ -165,38 +181,45 @@ def _zeroed(net: TwoLayerNet, ks: list[int]) -> TwoLayerNet:
     return _with_Z(net, Z, W2=W2)
 
 
-def merge_parallel(net: TwoLayerNet, merge_tol: float) -> tuple[TwoLayerNet, list[list[int]]]:
-    """Merge neurons whose rows ``Z_k`` point the same way (unit vectors within ``merge_tol``).
+def merge_duplicates(net: TwoLayerNet, X: np.ndarray, merge_tol: float) -> tuple[TwoLayerNet, list[list[int]]]:
+    """Merge neurons whose outputs on the data are collinear: ``O_b = rho O_a + e`` with
+    ``|e| <= merge_tol |O_b|`` (the sine of the angle between the columns of ``O``).
 
-    ``h`` is positively homogeneous, so neurons with ``Z_j = |Z_j| u`` add up to one neuron:
-    ``sum_j w_j h(Z_j . xbar) = v h(u . xbar)`` with ``v = sum_j |Z_j| w_j``; it is kept balanced
-    (``Z = sqrt|v| u``, ``w = v / sqrt|v|``) in the slot of the group's largest member, and the
-    others become zero neurons. Returns the network and the groups (lists of neurons, kept one first).
+    Then ``w_a O_a + w_b O_b = (w_a + rho w_b) O_a + w_b e``: neuron ``b`` becomes a zero neuron and
+    ``w_a`` absorbs it, which changes the outputs on the data by ``|w_b| |e|`` at most. Training from
+    small initialisation aligns neurons into such groups, whose nearly flat valleys (ill-conditioned
+    output layers) no optimizer resolves and whose exact refit would move ``W2`` far. Each merged
+    neuron is rebalanced (``|w_a| = |Z_a|``, a symmetry). Returns the network and the groups
+    (lists of neurons, the kept one first).
     """
-    Z, W2 = np.array(net.Z), np.array(net.W2)
-    zn = np.linalg.norm(Z, axis=1)
-    live = np.flatnonzero(zn > 0)
-    U = Z[live] / zn[live, None]
-    size = zn[live] * np.linalg.norm(W2[:, live], axis=0)
-    groups, used = [], np.zeros(live.size, bool)
-    for a in np.argsort(-size, kind="stable"):
-        if used[a]:
+    fwd = forward(net, X)
+    O, Z, W2 = fwd.O, np.array(net.Z), np.array(net.W2)
+    on = np.linalg.norm(O, axis=0)
+    live = np.flatnonzero((on > 0) & (np.linalg.norm(W2, axis=0) > 0))
+    order = live[np.argsort(-(on[live] * np.linalg.norm(W2[:, live], axis=0)), kind="stable")]
+    groups, used = [], set()
+    for a in order:
+        if a in used:
             continue
-        members = np.flatnonzero(~used & (np.linalg.norm(U - U[a], axis=1) <= merge_tol))
-        used[members] = True
-        if members.size > 1:
-            members = np.concatenate([[a], members[members != a]])
-            groups.append([int(live[j]) for j in members])
+        used.add(a)
+        group = [int(a)]
+        for b in order:
+            if b in used:
+                continue
+            rho = float(O[:, a] @ O[:, b]) / on[a] ** 2
+            if np.linalg.norm(O[:, b] - rho * O[:, a]) <= merge_tol * on[b]:
+                W2[:, a] += rho * W2[:, b]
+                Z[b], W2[:, b] = 0.0, 0.0
+                used.add(b)
+                group.append(int(b))
+        if len(group) > 1:
+            groups.append(group)
+            zn, wn = np.linalg.norm(Z[a]), np.linalg.norm(W2[:, a])
+            if zn > 0 and wn > 0:
+                c = np.sqrt(wn / zn)
+                Z[a], W2[:, a] = c * Z[a], W2[:, a] / c
     if not groups:
         return net, groups
-    for group in groups:
-        keep = group[0]
-        v = W2[:, group] @ zn[group]
-        s = np.sqrt(np.linalg.norm(v))
-        direction = Z[keep] / zn[keep]
-        Z[group], W2[:, group] = 0.0, 0.0
-        if s > 0:
-            Z[keep], W2[:, keep] = s * direction, v / s
     return _with_Z(net, Z, W2=W2), groups
 
 
@@ -207,13 +230,14 @@ def _on_kink(net: TwoLayerNet, X: np.ndarray, tol: float) -> np.ndarray:
 
 
 def polish(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, weight: float, weight_decay: float,
-           on_kink: np.ndarray, iters: int = 30) -> tuple[TwoLayerNet, int]:
+           on_kink: np.ndarray, iters: int = 30, radius: float = math.inf) -> tuple[TwoLayerNet, int]:
     """Levenberg-Marquardt on ``R`` over all weights, with the pairs in ``on_kink`` (m, dh) held
     exactly on their kinks (``dZ_k`` in the null space of those ``xbar_i``).
 
     Step: ``(J' H J + lam I + mu I) delta = -(J' r + lam z)`` with ``J`` the output Jacobian of the
     current linear piece and ``r``, ``H`` the loss gradients and Hessians; taken only if ``R``
-    falls (``mu`` shrinks), else ``mu`` grows. Returns the network and the number of steps taken.
+    falls and the weights stay within ``radius`` of ``net`` (``mu`` shrinks), else ``mu`` grows.
+    Returns the network and the number of steps taken.
     """
     Xbar = net.augment(X)
     m, d = Xbar.shape
@@ -225,6 +249,7 @@ def polish(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, weight: 
     n_hidden = int(offsets[-1])
     n = n_hidden + dy * nf
     value = risk(net, X, Yp, loss, weight, weight_decay)
+    z0 = net.as_direction().vector()
     mu, taken = None, 0
     cur = net
     for _ in range(iters):
@@ -237,7 +262,8 @@ def polish(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, weight: 
         for k in range(dh):
             if sizes[k]:
                 # dY_i / d phi_k = w_k (S_ik xbar_i' B_k)
-                J[:, :, offsets[k]:offsets[k + 1]] = cur.W2[:, k][None, :, None] * (S[:, k, None] * (Xbar @ bases[k]))[:, None, :]
+                dt = S[:, k, None] * (Xbar @ bases[k])  # (m, sizes[k])
+                J[:, :, offsets[k]:offsets[k + 1]] = cur.W2[:, k][None, :, None] * dt[:, None, :]
         for c in range(dy):
             J[:, c, n_hidden + c * nf:n_hidden + (c + 1) * nf] = F
         T = np.hstack([cur.W2, cur.b2[:, None]]) if cur.has_b2 else np.array(cur.W2)
@@ -261,7 +287,8 @@ def polish(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, weight: 
                 Z[k] += bases[k] @ delta[offsets[k]:offsets[k + 1]]
             Tn = T + delta[n_hidden:].reshape(dy, nf)
             cand = _with_Z(cur, Z, W2=Tn[:, :dh], b2=Tn[:, dh] if cur.has_b2 else None)
-            new = risk(cand, X, Yp, loss, weight, weight_decay)
+            far = np.linalg.norm(cand.as_direction().vector() - z0) > radius
+            new = math.inf if far else risk(cand, X, Yp, loss, weight, weight_decay)
             if new < value:
                 improved = value - new > 1e-15 * abs(value)
                 cur, value, mu, taken = cand, new, mu / 3.0, taken + 1
@@ -309,14 +336,15 @@ def nearby_point(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, we
     opt = Nearby.from_any(nearby)
     ks = small_neurons(net, X, Yp, opt.zero_tol) if opt.zero_tol > 0 else []
     cur = _zeroed(net, ks) if ks else net
-    cur, groups = merge_parallel(cur, opt.merge_tol)
+    cur, groups = merge_duplicates(cur, X, opt.merge_tol)
     # snap_to_kinks also refits the output layer, by normal equations: keep its hidden layer only
     snapped, _ = snap_to_kinks(cur, X, Yp, loss, weight, weight_decay, opt.snap_tol)
     cur = _refit(_with_Z(cur, snapped.Z), X, Yp, loss, weight, weight_decay, opt.refit_rcond)
     steps = 0
     if opt.polish_iters and X.shape[0] * net.dy * net.n_params <= opt.polish_max_size:
         on_kink = _on_kink(cur, X, opt.snap_tol) & (np.linalg.norm(cur.Z, axis=1) > 0)[None, :]
-        cur, steps = polish(cur, X, Yp, loss, weight, weight_decay, on_kink, int(opt.polish_iters))
+        radius = opt.polish_radius * (1.0 + cur.as_direction().norm())
+        cur, steps = polish(cur, X, Yp, loss, weight, weight_decay, on_kink, int(opt.polish_iters), radius)
         if steps:
             snapped, _ = snap_to_kinks(cur, X, Yp, loss, weight, weight_decay, opt.snap_tol)
             cur = _refit(_with_Z(cur, snapped.Z), X, Yp, loss, weight, weight_decay, opt.refit_rcond)
@@ -338,13 +366,10 @@ class NearbyCheck:
     distance: float
 
 
-def _setup(net, X, Y, loss, reduction):
-    if not isinstance(net, TwoLayerNet):
-        raise TypeError(f"`net` must be a sospcheck.TwoLayerNet, got {type(net).__name__}")
-    X = np.asarray(X, dtype=np.float64)
-    lossobj = get_loss(loss)
-    Yp = lossobj.prepare(Y, net.dy)
-    return X, Yp, lossobj, reduction_weight(reduction, X.shape[0])
+def _setup(net, X, Y, loss, reduction, weight_decay=0.0):
+    """Validated ``X``, prepared ``Y``, the loss and the reduction weight (errors name the argument)."""
+    X, Yp, lossobj, weight, _ = validate_inputs(net, X, Y, loss, reduction, weight_decay)
+    return X, Yp, lossobj, weight
 
 
 def nearby_check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight_decay: float = 0.0, *,
@@ -354,7 +379,7 @@ def nearby_check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum",
     about ``NearbyCheck.net``; ``loss_start`` is the risk at ``net``."""
     if "snap" in check_kwargs:
         raise TypeError("nearby_check() snaps by itself; do not pass `snap`")
-    X, Yp, lossobj, weight = _setup(net, X, Y, loss, reduction)
+    X, Yp, lossobj, weight = _setup(net, X, Y, loss, reduction, weight_decay)
     near, info = nearby_point(net, X, Yp, lossobj, weight, weight_decay, nearby)
     result = check(near, X, Yp, loss=lossobj, reduction=reduction, weight_decay=weight_decay, **check_kwargs)
     start_loss = risk(net, X, Yp, lossobj, weight, weight_decay)
@@ -363,44 +388,194 @@ def nearby_check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum",
                        result.loss_value, distance)
 
 
+def neuron_size_bound(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray) -> float:
+    """``max_k |w_k| |Z_k|``, or when every neuron is (nearly) zero the size ``(rms(outputs) +
+    rms(targets)) / max|xbar|`` that a neuron needs to produce outputs of the targets' scale."""
+    fwd = forward(net, X)
+    sizes = np.linalg.norm(net.W2, axis=0) * np.linalg.norm(net.Z, axis=1)
+    scale = (np.sqrt(np.mean(fwd.out**2)) + np.sqrt(np.mean(Yp**2))) / np.max(np.linalg.norm(fwd.Xbar, axis=1))
+    return float(max(np.max(sizes), scale))
+
+
+def _grow_neuron(net: TwoLayerNet, X, Yp, loss, weight, lam, k, v, u, s_max: float) -> tuple[TwoLayerNet, float]:
+    """``Z_k = sqrt(s) v``, ``w_k = sqrt(s) u`` (``v``, ``u`` unit) with the best ``s`` in ``[0, s_max]``:
+    the outputs move by ``s u h(Xbar v)``, affine in ``s``, and ``|Z_k|^2 + |w_k|^2 = 2 s``, so ``R`` is
+    convex in ``s`` and a bounded scalar search finds its minimum."""
+    from scipy.optimize import minimize_scalar
+
+    def make(s):
+        Z, W2 = np.array(net.Z), np.array(net.W2)
+        Z[k], W2[:, k] = np.sqrt(s) * v, np.sqrt(s) * u
+        return _with_Z(net, Z, W2=W2)
+
+    def R(s):
+        return risk(make(max(s, 0.0)), X, Yp, loss, weight, lam)
+
+    found = minimize_scalar(R, bounds=(0.0, s_max), method="bounded", options={"xatol": 1e-9 * s_max})
+    s_best = min((0.0, float(found.x), s_max), key=R)
+    return make(s_best), R(s_best)
+
+
+def best_new_neuron(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, weight: float, k: int,
+                    weight_decay: float = 0.0, starts: list | None = None, iters: int = 20, n_random: int = 32,
+                    seed: int = 0) -> tuple[TwoLayerNet | None, float]:
+    """Grow the zero neuron ``k`` into the one that lowers ``R`` most, no larger than the largest
+    neuron (:func:`neuron_size_bound`): ``Z_k = sqrt(s) v``, ``w_k = sqrt(s) u``.
+
+    Candidates ``v`` (unit) come from ascent on the correlation ``|r' h(Xbar v)| / |h(Xbar v)|``
+    (``r_i`` the weighted loss gradients) from several starts (``starts``, each ``+- xbar_i``,
+    ``n_random`` random rows): with the activation pattern ``s`` of ``v`` fixed, the best ``h =
+    diag(s) Xbar v`` is the top singular direction of ``r'`` on ``range(diag(s) Xbar)``; a move is
+    kept only if the correlation (with the new pattern) improves. Each candidate, with ``u = -r' h /
+    |r' h|``, is grown by an exact search over ``s`` (:func:`_grow_neuron`); the lowest risk wins.
+    Returns the network and its risk (``None, inf`` if no candidate activates anything).
+    """
+    fwd = forward(net, X)
+    Xbar = fwd.Xbar
+    r = weight * np.asarray(loss.grad(fwd.out, Yp))
+    s_max = neuron_size_bound(net, X, Yp)
+
+    def score(v):
+        hv = net.activation(Xbar @ v)
+        nh = np.linalg.norm(hv)
+        return float(np.linalg.norm(r.T @ hv) / nh) if nh > 0 else -np.inf
+
+    rng = np.random.default_rng(seed)
+    cands = [np.asarray(v, float) for v in (starts or [])]
+    cands += [sgn * x for x in Xbar[:64] for sgn in (1.0, -1.0)]
+    cands += list(rng.standard_normal((n_random, Xbar.shape[1])))
+    found: dict = {}
+    for v in cands:
+        if not np.any(v):
+            continue
+        cur = score(v)
+        for _ in range(iters):
+            pattern = np.where(Xbar @ v > 0, net.s_plus, net.s_minus)
+            U, sv, Vt = np.linalg.svd(pattern[:, None] * Xbar, full_matrices=False)
+            rank = int(np.sum(sv > 1e-12 * sv[0])) if sv.size and sv[0] > 0 else 0
+            if rank == 0:
+                break
+            w = np.linalg.svd(r.T @ U[:, :rank], full_matrices=False)[2][0]
+            step = Vt[:rank].T @ (w / sv[:rank])
+            trial = max((score(sgn * step), sgn) for sgn in (1.0, -1.0))
+            if not trial[0] > cur * (1.0 + 1e-12):
+                break
+            cur, v = trial[0], trial[1] * step
+        if cur > 0:
+            v = v / np.linalg.norm(v)
+            found.setdefault(tuple(np.round(v, 8)), v)  # local optima repeat: grow each once
+    best, best_R = None, math.inf
+    for v in found.values():
+        g = r.T @ net.activation(Xbar @ v)
+        u = -g / np.linalg.norm(g)
+        grown, R = _grow_neuron(net, X, Yp, loss, weight, weight_decay, k, v, u, s_max)
+        if R < best_R:
+            best, best_R = grown, R
+    return best, best_R
+
+
 @dataclass(frozen=True)
 class EscapeAttempt:
-    """One escape attempt. ``new_net`` is ``nearby.net + step * direction`` when the verdict was
-    ``descent`` and that point's loss ``loss_after`` is below the starting loss; else None."""
+    """One escape attempt. ``new_net`` is where training should resume when the verdict was ``descent``
+    and that point's loss ``loss_after`` is below the starting loss; else None. The step taken:
+    its ``order`` and ``test`` (from the certificate that proposed it; ``loose`` when that was the
+    check with the loosened gradient tolerance), ``direction``: "certificate" (the certificate's
+    direction, line-searched) or "best neuron" (:func:`best_new_neuron`), and its length ``step``."""
 
     nearby: NearbyCheck
     new_net: TwoLayerNet | None
     step: float | None
     loss_after: float
+    direction: str | None = None
+    order: int | None = None
+    test: str | None = None
+    loose: bool = False
+    loose_result: CheckResult | None = None
 
     @property
     def verdict(self) -> Verdict:
         return self.nearby.result.verdict
 
 
-def escape_step(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight_decay: float = 0.0, *,
-                nearby: Nearby | dict | None = None, max_doublings: int = 30, **check_kwargs) -> EscapeAttempt:
-    """:func:`nearby_check`, then on ``descent`` a line search along the certified direction ``d``
-    from the nearby point: from the certificate's verified step ``t``, double ``t`` while
-    ``R(z_near + t d)`` keeps falling. Accepted only if the result beats the loss at ``net``."""
-    near = nearby_check(net, X, Y, loss, reduction, weight_decay, nearby=nearby, **check_kwargs)
-    res = near.result
-    if res.verdict != Verdict.DESCENT:
-        return EscapeAttempt(near, None, None, near.loss_start)
-    X, Yp, lossobj, weight = _setup(net, X, Y, loss, reduction)
+def _zero_neuron_of(d, net: TwoLayerNet) -> int | None:
+    """The neuron a zero-output certificate moves (its only nonzero block), if it is a zero neuron."""
+    moved = np.flatnonzero((np.linalg.norm(d.Z, axis=1) > 0) | (np.linalg.norm(d.W2, axis=0) > 0))
+    if moved.size != 1:
+        return None
+    k = int(moved[0])
+    return k if not np.any(net.Z[k]) and not np.any(net.W2[:, k]) else None
+
+
+def _steps(res: CheckResult, near: TwoLayerNet, X, Yp, lossobj, weight, lam, best_neuron: bool,
+           max_doublings: int) -> list[tuple]:
+    """Candidate steps ``(loss, net, direction, step)`` from a descent certificate at ``near``."""
+    d = res.descent.direction
 
     def R(t):
-        return risk(near.net.perturbed(res.descent.direction, t), X, Yp, lossobj, weight, weight_decay)
+        return risk(near.perturbed(d, t), X, Yp, lossobj, weight, lam)
 
     t, f = res.descent.step, res.descent.loss_after
+    t_cap = max(1.0, near.as_direction().norm())  # no step longer than the weights: keep the optimizer stable
     for _ in range(max_doublings):
+        if 2.0 * t > t_cap:
+            break
         f2 = R(2.0 * t)
         if not f2 < f:
             break
         t, f = 2.0 * t, f2
+    out = [(f, near.perturbed(d, t), "certificate", t)]
+    k = _zero_neuron_of(d, near) if best_neuron and res.descent.order == 2 else None
+    if k is not None:
+        grown, f_grown = best_new_neuron(near, X, Yp, lossobj, weight, k, lam, starts=[d.Z[k]])
+        if grown is not None:
+            dist = float(np.linalg.norm(grown.as_direction().vector() - near.as_direction().vector()))
+            out.append((f_grown, grown, "best neuron", dist))
+    return out
+
+
+def escape_step(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight_decay: float = 0.0, *,
+                nearby: Nearby | dict | None = None, best_neuron: bool = True, loose_gradient: float = 1e-4,
+                max_doublings: int = 30, **check_kwargs) -> EscapeAttempt:
+    """:func:`nearby_check`, then on ``descent`` a line search along the certified direction ``d``
+    from the nearby point: from the certificate's verified step ``t``, double ``t`` while
+    ``R(z_near + t d)`` keeps falling and ``t <= max(1, |z_near|)``. When ``d`` grows a zero neuron
+    and ``best_neuron``, that neuron grown by :func:`best_new_neuron` is a candidate too.
+
+    An order-1 verdict at the nearby point often means "stationary but for tiny slopes" (a minimum
+    a hair off the kink it was snapped to): the check is then re-run with the gradient tolerance
+    raised to ``loose_gradient`` (0 disables), and its order-2 direction, if any, is a candidate as
+    well. Every candidate is evaluated on the true risk; the lowest wins, and it is accepted only
+    if it beats the loss at ``net``. Tiny neurons that the nearby point set to zero and the step
+    left at zero get their weights back (when the loss still beats that at ``net``)."""
+    near = nearby_check(net, X, Y, loss, reduction, weight_decay, nearby=nearby, **check_kwargs)
+    res = near.result
+    if res.verdict != Verdict.DESCENT:
+        return EscapeAttempt(near, None, None, near.loss_start)
+    X, Yp, lossobj, weight = _setup(net, X, Y, loss, reduction, weight_decay)
+    args = (near.net, X, Yp, lossobj, weight, weight_decay, best_neuron, max_doublings)
+    cands = [c + (res, False) for c in _steps(res, *args)]
+    loose = None
+    tol = Tolerances.from_any(check_kwargs.get("tolerances"))
+    if res.descent.order == 1 and loose_gradient > tol.gradient:
+        kwargs = {**check_kwargs, "tolerances": replace(tol, gradient=loose_gradient), "fragility": False}
+        loose = check(near.net, X, Yp, loss=lossobj, reduction=reduction, weight_decay=weight_decay, **kwargs)
+        if loose.verdict == Verdict.DESCENT and loose.descent.order == 2:
+            cands += [c + (loose, True) for c in _steps(loose, *args)]
+    f, new_net, how, t, source, is_loose = min(cands, key=lambda c: c[0])
+    order, test = source.descent.order, source.descent.test
+    idle = [k for k in near.zeroed if not np.any(new_net.Z[k]) and not np.any(new_net.W2[:, k])]
+    if idle:
+        # the step did not use the tiny neurons set to zero: give them back, since an optimizer
+        # cannot grow an exactly zero neuron (its gradient vanishes) but may be growing a tiny one
+        Z, W2 = np.array(new_net.Z), np.array(new_net.W2)
+        Z[idle], W2[:, idle] = net.Z[idle], net.W2[:, idle]
+        restored = _with_Z(new_net, Z, W2=W2)
+        f_restored = risk(restored, X, Yp, lossobj, weight, weight_decay)
+        if f_restored < near.loss_start - 1e-12 * abs(near.loss_start):
+            new_net, f = restored, f_restored
     if not f < near.loss_start - 1e-12 * abs(near.loss_start):
-        return EscapeAttempt(near, None, t, near.loss_start)
-    return EscapeAttempt(near, near.net.perturbed(res.descent.direction, t), t, f)
+        return EscapeAttempt(near, None, t, near.loss_start, how, order, test, is_loose, loose)
+    return EscapeAttempt(near, new_net, t, f, how, order, test, is_loose, loose)
 
 
 @dataclass(frozen=True)
@@ -417,6 +592,7 @@ class EscapeEvent:
     loss_after: float
     order: int | None
     test: str | None
+    direction: str | None
     step: float | None
     distance: float
     zeroed: list
@@ -430,10 +606,12 @@ class EscapeEvent:
         return asdict(self)
 
     def line(self) -> str:
-        what = f"order-{self.order} {self.test}, step {self.step:.3g}" if self.order else (self.reason or "")
+        what = (f"order-{self.order} {self.test}, {self.direction} step {self.step:.3g}" if self.order
+                else (self.reason or ""))
         return (f"iter {self.iteration}: {self.verdict} ({what}); loss {self.loss_before:.6g} -> nearby "
                 f"{self.loss_nearby:.6g} -> {self.loss_after:.6g}{'' if self.accepted else ' (weights kept)'}; "
-                f"zeroed {self.zeroed}, merged {self.merged}, polish {self.polish_steps}, moved {self.distance:.3g}, {self.seconds * 1e3:.1f} ms")
+                f"zeroed {self.zeroed}, merged {self.merged}, polish {self.polish_steps}, "
+                f"moved {self.distance:.3g}, {self.seconds * 1e3:.1f} ms")
 
 
 class SaddleEscape:
@@ -454,14 +632,19 @@ class SaddleEscape:
     ``stop_on`` it sets ``stopped`` and ``certificate`` (re-checked with ``fragility=True``) and, with
     ``load_certified``, loads the certified nearby point into the model. Any other outcome
     (``inconclusive``, a step that does not beat the current loss) is logged and training goes on.
+    After an attempt whose step lowered the loss by less than ``min_gain`` (relative, from the nearby
+    point: what the optimizer loses by circling that point does not count), the stall window
+    doubles (up to ``max_backoff`` times ``window``) so that an optimizer circling a point that is
+    stationary but for tiny slopes is not checked every window; a useful escape restores it.
     Every attempt is an :class:`EscapeEvent` in ``events`` and a log line (logger ``sospcheck.escape``).
     """
 
     def __init__(self, model, X, Y, criterion=None, optimizer=None, *, window: int = 100, loss_rtol: float = 1e-4,
                  loss_atol: float = 0.0, grad_tol: float = 1e-3, nearby: Nearby | dict | None = None,
                  weight_decay: float = 0.0, stop_on: tuple = ("local_minimum", "sosp"), max_escapes: int | None = None,
-                 reset_optimizer: bool = True, load_certified: bool = True, negative_slope: float | None = None,
-                 check_kwargs: dict | None = None, verbose: bool = False):
+                 best_neuron: bool = True, loose_gradient: float = 1e-4, reset_optimizer: bool = True,
+                 load_certified: bool = True, min_gain: float = 1e-3, max_backoff: int = 32,
+                 negative_slope: float | None = None, check_kwargs: dict | None = None, verbose: bool = False):
         from torch import nn
 
         from . import torch as bridge
@@ -481,8 +664,9 @@ class SaddleEscape:
             raise ValueError(f"`stop_on` must hold verdict names {[v.value for v in Verdict]}, got {sorted(bad)}")
         self.stop_on = tuple(stop_on)
         self.nearby = Nearby.from_any(nearby)
-        self.weight_decay = weight_decay
+        self.weight_decay, self.best_neuron, self.loose_gradient = weight_decay, best_neuron, loose_gradient
         self.max_escapes = max_escapes
+        self.min_gain, self.max_backoff, self.base_window = min_gain, max_backoff, window
         self.reset_optimizer, self.load_certified, self.verbose = reset_optimizer, load_certified, verbose
         self.check_kwargs = {"fragility": False, **(check_kwargs or {})}
         self.iteration = 0
@@ -526,7 +710,8 @@ class SaddleEscape:
         t0 = time.perf_counter()
         net = self._bridge.from_torch(self.model, negative_slope=self.negative_slope, check_forward=False)
         att = escape_step(net, self.X, self.Y, self.spec.loss, self.spec.reduction, self.weight_decay,
-                          nearby=self.nearby, **self.check_kwargs)
+                          nearby=self.nearby, best_neuron=self.best_neuron,
+                          loose_gradient=self.loose_gradient, **self.check_kwargs)
         near, res = att.nearby, att.nearby.result
         self.last_check = res
         accepted, loss_after = False, near.loss_start
@@ -543,15 +728,20 @@ class SaddleEscape:
             if self.load_certified:
                 self._bridge.load_into(self.model, near.net, negative_slope=self.negative_slope)
                 accepted, loss_after = True, near.loss_nearby
-        d = res.descent
         reason = res.reason
         if res.verdict == Verdict.DESCENT and not accepted:
             reason = "the line search did not beat the loss at the optimizer's weights"
         event = EscapeEvent(self.iteration, res.verdict.value, near.loss_start, near.loss_nearby, loss_after,
-                            d.order if d else None, d.test if d else None, att.step, near.distance, list(near.zeroed),
+                            att.order, (att.test + " (loose)" if att.loose else att.test) if att.test else None,
+                            att.direction, att.step, near.distance, list(near.zeroed),
                             list(near.merged), near.polish_steps, accepted, time.perf_counter() - t0, reason)
         self.events.append(event)
         self.detector.reset()
+        # a stall that yielded (almost) nothing, e.g. an optimizer zigzagging next to a kink point that
+        # is stationary but for tiny slopes: wait longer before the next check
+        useful = accepted and event.loss_nearby - event.loss_after > self.min_gain * abs(event.loss_nearby)
+        self.detector.window = (self.base_window if useful or self.stopped
+                                else min(2 * self.detector.window, self.max_backoff * self.base_window))
         logger.info(event.line())
         if self.verbose:
             print(event.line())

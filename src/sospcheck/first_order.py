@@ -105,7 +105,9 @@ def _neuron_test(pt: Point, k: int, boundary_k: np.ndarray, c: np.ndarray, scale
     if idx.size:
         A = Xk.T * aB[None, :]
         if np.any(A):
-            s_star = lsq_linear(A, -c, bounds=(s_lo, s_hi), method="bvls", tol=1e-14).x
+            # |c + A s| = |Q'c + R s| + const with A = QR: BVLS iterates on M_k x M_k, not d x M_k
+            Q, R = np.linalg.qr(A)
+            s_star = lsq_linear(R, -(Q.T @ c), bounds=(s_lo, s_hi), method="bvls", tol=1e-14).x
         else:
             s_star = np.full(idx.size, 0.5 * (s_lo + s_hi))
         vt = c + A @ s_star

@@ -23,7 +23,7 @@ def as_float_array(value, name: str, ndim: int | None = None) -> np.ndarray:
     return arr
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TwoLayerNet:
     """Weights of a one-hidden-layer network with a ReLU-like activation.
 
@@ -147,7 +147,7 @@ def _slope(value, name: str) -> float:
     return float(arr)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Direction:
     """A perturbation with the shapes of a :class:`TwoLayerNet`'s weights (``None`` for absent biases)."""
 

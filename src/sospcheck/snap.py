@@ -49,10 +49,14 @@ def refit_output_layer(net: TwoLayerNet, X: np.ndarray, Y: np.ndarray, loss: Los
     def weights(T):  # T: (dy, nf)
         return dict(W2=T[:, :dh], b2=T[:, dh] if net.has_b2 else None)
 
+    Theta0 = (np.hstack([net.W2, net.b2[:, None]]) if net.has_b2 else np.array(net.W2)).T  # (nf, dy)
     if loss.name == "squared":
-        G = weight * (F.T @ F) + weight_decay * np.eye(nf)
-        Theta = np.linalg.lstsq(G, weight * (F.T @ Y), rcond=None)[0]  # (nf, dy)
-        return net.with_weights(**weights(Theta.T)), True
+        # least squares on F itself (not the normal equations), as the smallest change from the
+        # current output layer: aligned features make F ill-conditioned and the change arbitrary
+        A = np.vstack([np.sqrt(weight) * F, np.sqrt(weight_decay) * np.eye(nf)])
+        rhs = np.vstack([np.sqrt(weight) * (Y - F @ Theta0), -np.sqrt(weight_decay) * Theta0])
+        delta = np.linalg.lstsq(A, rhs, rcond=1e-12)[0]
+        return net.with_weights(**weights((Theta0 + delta).T)), True
 
     def unpack(x):
         return x.reshape(net.dy, nf)

@@ -175,7 +175,8 @@ def load_into(module: nn.Module, net: TwoLayerNet, *, negative_slope: float | No
     for name, param, value in pairs:
         if (param is None) != (value is None):
             has = "has" if param is not None else "has no"
-            raise ValueError(f"`module` {has} the bias `{name}` but `net.{name}` is {'None' if value is None else 'set'}")
+            state = "None" if value is None else "set"
+            raise ValueError(f"`module` {has} the bias `{name}` but `net.{name}` is {state}")
         if param is not None and tuple(param.shape) != value.shape:
             raise ValueError(f"`net.{name}` has shape {value.shape} but `module`'s parameter has {tuple(param.shape)}")
     with torch.no_grad():
@@ -238,7 +239,8 @@ def torch_loss(criterion: nn.Module) -> TorchLoss:
     if not isinstance(criterion, (nn.MSELoss, nn.BCEWithLogitsLoss, nn.CrossEntropyLoss)):
         raise TypeError(f"`criterion` must be nn.MSELoss, nn.BCEWithLogitsLoss or nn.CrossEntropyLoss, got {name}")
     if reduction not in ("mean", "sum"):
-        raise ValueError(f"`criterion` {name} has reduction={reduction!r}; sospcheck needs a scalar risk: 'mean' or 'sum'")
+        raise ValueError(f"`criterion` {name} has reduction={reduction!r}; sospcheck needs a scalar risk: "
+                         "'mean' or 'sum'")
     if isinstance(criterion, nn.MSELoss):
         return TorchLoss(_MSE_MEAN if reduction == "mean" else _MSE_SUM, reduction, name)
     if isinstance(criterion, nn.BCEWithLogitsLoss):
