@@ -495,13 +495,19 @@ class _ProjectedSubspace:
         found = _negative_ritz_vector(lambda x: self._op(x)[:, 0], v, eig_tol, max_steps=min(self.n, 300, (1 << 27) // self.n + 2))
         if found is not None:
             return self._report(*found)
-        try:
-            lam, vec = eigsh(self.op, k=1, which="SA", v0=v, tol=1e-12, maxiter=max(1000, 20 * self.n))
-        except ArpackNoConvergence as exc:
-            self.failed = f"Lanczos did not converge ({exc})"
-            return None, None
-        v = self.project(vec)[:, 0]
-        return self._report(float(lam[0]), v / np.linalg.norm(v))
+        # ARPACK's tolerance is relative to the eigenvalue: 1e-8 decides the sign of a lambda_min
+        # well away from eig_tol; one near it is refined to 1e-12
+        for tol in (1e-8, 1e-12):
+            try:
+                lam, vec = eigsh(self.op, k=1, which="SA", v0=v, tol=tol, maxiter=max(1000, 20 * self.n))
+            except ArpackNoConvergence as exc:
+                self.failed = f"Lanczos did not converge ({exc})"
+                return None, None
+            v = self.project(vec)[:, 0]
+            v /= np.linalg.norm(v)
+            if abs(lam[0]) > 100 * eig_tol:
+                break
+        return self._report(float(lam[0]), v)
 
     def _report(self, lam: float, v: np.ndarray):
         self.detail = (f"matrix-free (Lanczos, {self.n_products} products, residual "
