@@ -492,14 +492,15 @@ class _ProjectedSubspace:
             M = self._op(np.eye(self.n))
             w, U = np.linalg.eigh(0.5 * (M + M.T))
             return self._report(float(w[0]), U[:, 0])
+        v0 = v
         found = _negative_ritz_vector(lambda x: self._op(x)[:, 0], v, eig_tol, max_steps=min(self.n, 300, (1 << 27) // self.n + 2))
         if found is not None:
             return self._report(*found)
         # ARPACK's tolerance is relative to the eigenvalue: 1e-8 decides the sign of a lambda_min
         # well away from eig_tol; one near it is refined to 1e-12
-        for tol in (1e-8, 1e-12):
+        for tol in (1e-8, 1e-12):  # (an eigenvector as start vector would stall ARPACK: keep the random one)
             try:
-                lam, vec = eigsh(self.op, k=1, which="SA", v0=v, tol=tol, maxiter=max(1000, 20 * self.n))
+                lam, vec = eigsh(self.op, k=1, which="SA", v0=v0, tol=tol, maxiter=max(1000, 20 * self.n))
             except ArpackNoConvergence as exc:
                 self.failed = f"Lanczos did not converge ({exc})"
                 return None, None
