@@ -100,3 +100,79 @@ def test_demo_runs_both_examples(capsys):
     out = capsys.readouterr().out
     assert "looks like a minimum" in out and "verdict: descent" in out and "verdict: local_minimum" in out
     assert "(c) a second-order saddle" in out and "order 2 from ICQP" in out
+
+
+# ---------------------------------------------------------------- rich output, progress, new options
+
+
+def test_report_has_panel_neuron_table_second_order_and_tolerances(files, capsys):
+    _, params, data = files
+    assert main(["check", "--params", params, "--data", data, "--loss", "squared"]) == 0
+    captured = capsys.readouterr()
+    for part in ("╭─ sospcheck", "verdict: descent", "per neuron", "decided by", "descent: extreme ray",
+                 "second order: not needed", "tolerances, each relative to its scale", "budget:"):
+        assert part in captured.out, part
+    assert captured.err == ""  # progress only on a terminal
+
+
+def test_quiet_and_json_stdout_print_nothing_else(files, capsys):
+    _, params, data = files
+    assert main(["check", "--params", params, "--data", data, "--loss", "squared", "--quiet"]) == 0
+    assert capsys.readouterr().out == "descent\n"
+    assert main(["check", "--params", params, "--data", data, "--loss", "squared", "--json", "-"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out)["schema_version"] == "1.0" and out.lstrip().startswith("{")
+
+
+def test_s_minus_option_sets_the_activation_when_the_file_has_none(files, capsys):
+    _, params, data = files
+    assert main(["check", "--params", params, "--data", data, "--loss", "squared", "--s-minus", "0.01",
+                 "--json", "-", "--no-fragility"]) == 0
+    assert json.loads(capsys.readouterr().out)["activation"] == {"s_plus": 1.0, "s_minus": 0.01}
+    assert main(["check", "--params", params, "--data", data, "--loss", "squared", "--s-plus", "0"]) == 2
+    assert "`s_plus` must be > 0" in capsys.readouterr().err
+
+
+def test_progress_display_draws_bars_on_a_terminal():
+    import io
+
+    from rich.console import Console
+
+    from sospcheck.cli import ProgressDisplay
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=100)
+    with ProgressDisplay(console=console) as display:
+        with display.phase("reading --params"):
+            pass
+        for i in range(1, 5):
+            display("2-D slice of the loss", i, 4)
+    assert display.enabled and "2-D slice of the loss" in display.progress.tasks[1].description
+    assert display.progress.tasks[1].completed == 4 and display.progress.tasks[0].finished
+    off = ProgressDisplay(enabled=False, console=Console(file=io.StringIO(), force_terminal=True))
+    with off:
+        off("x", 1, 2)
+    assert not off.enabled and off.console.file.getvalue() == ""
+
+
+def test_check_gets_the_progress_callback_when_it_accepts_one(files, monkeypatch, capsys):
+    import sospcheck.cli as cli
+
+    seen = {}
+    real = cli.check
+
+    def check_with_progress(net, X, Y, progress=None, **kw):
+        seen["progress"] = progress
+        progress("data pass", 1, 1)
+        return real(net, X, Y, **kw)
+
+    monkeypatch.setattr(cli, "check", check_with_progress)
+    _, params, data = files
+    assert main(["check", "--params", params, "--data", data, "--loss", "squared", "--quiet"]) == 0
+    assert isinstance(seen["progress"], cli.ProgressDisplay) and "data pass" in seen["progress"].tasks
+
+
+def test_demo_uses_the_rich_report(capsys):
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("╭─ sospcheck") == 3 and "T3 negative" in out and "per neuron" in out

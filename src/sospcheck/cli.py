@@ -1,17 +1,51 @@
-"""The command line: ``sospcheck check`` and ``sospcheck demo``."""
+"""The command line: ``sospcheck check``, ``sospcheck plot``, ``sospcheck schema`` and ``sospcheck demo``.
+
+Human-readable output is rendered with ``rich`` on stdout; progress goes to stderr, only on a terminal;
+``--quiet`` prints only the verdict and ``--json -`` only the JSON report. Exit status: 0 whenever the
+check ran (whatever the verdict), 2 with one line ``sospcheck: error: ...`` on bad input.
+"""
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.rule import Rule
+from rich.text import Text
 
 from . import __version__
 from .check import check
 from .io import InputError, load_data, load_params, save_direction
 from .options import Budget, Tolerances
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "ProgressDisplay"]
+
+
+def _add_point_options(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """What a check needs: the point, the data, the loss, and how to decide."""
+    p.add_argument("--params", required=required, metavar="P",
+                   help=".npz with W1, b1, W2, b2 [, s_plus, s_minus]; or a PyTorch state_dict/checkpoint "
+                        "(.pt/.pth/.ckpt) or .safetensors of Linear -> ReLU -> Linear")
+    p.add_argument("--data", required=required, metavar="D", help=".npz with X, Y (may be the same file as --params)")
+    p.add_argument("--loss", required=required, choices=["squared", "logistic", "cross_entropy"])
+    p.add_argument("--no-bias1", action="store_true", help="the network has no hidden bias (no b1 key)")
+    p.add_argument("--no-bias2", action="store_true", help="the network has no output bias (no b2 key)")
+    p.add_argument("--s-plus", type=float, metavar="S", help="activation slope for t > 0 when --params does not "
+                   "store s_plus (default 1)")
+    p.add_argument("--s-minus", type=float, metavar="S", help="activation slope for t <= 0 when --params does not "
+                   "store s_minus (default 0: ReLU; 0.01: leaky ReLU)")
+    p.add_argument("--reduction", default="sum", choices=["sum", "mean"])
+    p.add_argument("--weight-decay", type=float, default=0.0, metavar="LAM")
+    p.add_argument("--snap", action="store_true", help="move near-boundary points onto their kinks first")
+    p.add_argument("--snap-tol", type=float, default=1e-5, metavar="TOL")
+    p.add_argument("--tolerances", metavar="JSON", help="override tolerances, e.g. '{\"gradient\": 1e-6}'")
+    p.add_argument("--budget", metavar="JSON", help="override budgets, e.g. '{\"max_icqp\": 256}'")
+    p.add_argument("--no-fragility", action="store_true", help="skip the 10x tolerance re-runs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,24 +58,64 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("check", help="check one point (weights + data)")
-    c.add_argument("--params", required=True, help=".npz with W1, b1, W2, b2 [, s_plus, s_minus]")
-    c.add_argument("--data", required=True, help=".npz with X, Y (may be the same file as --params)")
-    c.add_argument("--loss", required=True, choices=["squared", "logistic", "cross_entropy"])
-    c.add_argument("--no-bias1", action="store_true", help="the network has no hidden bias (no b1 key)")
-    c.add_argument("--no-bias2", action="store_true", help="the network has no output bias (no b2 key)")
-    c.add_argument("--reduction", default="sum", choices=["sum", "mean"])
-    c.add_argument("--weight-decay", type=float, default=0.0, metavar="LAM")
-    c.add_argument("--snap", action="store_true", help="move near-boundary points onto their kinks first")
-    c.add_argument("--snap-tol", type=float, default=1e-5, metavar="TOL")
-    c.add_argument("--json", metavar="OUT.json", help="write the full report as JSON ('-' for stdout)")
+    _add_point_options(c)
+    c.add_argument("--json", metavar="OUT.json", help="write the full report as JSON ('-' for stdout, nothing else)")
     c.add_argument("--direction-out", metavar="DIR.npz", help="write the descent direction (W1, b1, W2, b2)")
-    c.add_argument("--tolerances", metavar="JSON", help="override tolerances, e.g. '{\"gradient\": 1e-6}'")
-    c.add_argument("--budget", metavar="JSON", help="override budgets, e.g. '{\"max_icqp\": 256}'")
-    c.add_argument("--no-fragility", action="store_true", help="skip the 10x tolerance re-runs")
+    c.add_argument("--plot", metavar="OUT.png", help="also draw the plots of `sospcheck plot` (.png, .svg or .pdf)")
     c.add_argument("--quiet", action="store_true", help="print only the verdict")
 
+    p = sub.add_parser("plot", help="check one point and draw the loss along the direction, a 2-D slice and "
+                                    "the boundary counts (needs matplotlib)")
+    _add_point_options(p)
+    p.add_argument("-o", "--out", required=True, metavar="OUT.png", help="output file: .png, .svg or .pdf")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random slice directions (default 0)")
+    p.add_argument("--grid", type=int, default=41, metavar="N", help="points per side of the 2-D slice (default 41)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+    sub.add_parser("schema", help="print the JSON schema of the --json report")
     sub.add_parser("demo", help="run the embedded examples and print their reports")
+
+    from .experiment.cli import add_parser as add_experiment_parser
+    add_experiment_parser(sub)
     return parser
+
+
+class ProgressDisplay:
+    """Progress bars on stderr (only when it is a terminal), one per phase.
+
+    Call it as ``progress(phase, done, total)`` (``total=None``: unknown) from any long loop, or wrap a
+    step without a count in ``with display.phase("name"):`` (a spinner with the elapsed time).
+    The plots call it for their sweeps; :func:`sospcheck.check` is handed it as ``progress=`` as soon
+    as its signature has that parameter (data passes, QPs, enumerations, fragility re-runs).
+    """
+
+    def __init__(self, enabled: bool = True, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.enabled = enabled and self.console.is_terminal
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=self.console, transient=True,
+                                 disable=not self.enabled)
+        self.tasks: dict = {}
+
+    def __enter__(self) -> "ProgressDisplay":
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+    def __call__(self, phase: str, done: int, total: int | None = None) -> None:
+        if phase not in self.tasks:
+            self.tasks[phase] = self.progress.add_task(phase, total=total)
+        self.progress.update(self.tasks[phase], completed=done, total=total)
+
+    @contextmanager
+    def phase(self, name: str):
+        task = self.progress.add_task(name, total=None)
+        try:
+            yield
+        finally:
+            self.progress.update(task, total=1, completed=1)
 
 
 def _json_arg(text: str | None, name: str) -> dict | None:
@@ -56,49 +130,110 @@ def _json_arg(text: str | None, name: str) -> dict | None:
     return value
 
 
+def _plot_target(path: str | None, option: str) -> None:
+    """Fail before the check when a plot cannot be written."""
+    if path is None:
+        return
+    from .plot import check_output_path, require_matplotlib
+
+    check_output_path(path, option)
+    require_matplotlib(option)
+
+
+def _check(args, display: ProgressDisplay):
+    """Load, validate and run the check; returns ``(result, X, Y)``."""
+    with display.phase("reading --params"):
+        net = load_params(args.params, args.no_bias1, args.no_bias2, s_plus=args.s_plus, s_minus=args.s_minus)
+    with display.phase("reading --data"):
+        X, Y = load_data(args.data)
+    kw = dict(loss=args.loss, reduction=args.reduction, weight_decay=args.weight_decay,
+              tolerances=Tolerances.from_any(_json_arg(args.tolerances, "--tolerances")),
+              budget=Budget.from_any(_json_arg(args.budget, "--budget")), snap=args.snap, snap_tol=args.snap_tol,
+              fragility=not args.no_fragility)
+    if "progress" in inspect.signature(check).parameters:
+        kw["progress"] = display
+    what = "checking: first order, second order, verification" + ("" if args.no_fragility else ", fragility re-runs")
+    with display.phase(what):
+        result = check(net, X, Y, **kw)
+    return result, X, Y
+
+
+def _plot(result, X, Y, path: str, display: ProgressDisplay, seed: int = 0, grid: int = 41) -> None:
+    from .plot import plot_result
+    from .report import Setting
+
+    plot_result(result, Setting.of(result, X, Y), path, seed=seed, grid=grid, progress=display)
+
+
 def _run_check(args) -> int:
-    net = load_params(args.params, args.no_bias1, args.no_bias2)
-    X, Y = load_data(args.data)
-    result = check(
-        net, X, Y, loss=args.loss, reduction=args.reduction, weight_decay=args.weight_decay,
-        tolerances=Tolerances.from_any(_json_arg(args.tolerances, "--tolerances")),
-        budget=Budget.from_any(_json_arg(args.budget, "--budget")), snap=args.snap, snap_tol=args.snap_tol,
-        fragility=not args.no_fragility,
-    )
-    if args.json == "-":
+    to_stdout = args.json == "-"
+    _plot_target(args.plot, "--plot")
+    show_progress = not (args.quiet or to_stdout)
+    with ProgressDisplay(enabled=show_progress) as display:
+        result, X, Y = _check(args, display)
+    if to_stdout:
         print(result.to_json(indent=2))
+    elif args.quiet:
+        print(result.verdict.value)
     else:
-        print(result.verdict.value if args.quiet else result.summary())
-        if args.json:
-            with open(args.json, "w") as f:
-                f.write(result.to_json(indent=2))
+        from .report import Setting, render
+
+        Console().print(render(result, Setting.of(result, X, Y)))
+    if args.json and not to_stdout:
+        with open(args.json, "w") as f:
+            f.write(result.to_json(indent=2))
     if args.direction_out:
         if result.descent is None:
             print(f"note: verdict is {result.verdict.value}; no direction written to {args.direction_out}",
                   file=sys.stderr)
         else:
             save_direction(args.direction_out, result.descent.direction)
+    if args.plot:
+        with ProgressDisplay(enabled=show_progress) as display:
+            _plot(result, X, Y, args.plot, display)
+    return 0
+
+
+def _run_plot(args) -> int:
+    _plot_target(args.out, "--out")
+    if args.grid < 5:
+        raise InputError(f"--grid must be at least 5, got {args.grid}")
+    with ProgressDisplay(enabled=not args.quiet) as display:
+        result, X, Y = _check(args, display)
+        _plot(result, X, Y, args.out, display, seed=args.seed, grid=args.grid)
+    if not args.quiet:
+        print(f"verdict: {result.verdict.value}; wrote {args.out}")
+    return 0
+
+
+def _run_schema() -> int:
+    from .report import REPORT_SCHEMA
+
+    print(json.dumps(REPORT_SCHEMA, indent=2))
     return 0
 
 
 def _run_demo() -> int:
     from .demo import EXAMPLES
+    from .report import Setting, render
     from .smooth import smooth_view
 
+    console = Console()
     for ex in EXAMPLES:
-        print("=" * 78)
-        print(ex.title)
-        print(ex.story)
-        print("-" * 78)
-        print(smooth_view(ex.net, ex.X, ex.Y).describe())
+        console.print(Rule(Text(ex.title, style="bold"), align="left"))
+        console.print(Text(ex.story))
+        console.print(Text(smooth_view(ex.net, ex.X, ex.Y).describe(), style="italic"))
         result = check(ex.net, ex.X, ex.Y)
-        print("sospcheck:")
-        print("  " + result.summary().replace("\n", "\n  "))
+        console.print(render(result, Setting.of(result, ex.X, ex.Y)))
         if result.verdict.value != ex.expected:
             print(f"UNEXPECTED: the embedded example expects {ex.expected}", file=sys.stderr)
             return 1
-    print("=" * 78)
+    console.print(Rule())
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def main(argv=None) -> int:
@@ -107,12 +242,16 @@ def main(argv=None) -> int:
     try:
         if args.command == "demo":
             return _run_demo()
+        if args.command == "schema":
+            return _run_schema()
+        if args.command == "plot":
+            return _run_plot(args)
+        if args.command == "experiment":
+            from .experiment.cli import run as run_experiment
+            return run_experiment(args)
         return _run_check(args)
-    except (InputError, ValueError, TypeError) as exc:
-        print(f"sospcheck: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"sospcheck: error: {exc}", file=sys.stderr)
+    except (InputError, ValueError, TypeError, OSError, ImportError) as exc:
+        print(f"sospcheck: error: {_one_line(exc)}", file=sys.stderr)
         return 2
 
 
