@@ -1,0 +1,142 @@
+"""Evidence for the two second-order hot spots named in ANALYSIS.md (not part of ``run.py``):
+
+    .venv/bin/python benchmarks/hotspots.py
+
+1. Matrix-free ECQP at a benign point: Hessian products ARPACK needs (``eigsh(which="SA")`` on the
+   solver's shifted projected operator, as ``_ProjectedSubspace.min_eig`` calls it, and with a larger
+   ``ncv``) against the full-reorthogonalised Lanczos run that ``_negative_ritz_vector`` already does
+   (its smallest Ritz value and residual bound), with the dense solver's exact value as reference.
+2. Dense reduced Hessian: ``HessianOperator.dense()`` (n products) against the Gram matrix of the
+   per-sample Jacobian (``dsyrk``) plus the block-diagonal cross term, squared loss, dy = 1.
+
+Uses private pieces of ``sospcheck.second_order`` (``_Problem``, ``_constraint_blocks``, the two
+subspace classes) the way ``second_order_test`` builds them: it may need updating when they change.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402  (first: it pins the BLAS threads before NumPy loads)
+import numpy as np  # noqa: E402
+from scipy.linalg.blas import dsyrk  # noqa: E402
+from scipy.sparse.linalg import ArpackNoConvergence, eigsh  # noqa: E402
+
+from sospcheck import operators  # noqa: E402
+from sospcheck import second_order as so  # noqa: E402
+
+_COUNT = [0]
+_matmat = operators.HessianOperator.matmat
+
+
+def _counting(self, Theta, *a, **kw):
+    _COUNT[0] += Theta.shape[1]
+    return _matmat(self, Theta, *a, **kw)
+
+
+operators.HessianOperator.matmat = _counting
+
+
+def subspaces(inst: dict):
+    """The dense and the matrix-free ECQP subspaces of a planted stationary point (M = 0, no decay)."""
+    net, X, Y = inst["net"], inst["X"], inst["Y"]
+    pieces = common.first_order_pieces(net, X, Y)
+    pt = pieces.pt
+    V = so.data_span(pt.fwd.Xbar, pieces.tol.rank)
+    Xr = pt.fwd.Xbar @ V
+    layout = so.Layout(net.dy, net.dh, V.shape[1], net.has_b2)
+    keep = np.ones(layout.n, bool)
+    prob = so._Problem(pt, V, Xr, layout, np.flatnonzero(keep), net.slope(pt.fwd.N).astype(float), [])
+    blocks = so._constraint_blocks(prob, pieces.neurons, keep, net.Z @ V, [], 0.0)
+    return so._DenseSubspace(prob, blocks), so._ProjectedSubspace(prob, blocks)
+
+
+def lanczos_ritz(apply, v0: np.ndarray, steps: int) -> tuple[float, float]:
+    """Smallest Ritz value of ``steps`` full-reorthogonalised Lanczos steps and its residual bound."""
+    n = v0.size
+    Q = np.empty((steps, n))
+    Q[0] = v0 / np.linalg.norm(v0)
+    alphas, betas, beta = [], [], 0.0
+    for j in range(steps):
+        w = apply(Q[j])
+        alphas.append(float(Q[j] @ w))
+        Qm = Q[: j + 1]
+        w -= Qm.T @ (Qm @ w)
+        w -= Qm.T @ (Qm @ w)
+        beta = float(np.linalg.norm(w))
+        if j + 1 == steps or beta < 1e-14:
+            break
+        betas.append(beta)
+        Q[j + 1] = w / beta
+    theta, S = np.linalg.eigh(np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1))
+    return float(theta[0]), beta * abs(S[-1, 0])
+
+
+def ecqp_products(m: int, dx: int, dh: int) -> None:
+    dense, mf = subspaces(common.stationary_instance(m, dx, dh))
+    lam_exact = dense.min_eig(0.0)[0]
+    n = mf.n
+    print(f"\n[1] planted minimum m={m} dx={dx} dh={dh}: n = {n}, ECQP dim {mf.dim}, exact lambda_min {lam_exact:.10g}, "
+          f"|H| {dense.hessian_norm:.4g}")
+    v0 = mf.project(np.random.default_rng(0).standard_normal((n, 1)))[:, 0]
+    for label, kw in (("ARPACK tol 1e-8, ncv 20 (library)", dict(tol=1e-8)),
+                      ("ARPACK tol 1e-12, ncv 20 (library)", dict(tol=1e-12)),
+                      ("ARPACK tol 1e-8, ncv 64", dict(tol=1e-8, ncv=min(n, 64)))):
+        _COUNT[0] = 0
+        t0 = time.perf_counter()
+        try:
+            lam = f"{eigsh(mf.op, k=1, which='SA', v0=v0, maxiter=max(1000, 20 * n), **kw)[0][0]:.10g}"
+        except ArpackNoConvergence:
+            lam = "did not converge"
+        print(f"    {label:36s}: {lam:>18s}  {_COUNT[0]:6d} products  {time.perf_counter() - t0:6.2f} s")
+    _COUNT[0] = 0
+    t0 = time.perf_counter()
+    steps = min(n, 300)
+    theta, res = lanczos_ritz(lambda x: mf._op(x)[:, 0], v0, steps)
+    print(f"    {'Lanczos, ' + str(steps) + ' steps (already run)':36s}: {theta:18.10g}  {_COUNT[0]:6d} products  "
+          f"{time.perf_counter() - t0:6.2f} s  residual bound {res:.2g}")
+
+
+def gram_hessian(op: operators.HessianOperator, chunk: int = 2048) -> np.ndarray:
+    """``H`` of the squared loss (dy = 1, with b2) as ``Jac' Jac + cross``, ``Jac`` built per row chunk."""
+    O, Xr, W2, r, J = op.O, op.Xr, op.W2, op.r, op.Jt.T
+    m, dh = O.shape
+    rho = Xr.shape[1]
+    n = dh + dh * rho + 1
+    H = np.zeros((n, n))
+    for s in range(0, m, chunk):
+        rows = slice(s, s + chunk)
+        Jac = np.empty((O[rows].shape[0], n))
+        Jac[:, :dh] = O[rows]
+        Jac[:, dh:-1] = ((J[rows] * W2[0])[:, :, None] * Xr[rows][:, None, :]).reshape(-1, dh * rho)
+        Jac[:, -1] = 1.0
+        H = dsyrk(op.h_scalar, Jac, beta=1.0, c=H, trans=1, lower=0, overwrite_c=1)
+    H = np.triu(H) + np.triu(H, 1).T
+    E = (J * r).T @ Xr  # E_k = sum_i J_ik r_i xr_i' (dy = 1)
+    for k in range(dh):
+        cols = slice(dh + k * rho, dh + (k + 1) * rho)
+        H[k, cols] += E[k]
+        H[cols, k] += E[k]
+    return H
+
+
+def dense_formation(m: int, dx: int, dh: int) -> None:
+    X, Y = common.gaussian_data(m, dx, 1, 0)
+    net = common.random_net(dx, dh, 1, 0)
+    pt = common.first_order_pieces(net, X, Y).pt
+    op = operators.HessianOperator(pt.fwd.O, pt.fwd.Xbar, net.W2, pt.r, pt.Hl, net.slope(pt.fwd.N).astype(float),
+                                   identity_hessian=True)
+    t1, H1 = common.timed(op.dense)
+    t2, H2 = common.timed(lambda: gram_hessian(op))
+    print(f"\n[2] dense H, m={m} dx={dx} dh={dh} (n = {H1.shape[0]}): dense() {t1:.3f} s, Jacobian Gram {t2:.3f} s "
+          f"({t1 / t2:.1f}x), max |difference| / |H| = {np.abs(H1 - H2).max() / np.abs(H1).max():.1e}")
+
+
+if __name__ == "__main__":
+    ecqp_products(1000, 40, 5)
+    ecqp_products(4000, 50, 10)
+    dense_formation(10000, 100, 10)
