@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from sospcheck.copositive import (COPOSITIVE, NOT, STRICT, copositivity, copositivity_enumerate,
-                                  copositivity_milp)
+                                  copositivity_milp, copositivity_pretests)
 
 
 def sampled_min(S, rng, n=20000):
@@ -50,7 +50,62 @@ def test_enumeration_milp_and_sampling_agree(seed):
         assert sampled >= -1e-9
 
 
+HORN = np.array([[1, -1, 1, 1, -1], [-1, 1, -1, 1, 1], [1, -1, 1, -1, 1],
+                 [1, 1, -1, 1, -1], [-1, 1, 1, -1, 1]], dtype=float)
+
+
 def test_dispatch_uses_milp_past_the_subset_budget():
-    S = -np.eye(5)
-    assert copositivity(S, 1e-12, max_subsets=10).method == "milp"
-    assert copositivity(S, 1e-12, max_subsets=10**6).method == "enumeration"
+    # the Horn matrix is copositive but neither PSD nor nonnegative: no pre-test decides it
+    assert copositivity_pretests(HORN, 1e-12) is None
+    assert copositivity(HORN, 1e-12, max_subsets=10).method == "milp"
+    res = copositivity(HORN, 1e-12, max_subsets=10**6)
+    assert res.method == "enumeration" and res.status == COPOSITIVE
+    assert copositivity(-HORN, 1e-12, max_subsets=10).method.startswith("pretest")
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_pretests_agree_with_enumeration(seed):
+    rng = np.random.default_rng(100 + seed)
+    r = int(rng.integers(2, 8))
+    B = rng.standard_normal((r, r))
+    kind = seed % 4
+    if kind == 0:
+        S = B @ B.T + rng.uniform(-0.5, 0.5) * np.eye(r)  # PSD-ish, either side of the boundary
+    elif kind == 1:
+        S = np.abs(B + B.T) - rng.uniform(0, 0.5) * np.eye(r)
+    elif kind == 2:
+        C = rng.standard_normal((r, r - 1))
+        S = C @ C.T  # singular PSD: copositive, strict unless the null space meets the orthant
+    else:
+        S = B + B.T + rng.uniform(0, 4) * np.eye(r)
+    tol = 1e-9
+    pre = copositivity_pretests(S, tol)
+    enum = copositivity_enumerate(S, tol)
+    if pre is None:
+        return
+    assert (pre.status == NOT) == (enum.status == NOT), (pre, enum)
+    if pre.status == NOT:
+        assert np.all(pre.witness >= 0) and pre.witness @ S @ pre.witness < -tol
+    else:
+        assert sampled_min(S, rng) >= -1e-9
+
+
+def test_singular_psd_with_a_nonnegative_null_vector_is_copositive_not_strict():
+    u = np.array([1.0, 2.0, 0.5])
+    P = np.eye(3) - np.outer(u, u) / (u @ u)  # PSD, null space spanned by u >= 0
+    res = copositivity_pretests(P, 1e-12)
+    assert res.status == COPOSITIVE and np.allclose(res.witness, u / u.sum())
+    v = np.array([1.0, -2.0, 0.5])
+    Q = np.eye(3) - np.outer(v, v) / (v @ v)
+    assert copositivity_pretests(Q, 1e-12).status == STRICT
+    assert copositivity_enumerate(Q, 1e-12).status == STRICT
+
+
+def test_large_positive_definite_schur_complement_needs_no_milp():
+    # the benchmark's (100, 10, 10000) point had a 178 x 178 positive definite S that went to the MILP
+    rng = np.random.default_rng(0)
+    B = rng.standard_normal((178, 178))
+    S = B @ B.T / 178 + 0.1 * np.eye(178)
+    assert S.min() < 0  # not decided by the nonnegative-entries test
+    res = copositivity(S, 1e-10, max_subsets=2**14)
+    assert res.status == STRICT and res.method == "pretest: positive definite"

@@ -19,7 +19,8 @@ from itertools import combinations
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 
-__all__ = ["CopositivityResult", "copositivity", "copositivity_enumerate", "copositivity_milp"]
+__all__ = ["CopositivityResult", "copositivity", "copositivity_enumerate", "copositivity_milp",
+           "copositivity_pretests"]
 
 STRICT = "strictly_copositive"
 COPOSITIVE = "copositive"
@@ -135,11 +136,67 @@ def copositivity_milp(S: np.ndarray, tol: float, time_limit: float = 60.0) -> Co
     return CopositivityResult(STRICT, None, value, "milp", 1)
 
 
+def _unit(r: int, i: int) -> np.ndarray:
+    y = np.zeros(r)
+    y[i] = 1.0
+    return y
+
+
+def copositivity_pretests(S: np.ndarray, tol: float) -> CopositivityResult | None:
+    """Sufficient conditions that decide many matrices in ``O(r^3)``; None when none applies.
+
+    Not copositive: a diagonal entry ``< -tol``; a pair ``(i, j)`` whose 2x2 block is negative at
+    its simplex minimizer; an eigenvector of a negative eigenvalue that is one-signed. Strictly
+    copositive: ``lambda_min(S) > tol`` (positive definite), or all entries ``>= -tol`` with a
+    diagonal ``> tol``. Copositive: ``S`` positive semidefinite to ``tol`` (or entrywise
+    nonnegative) with a nonnegative vector in its near-null space (a zero diagonal) as witness.
+    """
+    r = S.shape[0]
+    d = np.diag(S)
+    i = int(np.argmin(d))
+    if d[i] < -tol:
+        return CopositivityResult(NOT, _unit(r, i), float(d[i]), "pretest: negative diagonal", 1)
+    # 2x2 blocks: min over the simplex of [t, 1-t] S_ij [t, 1-t]' at t = (d_j - s) / (d_i + d_j - 2 s)
+    # when s = S_ij < 0 (then the denominator is positive); vectorized over all pairs.
+    den = d[:, None] + d[None, :] - 2.0 * S
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where((S < 0) & (den > 0), (d[None, :] - S) / den, 0.0)
+    t = np.clip(t, 0.0, 1.0)
+    val = t * t * d[:, None] + (1 - t) ** 2 * d[None, :] + 2 * t * (1 - t) * S
+    np.fill_diagonal(val, np.inf)
+    a, b = np.unravel_index(int(np.argmin(val)), val.shape)
+    if val[a, b] < -tol:
+        y = np.zeros(r)
+        y[a], y[b] = t[a, b], 1.0 - t[a, b]
+        return CopositivityResult(NOT, y, float(y @ S @ y), "pretest: 2x2 block", 1)
+    if np.all(S >= -tol):
+        if np.all(d > tol):
+            return CopositivityResult(STRICT, None, None, "pretest: nonnegative entries", 1)
+        j = int(np.argmin(d))
+        return CopositivityResult(COPOSITIVE, _unit(r, j), float(d[j]), "pretest: nonnegative entries", 1)
+    lam, vec = np.linalg.eigh(S)
+    if lam[0] > tol:
+        return CopositivityResult(STRICT, None, None, "pretest: positive definite", 1)
+    if lam[0] < -tol:
+        y = _nonneg_in_span(vec[:, :1])
+        if y is not None and y @ S @ y < -tol * (y @ y):
+            return CopositivityResult(NOT, y, float(y @ S @ y), "pretest: one-signed eigenvector", 1)
+        return None
+    # positive semidefinite to tol: y'Sy >= 0 for every y; zero only on the near-null space
+    y = _nonneg_in_span(vec[:, np.abs(lam) <= tol])
+    if y is None:
+        return CopositivityResult(STRICT, None, None, "pretest: positive semidefinite", 1)
+    return CopositivityResult(COPOSITIVE, y, float(y @ S @ y), "pretest: positive semidefinite", 1)
+
+
 def copositivity(S: np.ndarray, tol: float, max_subsets: int, time_limit: float = 60.0) -> CopositivityResult:
-    """Enumeration when ``2^r - 1 <= max_subsets``, else the MILP."""
+    """The pre-tests, then enumeration when ``2^r - 1 <= max_subsets``, else the MILP."""
     r = S.shape[0]
     if r == 0:
         return CopositivityResult(STRICT, None, None, "empty", 0)
+    decided = copositivity_pretests(S, tol)
+    if decided is not None:
+        return decided
     if 2.0**r - 1 <= max_subsets:
         return copositivity_enumerate(S, tol)
     return copositivity_milp(S, tol, time_limit)
