@@ -47,6 +47,24 @@ def _g(nu, Xr, r, slope_off, boundary, s_plus, s_minus):
     return r.T @ (J * t)
 
 
+def _group_lines(U: np.ndarray, weighted: np.ndarray, cos_tol: float = 1e-9) -> tuple[list, list]:
+    """Group unit rows of ``U`` by the line through the origin they span; per line its direction
+    ``a_l`` (the first member) and ``R_l``, the sum of its rows of ``weighted`` (either orientation:
+    the ramp's coefficient is ``|lambda_j| r_j``). One pass over the remaining rows per line:
+    ``O(M * lines)`` work in BLAS."""
+    lines: list[np.ndarray] = []
+    R: list[np.ndarray] = []
+    rest = np.arange(U.shape[0])
+    while rest.size:
+        a = U[rest[0]]
+        c = U[rest] @ a
+        same = np.abs(np.abs(c) - 1.0) <= cos_tol
+        lines.append(a)
+        R.append(weighted[rest[same]].sum(axis=0))
+        rest = rest[~same]
+    return lines, R
+
+
 def zero_output_test(k: int, Xr: np.ndarray, r: np.ndarray, N_k: np.ndarray, boundary_k: np.ndarray,
                      s_plus: float, s_minus: float, tol: float, rng: np.random.Generator) -> ZeroOutputTest:
     """Decide ``g == 0`` for neuron ``k`` (``w_k = 0``) and, if not, return a ``nu`` with ``g(nu) != 0``.
@@ -58,18 +76,7 @@ def zero_output_test(k: int, Xr: np.ndarray, r: np.ndarray, N_k: np.ndarray, bou
     idx = np.flatnonzero(boundary_k)
     norms = np.linalg.norm(Xr[idx], axis=1)
     idx, norms = idx[norms > 0], norms[norms > 0]
-    lines: list[np.ndarray] = []
-    R: list[np.ndarray] = []
-    for i, nrm in zip(idx, norms):
-        u = Xr[i] / nrm
-        for l, a in enumerate(lines):
-            c = float(u @ a)
-            if abs(abs(c) - 1.0) <= 1e-9:
-                R[l] = R[l] + nrm * r[i]
-                break
-        else:
-            lines.append(u)
-            R.append(nrm * r[i].copy())
+    lines, R = _group_lines(Xr[idx] / norms[:, None], norms[:, None] * r[idx])
     rho = Xr.shape[1]
     for a, Rl in zip(lines, R):
         if np.linalg.norm(Rl) <= tol:
