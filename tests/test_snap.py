@@ -46,3 +46,32 @@ def test_refit_output_layer_is_stationary_for_each_loss():
         fit, ok = refit_output_layer(net, X, Yp, L, 1.0, 0.05)
         r = check(fit, X, Y, loss=loss, weight_decay=0.05, fragility=False)
         assert ok and r.stats.output_gradient_norm <= 1e-7 * r.stats.output_gradient_scale, loss
+
+
+def test_snap_never_collapses_a_neuron_when_chance_points_span_every_direction():
+    # dx + 1 = 3 points within the snap band span R^3: the minimum-norm fix for all of them is
+    # Z_k = 0. The capped snap keeps the two genuine kink points and leaves the chance one.
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((40, 2))
+    z = np.array([1.0, -0.5, 0.2])
+    Xbar = np.hstack([X, np.ones((40, 1))])
+    xmax = np.max(np.linalg.norm(Xbar, axis=1))
+    targets = np.zeros(40)
+    targets[:3] = [1e-11, -2e-11, 4e-6 * np.linalg.norm(z) * xmax]  # two at the kink, one by chance
+    for i in range(3):  # move x_i along z's direction so that z . xbar_i = targets[i]
+        a = z[:2] / (z[:2] @ z[:2])
+        X[i] += (targets[i] - Xbar[i] @ z) * a
+    Xbar = np.hstack([X, np.ones((40, 1))])
+    N = Xbar @ z
+    far = np.abs(N[3:]) <= 1e-5 * np.linalg.norm(z) * xmax
+    X[3:][far] += 1.0  # keep the other points out of the band
+    net = TwoLayerNet(z[None, :2], z[2:], [[1.0]], [0.0])
+    L = get_loss("squared")
+    Y = L.prepare(rng.standard_normal(40), 1)
+    assert np.linalg.matrix_rank(np.hstack([X[:3], np.ones((3, 1))])) == 3
+    snapped, info = snap_to_kinks(net, X, Y, L, 1.0, 0.0, tol=1e-5)
+    assert np.linalg.norm(snapped.Z[0]) > 0.99 * np.linalg.norm(z)
+    assert info.dZ_norm <= 1e-5 * np.linalg.norm(z)
+    assert info.per_neuron == [2] and info.dropped == [1]
+    N_new = np.hstack([X, np.ones((40, 1))]) @ snapped.Z[0]
+    assert np.all(np.abs(N_new[:2]) < 1e-14) and abs(N_new[2]) > 1e-7

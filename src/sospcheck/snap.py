@@ -4,6 +4,13 @@ Trained weights never put data exactly on a kink. For each neuron ``k`` the near
 ``S_k = {i : |N_ik| <= tol * |Z_k| * max|xbar|}`` is moved onto the kink by the minimum-norm change
 ``dZ_k = -pinv(X_S) N_S`` (so ``(Z_k + dZ_k) . xbar_i = 0`` for ``i in S_k``); the output layer,
 a convex problem once the hidden features are fixed, is then refit.
+
+A point can be near the kink by chance (at m = 10^4 a few points fall within 1e-5 of any
+hyperplane). Together with the genuine kink points they may span every direction, and then the
+only solution is ``Z_k + dZ_k = 0``: the neuron collapses. So the move is capped: ``|dZ_k| <=
+tol * |Z_k|``, the snap's own scale. When the whole set would need more, points are taken in order
+of ``|N_ik|`` and one is kept only if the move for the kept set stays within the cap; the others
+stay where they are (off the kink, reported in ``SnapInfo.dropped``).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ class SnapInfo:
     dW2_norm: float
     db2_norm: float
     max_residual: float
+    dropped: list
     loss_before: float
     loss_after: float
     tol: float
@@ -83,6 +91,30 @@ def refit_output_layer(net: TwoLayerNet, X: np.ndarray, Y: np.ndarray, loss: Los
     return net.with_weights(**weights(T)), converged
 
 
+def _min_norm_move(XS: np.ndarray, NS: np.ndarray) -> np.ndarray:
+    return -np.linalg.lstsq(XS, NS, rcond=None)[0]
+
+
+def _capped_snap(XS: np.ndarray, NS: np.ndarray, cap: float) -> tuple[np.ndarray, np.ndarray]:
+    """Which near points to put on the kink (a boolean mask) and the move ``dz``, ``|dz| <= cap``."""
+    keep = np.ones(NS.size, dtype=bool)
+    if NS.size == 0:
+        return keep, np.zeros(XS.shape[1])
+    dz = _min_norm_move(XS, NS)
+    if np.linalg.norm(dz) <= cap:
+        return keep, dz
+    keep[:] = False
+    dz = np.zeros(XS.shape[1])
+    for i in np.argsort(np.abs(NS), kind="stable"):
+        keep[i] = True
+        trial = _min_norm_move(XS[keep], NS[keep])
+        if np.linalg.norm(trial) <= cap:
+            dz = trial
+        else:
+            keep[i] = False
+    return keep, dz
+
+
 def snap_to_kinks(net: TwoLayerNet, X: np.ndarray, Y: np.ndarray, loss: Loss, weight: float,
                   weight_decay: float, tol: float = 1e-5) -> tuple[TwoLayerNet, SnapInfo]:
     """Put each neuron's near-boundary points exactly on its kink, then refit ``W2, b2``."""
@@ -92,25 +124,26 @@ def snap_to_kinks(net: TwoLayerNet, X: np.ndarray, Y: np.ndarray, loss: Loss, we
     Xbar, N = fwd.Xbar, fwd.N
     xmax = np.max(np.linalg.norm(Xbar, axis=1))
     Z = net.Z.copy()
-    per_neuron, max_res, n_pairs = [], 0.0, 0
+    per_neuron, dropped, max_res, n_pairs = [], [], 0.0, 0
     for k in range(net.dh):
-        near = np.abs(N[:, k]) <= tol * np.linalg.norm(Z[k]) * xmax
-        idx = np.flatnonzero(near & (N[:, k] != 0))
-        per_neuron.append(int(np.sum(near)))
-        n_pairs += int(np.sum(near))
-        if idx.size == 0:
+        zk = float(np.linalg.norm(Z[k]))
+        near = np.flatnonzero(np.abs(N[:, k]) <= tol * zk * xmax)
+        kept, dz = _capped_snap(Xbar[near], N[near, k], tol * zk)
+        near = near[kept]
+        per_neuron.append(int(near.size))
+        dropped.append(int(kept.size - near.size))
+        n_pairs += int(near.size)
+        if near.size == 0 or not np.any(N[near, k]):
             continue
-        XS = Xbar[near]
-        dz = -np.linalg.lstsq(XS, N[near, k], rcond=None)[0]
         Z[k] = Z[k] + dz
-        max_res = max(max_res, float(np.max(np.abs(XS @ Z[k]))) / (np.linalg.norm(Z[k]) * xmax or 1.0))
+        max_res = max(max_res, float(np.max(np.abs(Xbar[near] @ Z[k]))) / (np.linalg.norm(Z[k]) * xmax or 1.0))
     moved = net.with_weights(W1=Z[:, :-1], b1=Z[:, -1]) if net.has_b1 else net.with_weights(W1=Z)
     N_new = forward(moved, X).N
     sign_changes = int(np.sum((np.sign(N_new) != np.sign(N)) & (np.abs(N) > tol * xmax * np.linalg.norm(net.Z, axis=1))))
     refit, ok = refit_output_layer(moved, X, Y, loss, weight, weight_decay)
     info = SnapInfo(
         n_pairs, per_neuron, float(np.linalg.norm(refit.Z - net.Z)), float(np.linalg.norm(refit.W2 - net.W2)),
-        float(np.linalg.norm(refit.b2 - net.b2)) if net.has_b2 else 0.0, max_res,
+        float(np.linalg.norm(refit.b2 - net.b2)) if net.has_b2 else 0.0, max_res, dropped,
         risk(net, X, Y, loss, weight, weight_decay), risk(refit, X, Y, loss, weight, weight_decay), tol, ok,
         sign_changes,
     )
