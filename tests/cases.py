@@ -95,3 +95,14 @@ def icqp_one_sided_minimum():
     """Leaky ReLU (s_minus = 1/2), a ray flat on one side only (L > K): ICQP T1."""
     return (TwoLayerNet([[-1.0]], [0.0], [[-2.0]], [2.0], s_minus=0.5), np.array([[-1.0], [1.0], [0.0], [-3.0]]),
             np.array([1.0, -1.0, 6.0, -5.0]))
+
+
+def always_active_minimum(seed=0):
+    """One neuron active on every point at the least-squares affine fit: a local minimum whose
+    bias shift (b1 up, b2 down by w times as much) is exactly flat and quotiented out."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((30, 3))
+    Y = rng.standard_normal(30)
+    beta = np.linalg.lstsq(np.hstack([X, np.ones((30, 1))]), Y, rcond=None)[0]
+    w, b1 = 2.0, 20.0
+    return TwoLayerNet((beta[:3] / w)[None, :], [b1], [[w]], [beta[3] - w * b1]), X, Y

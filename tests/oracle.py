@@ -235,7 +235,10 @@ def allowed_basis(inst: Instance, tol: float = 1e-8):
     (c) w_k == 0 and ``E_k(sigma) = sum_i J_ik(sigma) r_i xbar_i'`` vanishes on the row space of
         Xbar for every sign pattern of neuron k's boundary pairs: v_k goes (it then enters neither
         g, H nor any other block);
-    then the symmetry rows ``-w_k . u_k + Z_k . v_k = 0`` of the surviving neurons with v_k kept.
+    then the symmetry rows ``-w_k . u_k + Z_k . v_k = 0`` of the surviving neurons with v_k kept,
+    and (d) for a neuron that is affine on the data (no boundary pair, one slope > 0) when b2 is a
+    parameter and some c has ``Xbar c = 1``: moving z_k by t c and b2 by -t s w_k keeps every
+    output, here and nearby, so the slice row ``c . v_k = 0`` is added.
     """
     p = inst.p
     info = {"dead": [], "flat_v": [], "null_dims": 0}
@@ -278,6 +281,13 @@ def allowed_basis(inst: Instance, tol: float = 1e-8):
         row[uk] = -inst.W2[:, k]
         row[zk] = inst.Z[k]
         sym.append(row)
+        slopes = np.where(inst.N[:, k] > 0, inst.sp, np.where(inst.N[:, k] < 0, inst.sm, 0.0))
+        if len(inst.ib2()) and inst.m and np.all(slopes == slopes[0]) and slopes[0] > 0:
+            c = np.linalg.lstsq(inst.Xb, np.ones(inst.m), rcond=None)[0]
+            if np.allclose(inst.Xb @ c, 1.0, atol=1e-12):
+                row = np.zeros(p)
+                row[zk] = c
+                sym.append(row)
     for idx in inst.ib2():
         e = np.zeros(p)
         e[idx] = 1.0

@@ -8,6 +8,7 @@ import pytest
 from instances import random_kink_instance
 from oracle import Instance, oracle_check
 from sospcheck import TwoLayerNet, check
+from sospcheck.model import forward
 
 
 def run_pair(inst, solver="auto", weight_decay=0.0):
@@ -83,3 +84,43 @@ def test_oracle_itself_on_hand_instances():
     o = oracle_check(**one, X=np.array([[0.0], [-1.0]]), Y=np.array([1.0, -1.0]))
     assert (o.verdict, o.order) == ("descent", 1)
     assert oracle_check(**one, X=X[:3], Y=np.array([0.0, 0.0, 1.0])).verdict == "sosp"
+
+
+def _affine_neuron_instance(rng, dy, leaky, dead_second):
+    """A neuron affine on all data (always active, or always inactive under a leaky ReLU) with
+    residuals orthogonal to ``[X 1]``: nearby networks compute affine maps, none fits better, so a
+    local minimum, whose bias shift (b1_k one way, b2 the other) is exactly flat."""
+    m, dx = 7, 2
+    X = rng.integers(-3, 4, size=(m, dx)).astype(float)
+    A = np.hstack([X, np.ones((m, 1))])
+    sign = -1.0 if leaky else 1.0  # the leaky neuron sits on its negative side
+    W1 = sign * rng.uniform(0.5, 1.5, size=(1, dx))
+    b1 = np.array([sign * 20.0])
+    W2 = rng.uniform(1, 2, size=(dy, 1)) * rng.choice([-1, 1], size=(dy, 1))
+    b2 = rng.standard_normal(dy)
+    if dead_second:  # dead for ReLU; for the leaky ReLU a second affine neuron
+        W1 = np.vstack([W1, [[1.0, 1.0]]])
+        b1 = np.append(b1, -100.0)
+        W2 = np.hstack([W2, rng.uniform(-1, 1, size=(dy, 1))])
+    net = TwoLayerNet(W1, b1, W2, b2, 1.0, 0.5 if leaky else 0.0)
+    E = rng.standard_normal((m, dy))
+    Y = forward(net, X).out + E - A @ np.linalg.lstsq(A, E, rcond=None)[0]
+    return dict(W1=W1, b1=b1, W2=W2, b2=b2, X=X, Y=Y, s_plus=1.0, s_minus=net.s_minus)
+
+
+@pytest.mark.parametrize("solver", ["dense", "matrix_free"])
+def test_affine_neurons_are_certified_minima_by_check_and_oracle(solver):
+    rng = np.random.default_rng(5)
+    insts = [_affine_neuron_instance(rng, dy, leaky, dead)
+             for dy in (1, 2) for leaky in (False, True) for dead in (False, True)]
+    for n, inst in enumerate(insts):
+        o, r = run_pair(inst, solver)
+        # two affine neurons also trade their linear parts off (nu_1 w_1 + nu_2 w_2 fixed): flat
+        # directions beyond the bias shifts, so both stop at sosp there
+        expected = "sosp" if inst["s_minus"] > 0 and len(inst["b1"]) == 2 else "local_minimum"
+        assert o.verdict == expected, (n, o)
+        assert r.verdict.value == expected, (n, r.summary())
+        assert r.stats.quotient["bias_shift_neurons"] == ([0, 1] if len(inst["b1"]) == 2 and inst["s_minus"] else [0])
+        perturbed = dict(inst, Y=inst["Y"] + rng.standard_normal(inst["Y"].shape))  # now not stationary
+        o, r = run_pair(perturbed, solver)
+        assert (o.verdict, o.order) == verdict_of(r) == ("descent", 1)

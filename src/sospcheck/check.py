@@ -236,6 +236,9 @@ def _analyze(net, X, Yp, lossobj, weight, lam, tol: Tolerances, bud: Budget, see
     lap("second_order")
     if so.quotient.get("zero_output_neurons"):
         established.append(f"zero-output neuron(s) {so.quotient['zero_output_neurons']}: no descent of order <= 2 (g == 0)")
+    if so.quotient.get("bias_shift_neurons"):
+        established.append(f"affine neuron(s) {so.quotient['bias_shift_neurons']}: bias shift against b2 is exactly "
+                           "flat (quotiented)")
     ecqp = next((q for q in so.records if q.kind == "ECQP"), None)
     if ecqp is not None:
         established.append(f"ECQP {ecqp.outcome}")

@@ -5,6 +5,15 @@ blocks are quotiented out (section 4): ``v_k`` outside the data span, dead neuro
 and every ``N_ik < 0``), and ``nu_k`` of zero-output neurons whose map ``g`` vanishes
 (:mod:`sospcheck.zero_output`).
 
+Bias shifts: a neuron with no boundary point and one slope ``s`` on all data (always active, or
+always inactive under a leaky ReLU) is affine on a neighbourhood, so shifting its pre-activation
+by a constant ``c`` (``nu_k = nu_c``, ``Xr nu_c = 1``) and ``b2`` by ``-s w_k c`` leaves every
+output unchanged, at this point and at every nearby one. Like the rescaling symmetry these
+curves foliate a neighbourhood, and the loss is constant on each, so the test runs on the slice
+``nu_c . nu_k = 0`` (one more row of the neuron's block; a transversal slice as long as it is
+independent of the rescaling row, which is checked). Without this slice the ECQP reports the
+exact flat direction as T2 and a minimum is only certified as ``sosp``.
+
 Constraints: ``A theta = 0`` holds the symmetry rows ``-w_k . u_k + Z_k . v_k = 0`` (no weight
 decay) and ``t_ik = 0`` for non-flat boundary pairs; the ``L`` flat pairs give ``sigma_ik t_ik >= 0``.
 With ``N`` a basis of ``null(A)`` and ``C = B N``, ``theta = N (C^+ y + W w)``, ``W`` a basis of
@@ -150,7 +159,7 @@ def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray
     keep = np.ones(layout.n, bool)
     out = SecondOrderOutcome(None)
     out.quotient = {"data_span_dim": int(V.shape[1]), "full_dim": int(fwd.Xbar.shape[1]),
-                    "dead_neurons": [], "zero_output_neurons": []}
+                    "dead_neurons": [], "zero_output_neurons": [], "bias_shift_neurons": []}
     s_hi = max(net.s_plus, net.s_minus)
     W2norm = np.linalg.norm(net.W2)
 
@@ -175,7 +184,10 @@ def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray
 
     prob = _Problem(pt, V, Xr, layout, np.flatnonzero(keep), net.slope(fwd.N).astype(float), [], backend, device)
     prob.J_base[boundary] = net.s_plus
-    blocks = _constraint_blocks(prob, neurons, keep, Zr, out.quotient["zero_output_neurons"], lam)
+    shift = _bias_shift_rows(net, fwd.N, Xr, neurons, keep, layout, lam, tol.rank)
+    out.quotient["bias_shift_neurons"] = sorted(k for k in shift if k not in out.quotient["zero_output_neurons"])
+    blocks = _constraint_blocks(prob, neurons, keep, Zr, out.quotient["zero_output_neurons"], lam,
+                                {k: shift[k] for k in out.quotient["bias_shift_neurons"]})
     prob.flat_pairs = [(i, b.k, allowed) for b in blocks for i, allowed in b.flat]
     out.n_params_reduced = int(prob.keep.size)
     L = len(prob.flat_pairs)
@@ -281,7 +293,33 @@ class _Block:
     dependent: bool = False
 
 
-def _constraint_blocks(prob: _Problem, neurons, keep, Zr, zero_output, lam) -> list[_Block]:
+def _bias_shift_rows(net, N: np.ndarray, Xr: np.ndarray, neurons, keep, layout: Layout, lam: float,
+                     rank_tol: float) -> dict[int, np.ndarray]:
+    """Per neuron with an exact bias-shift flat curve (module docstring), the slice row on ``(u_k, nu_k)``.
+
+    Needs ``b2``, no weight decay, a constant function in the data span (``Xr nu_c = 1``), and a
+    neuron with kept ``nu_k``, no boundary point and one slope ``> 0`` on all data.
+    """
+    if lam != 0 or not net.has_b2 or Xr.shape[0] == 0:
+        return {}
+    ones = np.ones(Xr.shape[0])
+    nu_c = np.linalg.lstsq(Xr, ones, rcond=None)[0]
+    if np.linalg.norm(Xr @ nu_c - ones) > max(rank_tol, 1e-10) * np.sqrt(Xr.shape[0]):
+        return {}
+    rows = {}
+    for nt in neurons:
+        k = nt.k
+        if nt.M or not keep[layout.nu_index(k)[0]]:
+            continue
+        signs = np.unique(np.sign(N[:, k]))
+        if signs.size != 1 or signs[0] == 0 or (signs[0] < 0 and net.s_minus == 0):
+            continue
+        rows[k] = np.concatenate([np.zeros(layout.dy), nu_c])
+    return rows
+
+
+def _constraint_blocks(prob: _Problem, neurons, keep, Zr, zero_output, lam,
+                       shift_rows: dict | None = None) -> list[_Block]:
     """Per neuron, the rows acting on ``(u_k, nu_k)``: block diagonal, so projections are local."""
     layout, net = prob.layout, prob.pt.net
     pos = -np.ones(layout.n, int)
@@ -297,6 +335,11 @@ def _constraint_blocks(prob: _Problem, neurons, keep, Zr, zero_output, lam) -> l
         rows, flat_rows, flat = [], [], []
         if lam == 0 and k not in zero_output:
             rows.append(np.concatenate([-net.W2[:, k], Zr[k]])[kept])
+        if shift_rows and k in shift_rows:
+            r1, r2 = rows[-1] if rows else None, shift_rows[k][kept]
+            # transversal to both flat curves only if the two slice rows are independent (Gram determinant)
+            if r1 is None or (r1 @ r1) * (r2 @ r2) - (r1 @ r2) ** 2 > 1e-12 * (r1 @ r1) * (r2 @ r2):
+                rows.append(r2)
         if nu_kept:
             for j, i in enumerate(nt.boundary):
                 row = np.concatenate([np.zeros(layout.dy), prob.Xr[i]])[kept]
