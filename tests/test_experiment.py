@@ -167,6 +167,10 @@ def test_store_plans_only_missing_runs_and_refuses_another_preset(tmp_path):
     assert done == 1
     assert groups == [(s0, [1]), (s1, [0])]              # the failed run is retried
     assert [(c[0], c[1]) for c in check_only] == [(s1, 1)]  # trained, not checked: no retraining
+    st.save_weights(s0, 0, w, {"objective": 0.0, "grad_norm": 0.0})
+    groups, check_only, done = plan(st, TINY.settings, [0, 1], group_size=2, recheck=True)
+    assert groups == [] and done == 2  # recheck trains nothing
+    assert [(c[0], c[1]) for c in check_only] == [(s0, 0), (s1, 1)]
     with pytest.raises(ValueError, match="`out`"):
         st.bind(replace(TINY, iters=7))
 

@@ -42,6 +42,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="record a run still checking after SEC seconds on a worker as an error (default 600; 0: none)")
     t.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     t.add_argument("--report-only", action="store_true", help="only aggregate what --out already holds")
+    t.add_argument("--recheck", action="store_true",
+                   help="check every saved run again from its weights (no training), replacing its record")
     r = sub.add_parser("report", help="aggregate a results folder again (table1.md, .csv, .png)")
     r.add_argument("--out", required=True, metavar="DIR")
     sub.add_parser("presets", help="list the presets")
@@ -84,7 +86,7 @@ def run(args) -> int:
                 scheduler=args.scheduler, workers=args.workers, threads_per_worker=args.threads_per_worker,
                 processes=args.processes, device=args.device, group_size=args.group_size,
                 cuda_graph=args.cuda_graph, relaxed_gradient_tol=args.relaxed_tol or None, progress=args.progress,
-                task_timeout=args.task_timeout or None,
+                task_timeout=args.task_timeout or None, recheck=args.recheck,
                 log=lambda msg: print(msg, file=sys.stderr, flush=True))
         rep = write_report(Store(out), preset)
         print(rep["markdown"])

@@ -52,8 +52,9 @@ def parse_seeds(text: str | None, default: int) -> list[int]:
     return sorted(set(seeds))
 
 
-def plan(store: Store, settings, seeds, group_size: int) -> tuple[list, list, int]:
+def plan(store: Store, settings, seeds, group_size: int, recheck: bool = False) -> tuple[list, list, int]:
     """Split the missing runs into training groups and check-only runs (weights already on disk).
+    ``recheck``: every run whose weights are on disk is checked again; nothing is trained.
 
     Returns ``(train_groups, check_only, already_done)`` with ``train_groups`` a list of
     ``(setting, [seeds])`` and ``check_only`` a list of ``(setting, seed, weights, info)``.
@@ -62,10 +63,10 @@ def plan(store: Store, settings, seeds, group_size: int) -> tuple[list, list, in
     for s in settings:
         todo = []
         for seed in seeds:
-            if store.is_done(s, seed):
-                done += 1
+            loaded = store.load_weights(s, seed) if recheck or not store.is_done(s, seed) else None
+            if (store.is_done(s, seed) or recheck) and loaded is None:
+                done += 1  # finished, or (recheck) never trained: nothing to do here
                 continue
-            loaded = store.load_weights(s, seed)
             if loaded is not None:
                 check_only.append((s, seed, *loaded))
             else:
@@ -131,7 +132,8 @@ def _client(scheduler: str | None, workers: int, threads_per_worker: int, proces
 def run_sweep(preset: Preset, out, seeds: list[int] | None = None, settings=None, scheduler: str | None = None,
               workers: int = 2, threads_per_worker: int = 1, processes: bool = True, device: str = "auto",
               group_size: int | None = None, cuda_graph: bool = True, relaxed_gradient_tol: float | None = 1e-5,
-              progress: bool = True, task_timeout: float | None = None, log=print) -> SweepSummary:
+              progress: bool = True, task_timeout: float | None = None, recheck: bool = False,
+              log=print) -> SweepSummary:
     """Run every missing (setting, seed) of ``preset`` on Dask and persist each record under ``out``.
 
     Args:
@@ -144,6 +146,8 @@ def run_sweep(preset: Preset, out, seeds: list[int] | None = None, settings=None
         relaxed_gradient_tol: also check with this gradient tolerance (None: skip).
         task_timeout: a run still processing on a worker this many seconds after it was first seen
             there is cancelled and recorded as an error (None: no limit). Training tasks have no limit.
+        recheck: run the estimates and the check again on every saved run's weights (after an
+            upgrade of the check), replacing their records; nothing is trained.
     """
     t0 = time.perf_counter()
     seeds = list(range(preset.n_seeds)) if seeds is None else list(seeds)
@@ -159,7 +163,7 @@ def run_sweep(preset: Preset, out, seeds: list[int] | None = None, settings=None
         raise ValueError(f"`group_size` must be >= 1, got {group_size}")
     store = Store(out)
     store.bind(preset)
-    groups, check_only, done = plan(store, settings, seeds, group_size)
+    groups, check_only, done = plan(store, settings, seeds, group_size, recheck)
     total = len(settings) * len(seeds)
     todo = total - done
     summary = SweepSummary(total, done, 0, 0, 0, 0.0, "none (nothing to do)")
