@@ -452,9 +452,14 @@ class _DenseSubspace:
         return self.Mw @ (self.Qww_pinv @ (self.Mw.T @ R))
 
 
-def _negative_ritz_vector(apply, v0: np.ndarray, eig_tol: float, max_steps: int):
-    """Lanczos with full reorthogonalisation, stopped at the first Ritz vector ``y`` with
-    ``y' A y < -eig_tol |y|^2`` (checked with one extra product); ``(rq, y)`` or None."""
+def _lanczos_min(apply, v0: np.ndarray, eig_tol: float, max_steps: int):
+    """Lanczos with full reorthogonalisation for the smallest eigenvalue, with two early exits.
+
+    ``("negative", rq, y)``: the first Ritz vector with ``y' A y < -eig_tol |y|^2``, checked with one
+    extra product (a certificate long before the eigenvalue converges). ``("converged", theta, y)``:
+    the smallest Ritz pair with residual ``beta_j |s_j| <= eig_tol / 10`` (or an invariant Krylov
+    space), so an eigenvalue lies within ``eig_tol / 10`` of ``theta``. None after ``max_steps``.
+    """
     Q = np.empty((max_steps, v0.size))
     Q[0] = v0 / np.linalg.norm(v0)
     alphas, betas = [], []
@@ -471,9 +476,13 @@ def _negative_ritz_vector(apply, v0: np.ndarray, eig_tol: float, max_steps: int)
             y /= np.linalg.norm(y)
             rq = float(y @ apply(y))
             if rq < -eig_tol:
-                return rq, y
+                return "negative", rq, y
         beta = float(np.linalg.norm(w))
-        if beta <= 1e-14 * max(1.0, abs(theta).max()) or j + 1 == max_steps:
+        invariant = beta <= 1e-14 * max(1.0, abs(theta).max())
+        if invariant or beta * abs(S[-1, 0]) <= 0.1 * eig_tol:
+            y = Qm.T @ S[:, 0]
+            return "converged", float(theta[0]), y / np.linalg.norm(y)
+        if j + 1 == max_steps:
             break
         betas.append(beta)
         Q[j + 1] = w / beta
@@ -526,7 +535,7 @@ class _ProjectedSubspace:
         return self.project(self._h(px)) + self.sigma * (x - px)
 
     def min_eig(self, eig_tol: float):
-        from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+        from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
         if self.dim == 0:
             return None, None
@@ -535,23 +544,26 @@ class _ProjectedSubspace:
             M = self._op(np.eye(self.n))
             w, U = np.linalg.eigh(0.5 * (M + M.T))
             return self._report(float(w[0]), U[:, 0])
-        v0 = v
-        found = _negative_ritz_vector(lambda x: self._op(x)[:, 0], v, eig_tol, max_steps=min(self.n, 300, (1 << 27) // self.n + 2))
+        found = _lanczos_min(lambda x: self._op(x)[:, 0], v, eig_tol,
+                             max_steps=min(self.n, 300, (1 << 27) // self.n + 2))
         if found is not None:
-            return self._report(*found)
-        # ARPACK's tolerance is relative to the eigenvalue: 1e-8 decides the sign of a lambda_min
-        # well away from eig_tol; one near it is refined to 1e-12
-        for tol in (1e-8, 1e-12):  # (an eigenvector as start vector would stall ARPACK: keep the random one)
+            return self._report(*found[1:])
+        # ARPACK on the operator shifted by c = |H|: its stopping test is relative to the Ritz value,
+        # unattainable for lambda_min ~ 0 unshifted; shifted, the error is ~ tol * c, absolute. A
+        # coarse run decides a lambda_min far from +-eig_tol; one near them is refined.
+        c = self.hessian_norm or 1.0
+        shifted = LinearOperator((self.n, self.n), matvec=lambda x: self._op(x)[:, 0] + c * np.ravel(x), dtype=float)
+        for tol in (1e-6, min(1e-6, 0.05 * eig_tol / c)):  # (a random start vector: an eigenvector would stall it)
             try:
-                lam, vec = eigsh(self.op, k=1, which="SA", v0=v0, tol=tol, maxiter=max(1000, 20 * self.n))
+                lam, vec = eigsh(shifted, k=1, which="SA", v0=v, tol=tol, maxiter=max(1000, 20 * self.n))
             except ArpackNoConvergence as exc:
                 self.failed = f"Lanczos did not converge ({exc})"
                 return None, None
-            v = self.project(vec)[:, 0]
-            v /= np.linalg.norm(v)
-            if abs(lam[0]) > 100 * eig_tol:
+            lam = float(lam[0]) - c
+            if min(abs(lam - eig_tol), abs(lam + eig_tol)) > 2 * tol * c:
                 break
-        return self._report(float(lam[0]), v)
+        u = self.project(vec)[:, 0]
+        return self._report(lam, u / np.linalg.norm(u))
 
     def _report(self, lam: float, v: np.ndarray):
         self.detail = (f"matrix-free (Lanczos, {self.n_products} products, residual "
