@@ -230,7 +230,8 @@ def allowed_basis(inst: Instance, tol: float = 1e-8):
     """Orthonormal basis (p x q) of the allowed second-order directions S, and what was removed.
 
     weight_decay > 0: S = everything. Otherwise, starting from all coordinates:
-    (a) v_k is restricted to the row space of Xbar (other components change no t_ik);
+    (a) v_k is restricted to the row space of Xbar (other components change no t_ik), and for a
+        ReLU (s_minus = 0) to the span of the points with N_ik >= 0 (the others stay inactive);
     (b) dead neuron (s_minus == 0 and N_ik < 0 for all i): the whole (u_k, v_k) block goes;
     (c) w_k == 0 and ``E_k(sigma) = sum_i J_ik(sigma) r_i xbar_i'`` vanishes on the row space of
         Xbar for every sign pattern of neuron k's boundary pairs: v_k goes (it then enters neither
@@ -273,7 +274,11 @@ def allowed_basis(inst: Instance, tol: float = 1e-8):
         if flat_v:
             info["flat_v"].append(k)
             continue
-        for a in R.T:
+        Rk = R
+        if inst.sm == 0:  # v_k orthogonal to every point where neuron k is active or on its kink moves no output
+            act = inst.N[:, k] >= 0
+            Rk = orth(inst.Xb[act].T) if act.any() else np.zeros((inst.d, 0))
+        for a in Rk.T:
             e = np.zeros(p)
             e[zk] = a
             cols.append(e)
@@ -297,7 +302,9 @@ def allowed_basis(inst: Instance, tol: float = 1e-8):
     T0 = np.array(cols).T  # orthonormal columns (disjoint supports, R orthonormal)
     if sym:
         A = np.array(sym) @ T0
-        Kn = null_space(A) if np.abs(A).max() > 0 else np.eye(T0.shape[1])
+        # a row that vanishes on the kept coordinates (up to rounding) constrains nothing
+        A = A[np.linalg.norm(A, axis=1) > 1e-12 * np.linalg.norm(np.array(sym), axis=1)]
+        Kn = null_space(A) if A.size else np.eye(T0.shape[1])
         return T0 @ Kn, info
     return T0, info
 

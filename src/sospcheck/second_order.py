@@ -5,6 +5,13 @@ blocks are quotiented out (section 4): ``v_k`` outside the data span, dead neuro
 and every ``N_ik < 0``), and ``nu_k`` of zero-output neurons whose map ``g`` vanishes
 (:mod:`sospcheck.zero_output`).
 
+Inactive directions (ReLU, ``s_minus = 0``): moving ``nu_k`` orthogonally to the points where
+neuron ``k`` is active or on its kink changes only pre-activations that are negative and stay
+negative nearby, so no output moves, here or at any nearby point: a translation invariance,
+quotiented by the rows ``f . nu_k = 0`` for a basis of that orthogonal complement. A dead neuron is
+the extreme case (all of ``nu_k``, and then ``u_k`` too). Computed only for neurons active on fewer
+points than the span dimension (more points in general position span everything).
+
 Bias shifts: a neuron with no boundary point and one slope ``s`` on all data (always active, or
 always inactive under a leaky ReLU) is affine on a neighbourhood, so shifting its pre-activation
 by a constant ``c`` (``nu_k = nu_c``, ``Xr nu_c = 1``) and ``b2`` by ``-s w_k c`` leaves every
@@ -159,7 +166,8 @@ def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray
     keep = np.ones(layout.n, bool)
     out = SecondOrderOutcome(None)
     out.quotient = {"data_span_dim": int(V.shape[1]), "full_dim": int(fwd.Xbar.shape[1]),
-                    "dead_neurons": [], "zero_output_neurons": [], "bias_shift_neurons": []}
+                    "dead_neurons": [], "zero_output_neurons": [], "bias_shift_neurons": [],
+                    "inactive_directions": {}}
     s_hi = max(net.s_plus, net.s_minus)
     W2norm = np.linalg.norm(net.W2)
 
@@ -186,8 +194,11 @@ def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray
     prob.J_base[boundary] = net.s_plus
     shift = _bias_shift_rows(net, fwd.N, Xr, neurons, keep, layout, lam, tol.rank)
     out.quotient["bias_shift_neurons"] = sorted(k for k in shift if k not in out.quotient["zero_output_neurons"])
+    inactive = _inactive_rows(net, fwd.N, Xr, neurons, keep, layout, lam, out.quotient["zero_output_neurons"],
+                              tol.rank)
+    out.quotient["inactive_directions"] = {k: int(F.shape[0]) for k, F in inactive.items()}
     blocks = _constraint_blocks(prob, neurons, keep, Zr, out.quotient["zero_output_neurons"], lam,
-                                {k: shift[k] for k in out.quotient["bias_shift_neurons"]})
+                                {k: shift[k] for k in out.quotient["bias_shift_neurons"]}, inactive)
     prob.flat_pairs = [(i, b.k, allowed) for b in blocks for i, allowed in b.flat]
     out.n_params_reduced = int(prob.keep.size)
     L = len(prob.flat_pairs)
@@ -318,8 +329,31 @@ def _bias_shift_rows(net, N: np.ndarray, Xr: np.ndarray, neurons, keep, layout: 
     return rows
 
 
+def _inactive_rows(net, N: np.ndarray, Xr: np.ndarray, neurons, keep, layout: Layout, lam: float,
+                   zero_output: list, rank_tol: float) -> dict[int, np.ndarray]:
+    """Per ReLU neuron active (or on its kink) at fewer points than ``rho``: an orthonormal basis
+    (rows) of the ``nu_k`` directions orthogonal to those points, exactly flat (module docstring)."""
+    rho = Xr.shape[1]
+    if lam != 0 or net.s_minus != 0:
+        return {}
+    rows = {}
+    for nt in neurons:
+        k = nt.k
+        if k in zero_output or not keep[layout.nu_index(k)[0]]:
+            continue
+        act = N[:, k] >= 0
+        n_act = int(act.sum())
+        if n_act == 0 or n_act >= rho:
+            continue
+        _, sv, Vt = np.linalg.svd(Xr[act], full_matrices=True)
+        rank = int(np.sum(sv > max(rank_tol, 1e-12) * max(sv[0], 1e-300)))
+        if rank < rho:
+            rows[k] = Vt[rank:]
+    return rows
+
+
 def _constraint_blocks(prob: _Problem, neurons, keep, Zr, zero_output, lam,
-                       shift_rows: dict | None = None) -> list[_Block]:
+                       shift_rows: dict | None = None, inactive_rows: dict | None = None) -> list[_Block]:
     """Per neuron, the rows acting on ``(u_k, nu_k)``: block diagonal, so projections are local."""
     layout, net = prob.layout, prob.pt.net
     pos = -np.ones(layout.n, int)
@@ -335,6 +369,8 @@ def _constraint_blocks(prob: _Problem, neurons, keep, Zr, zero_output, lam,
         rows, flat_rows, flat = [], [], []
         if lam == 0 and k not in zero_output:
             rows.append(np.concatenate([-net.W2[:, k], Zr[k]])[kept])
+        if inactive_rows and k in inactive_rows:
+            rows.extend(np.hstack([np.zeros((inactive_rows[k].shape[0], layout.dy)), inactive_rows[k]])[:, kept])
         if shift_rows and k in shift_rows:
             r1, r2 = rows[-1] if rows else None, shift_rows[k][kept]
             # transversal to both flat curves only if the two slice rows are independent (Gram determinant)

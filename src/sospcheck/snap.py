@@ -9,8 +9,8 @@ A point can be near the kink by chance (at m = 10^4 a few points fall within 1e-
 hyperplane). Together with the genuine kink points they may span every direction, and then the
 only solution is ``Z_k + dZ_k = 0``: the neuron collapses. So the move is capped: ``|dZ_k| <=
 tol * |Z_k|``, the snap's own scale. When the whole set would need more, points are taken in order
-of ``|N_ik|`` and one is kept only if the move for the kept set stays within the cap; the others
-stay where they are (off the kink, reported in ``SnapInfo.dropped``).
+of ``|N_ik|`` and the longest run whose move stays within the cap is kept; the others stay where
+they are (off the kink, reported in ``SnapInfo.dropped``).
 """
 
 from __future__ import annotations
@@ -96,23 +96,30 @@ def _min_norm_move(XS: np.ndarray, NS: np.ndarray) -> np.ndarray:
 
 
 def _capped_snap(XS: np.ndarray, NS: np.ndarray, cap: float) -> tuple[np.ndarray, np.ndarray]:
-    """Which near points to put on the kink (a boolean mask) and the move ``dz``, ``|dz| <= cap``."""
+    """Which near points to put on the kink (a boolean mask) and the move ``dz``, ``|dz| <= cap``.
+
+    The points are taken in order of ``|N|`` and the longest prefix within the cap is kept. The
+    minimum-norm move of a prefix never shrinks as points are added (each adds a constraint), so
+    a bisection finds that prefix with ``O(log |S|)`` least-squares solves.
+    """
     keep = np.ones(NS.size, dtype=bool)
     if NS.size == 0:
         return keep, np.zeros(XS.shape[1])
     dz = _min_norm_move(XS, NS)
     if np.linalg.norm(dz) <= cap:
         return keep, dz
-    keep[:] = False
-    dz = np.zeros(XS.shape[1])
-    for i in np.argsort(np.abs(NS), kind="stable"):
-        keep[i] = True
-        trial = _min_norm_move(XS[keep], NS[keep])
+    order = np.argsort(np.abs(NS), kind="stable")
+    lo, hi, best = 0, NS.size - 1, np.zeros(XS.shape[1])  # the prefix of length lo fits, hi + 1 does not
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        trial = _min_norm_move(XS[order[:mid]], NS[order[:mid]])
         if np.linalg.norm(trial) <= cap:
-            dz = trial
+            lo, best = mid, trial
         else:
-            keep[i] = False
-    return keep, dz
+            hi = mid - 1
+    keep[:] = False
+    keep[order[:lo]] = True
+    return keep, best
 
 
 def snap_to_kinks(net: TwoLayerNet, X: np.ndarray, Y: np.ndarray, loss: Loss, weight: float,
