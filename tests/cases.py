@@ -106,3 +106,30 @@ def always_active_minimum(seed=0):
     beta = np.linalg.lstsq(np.hstack([X, np.ones((30, 1))]), Y, rcond=None)[0]
     w, b1 = 2.0, 20.0
     return TwoLayerNet((beta[:3] / w)[None, :], [b1], [[w]], [beta[3] - w * b1]), X, Y
+
+
+def sparsely_active_minimum(seed=0, m=60, dx=4, dh=3):
+    """A planted stationary point (no kink points, every |N_ik| >= 0.4) where neuron 0 is active on
+    2 points only: the directions of its weights orthogonal to those 2 points are exactly flat; a
+    local minimum."""
+    rng = np.random.default_rng(seed)
+    W1 = rng.standard_normal((dh, dx))
+    W1 /= np.linalg.norm(W1, axis=1, keepdims=True)
+    b1 = rng.uniform(-0.5, 0.5, dh)
+    b1[0] = -2.5  # neuron 0 is active only beyond 2.5 along W1[0]
+    e0 = W1[0]
+    pts = [3.2 * e0 + 0.3 * rng.standard_normal(dx), 3.4 * e0 + 0.3 * rng.standard_normal(dx)]
+    while len(pts) < m:
+        x = rng.standard_normal(dx)
+        N = W1 @ x + b1
+        if np.all(np.abs(N) >= 0.4) and N[0] < 0:
+            pts.append(x)
+    X = np.array(pts)
+    net = TwoLayerNet(W1, b1, rng.standard_normal((1, dh)), rng.standard_normal(1))
+    N = X @ W1.T + b1
+    O = np.maximum(N, 0.0)
+    Xbar = np.hstack([X, np.ones((m, 1))])
+    G = np.hstack([np.ones((m, 1)), O] + [((N[:, k] > 0) * net.W2[0, k])[:, None] * Xbar for k in range(dh)])
+    e = rng.standard_normal(m)
+    r = 0.3 * (e - G @ np.linalg.lstsq(G, e, rcond=None)[0])
+    return net, X, (O @ net.W2.T + net.b2 - r[:, None])[:, 0]

@@ -49,7 +49,7 @@ def probe_minimum(net, X, Y, rng, n_dirs=400, radii=(1e-1, 1e-2, 1e-3, 1e-4)):
 
 @pytest.mark.parametrize("make", [cases.convex_kink_minimum, cases.interpolating_kink_minimum, cases.icqp_one_sided_minimum,
                                   lambda: cases.with_dead_neuron(*cases.convex_kink_minimum()),
-                                  cases.always_active_minimum])
+                                  cases.always_active_minimum, cases.sparsely_active_minimum])
 def test_certified_minima_survive_adversarial_probes(make):
     net, X, Y = make()
     assert check(net, X, Y).verdict == Verdict.LOCAL_MINIMUM

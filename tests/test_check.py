@@ -291,3 +291,15 @@ def test_icqp_t1_with_a_one_sided_flat_ray_leaky(solver):
     r = check(*cases.icqp_one_sided_minimum(), solver=solver)
     assert r.verdict == Verdict.LOCAL_MINIMUM and (r.stats.L, r.stats.K) == (1, 0)
     assert [q.kind for q in r.stats.qps] == ["ECQP", "ICQP"]
+
+
+def test_progress_reports_phases_icqps_products_and_reruns():
+    calls = []
+    net, X, Y = cases.icqp_copositivity_saddle()
+    check(net, X, Y, solver="matrix_free", progress=lambda phase, done, total=None: calls.append((phase, done, total)))
+    phases = {c[0] for c in calls}
+    assert any(p.startswith("check phases") for p in phases)
+    assert any(p.startswith("ICQPs") for p in phases) and any(p.startswith("Hessian-vector") for p in phases)
+    assert ("fragility re-runs", 2, 2) in calls
+    icqp = [c for c in calls if c[0].startswith("ICQPs")]
+    assert all(c[2] == icqp[0][2] and 0 <= c[1] < c[2] for c in icqp)

@@ -155,7 +155,7 @@ def test_progress_display_draws_bars_on_a_terminal():
     assert not off.enabled and off.console.file.getvalue() == ""
 
 
-def test_check_gets_the_progress_callback_when_it_accepts_one(files, monkeypatch, capsys):
+def test_check_gets_the_progress_callback(files, monkeypatch, capsys):
     import sospcheck.cli as cli
 
     seen = {}

@@ -53,3 +53,16 @@ def test_matrix_free_and_dense_agree(make):
     ef = next((q.min_eig for q in f.stats.qps if q.kind == "ECQP"), None)
     if ed is not None and ed > 0:
         assert abs(ed - ef) <= 1e-6 * max(1.0, d.stats.hessian_norm)
+
+
+def test_flat_directions_of_a_sparsely_active_neuron_are_quotiented():
+    # neuron 0 is active on 2 of 60 points: 3 of its 5 weight directions move only negative
+    # pre-activations. Without the quotient the ECQP would see them as zero curvature (sosp).
+    net, X, Y = cases.sparsely_active_minimum()
+    for solver in ("dense", "matrix_free"):
+        r = check(net, X, Y, solver=solver, fragility=False)
+        assert r.verdict.value == "local_minimum", r.summary()
+        assert r.stats.quotient["inactive_directions"] == {"0": 3}
+    # with a leaky ReLU the inactive points move the output: nothing is quotiented
+    leaky = check(net.with_weights(s_minus=0.01), X, Y, fragility=False)
+    assert not (leaky.stats.quotient or {}).get("inactive_directions")

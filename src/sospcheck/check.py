@@ -5,6 +5,8 @@ DESIGN.md section 3; every returned direction is verified on the true risk (sect
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import math
 import time
 
@@ -67,7 +69,8 @@ def zero_neurons(net: TwoLayerNet, ks: list[int]) -> TwoLayerNet:
 def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight_decay: float = 0.0,
           tolerances: Tolerances | dict | None = None, snap: bool = False, budget: Budget | dict | None = None,
           fragility: bool = True, snap_tol: float = 1e-5, seed: int = 0, solver: str = "auto",
-          backend: str = "numpy", device: str | None = None) -> CheckResult:
+          backend: str = "numpy", device: str | None = None,
+          progress: Callable[[str, int, int | None], None] | None = None) -> CheckResult:
     """Is ``net`` a local minimum, an SOSP, or not (with a verified descent direction) for ``(X, Y)``?
 
     Args:
@@ -83,6 +86,9 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
             (dense up to ``budget.max_dense_params`` reduced parameters).
         backend: "numpy", or "torch" for the Hessian products (``device`` e.g. "cuda"; default: a GPU
             when available). Needs the ``torch`` extra.
+        progress: called as ``progress(phase, done, total)`` (``total`` None when unknown) as the
+            phases, the ICQPs, the Hessian-vector products and the re-runs advance; e.g. the CLI's
+            progress bars.
 
     Returns:
         :class:`CheckResult`.
@@ -98,6 +104,7 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
         except ImportError as exc:
             raise ValueError("`backend='torch'` needs PyTorch: pip install 'sospcheck[torch]'") from exc
     engine = (solver, backend, device)
+    report = progress or (lambda phase, done, total=None: None)
     tol = Tolerances.from_any(tolerances)
     bud = Budget.from_any(budget)
     snap_info = None
@@ -106,29 +113,37 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
         if not (isinstance(snap_tol, (int, float)) and math.isfinite(snap_tol) and snap_tol >= 0):
             raise ValueError(f"`snap_tol` must be a finite number >= 0, got {snap_tol!r}")
         net, snap_info = snap_to_kinks(net, X, Yp, lossobj, weight, lam, snap_tol)
+        report("snap", 1, 1)
     t_snap = time.perf_counter() - t0
-    result = _analyze(net, X, Yp, lossobj, weight, lam, tol, bud, seed, engine)
+    result = _analyze(net, X, Yp, lossobj, weight, lam, tol, bud, seed, engine, progress)
     if snap:
         result.timings = {"snap": t_snap, **result.timings}
     result.snap = snap_info
     result.loss, result.reduction = lossobj.name, reduction
     near = near_zero_neurons(net, X, Yp, tol)
     if near:
+        report("near-zero neurons: check with them zeroed", 0, 1)
         zeroed = zero_neurons(net, near)
         probe = _analyze(zeroed, X, Yp, lossobj, weight, lam, tol, bud, seed, engine)
         result.stats.near_zero = {"neurons": near, "loss_change_if_zeroed": probe.loss_value - result.loss_value,
                                   "verdict_if_zeroed": probe.verdict.value}
     if fragility:
         t1 = time.perf_counter()
-        for name, factor in (("tolerances_x10", 10.0), ("tolerances_x0.1", 0.1)):
+        for j, (name, factor) in enumerate((("tolerances_x10", 10.0), ("tolerances_x0.1", 0.1))):
+            report("fragility re-runs", j, 2)
             probe = _analyze(net, X, Yp, lossobj, weight, lam, tol.scaled(factor), bud, seed, engine)
             result.fragility[name] = probe.verdict.value
+        report("fragility re-runs", 2, 2)
         result.fragile = any(v != result.verdict.value for v in result.fragility.values())
         result.timings["fragility"] = time.perf_counter() - t1
     return result
 
 
-def _analyze(net, X, Yp, lossobj, weight, lam, tol: Tolerances, bud: Budget, seed: int, engine: tuple) -> CheckResult:
+_PHASES = ("forward", "first_order", "second_order", "verify")
+
+
+def _analyze(net, X, Yp, lossobj, weight, lam, tol: Tolerances, bud: Budget, seed: int, engine: tuple,
+             progress=None) -> CheckResult:
     timings: dict = {}
     clock = time.perf_counter()
 
@@ -137,6 +152,9 @@ def _analyze(net, X, Yp, lossobj, weight, lam, tol: Tolerances, bud: Budget, see
         now = time.perf_counter()
         timings[name] = timings.get(name, 0.0) + now - clock
         clock = now
+        if progress is not None:
+            progress("check phases (forward, first order, second order, verify)", _PHASES.index(name) + 1,
+                     len(_PHASES))
 
     pt = evaluate_point(net, X, Yp, lossobj, weight, lam)
     boundary = boundary_mask(pt.fwd.N, net.Z, pt.fwd.Xbar, tol.boundary)
@@ -219,7 +237,7 @@ def _analyze(net, X, Yp, lossobj, weight, lam, tol: Tolerances, bud: Budget, see
     lap("first_order")
 
     # Step 4: second order on the critical cone
-    so = second_order_test(pt, neurons, boundary, tol, bud, np.random.default_rng(seed), *engine)
+    so = second_order_test(pt, neurons, boundary, tol, bud, np.random.default_rng(seed), *engine, progress=progress)
     stats.solver = so.solver
     stats.qps = so.records
     stats.n_icqp_planned = so.n_icqp_planned
@@ -236,6 +254,9 @@ def _analyze(net, X, Yp, lossobj, weight, lam, tol: Tolerances, bud: Budget, see
     lap("second_order")
     if so.quotient.get("zero_output_neurons"):
         established.append(f"zero-output neuron(s) {so.quotient['zero_output_neurons']}: no descent of order <= 2 (g == 0)")
+    if so.quotient.get("inactive_directions"):
+        established.append("neuron(s) active on few points: directions orthogonal to those points quotiented "
+                           f"(neuron: dims) {so.quotient['inactive_directions']}")
     if so.quotient.get("bias_shift_neurons"):
         established.append(f"affine neuron(s) {so.quotient['bias_shift_neurons']}: bias shift against b2 is exactly "
                            "flat (quotiented)")

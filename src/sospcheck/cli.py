@@ -8,7 +8,6 @@ check ran (whatever the verdict), 2 with one line ``sospcheck: error: ...`` on b
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import sys
 from contextlib import contextmanager
@@ -85,8 +84,8 @@ class ProgressDisplay:
 
     Call it as ``progress(phase, done, total)`` (``total=None``: unknown) from any long loop, or wrap a
     step without a count in ``with display.phase("name"):`` (a spinner with the elapsed time).
-    The plots call it for their sweeps; :func:`sospcheck.check` is handed it as ``progress=`` as soon
-    as its signature has that parameter (data passes, QPs, enumerations, fragility re-runs).
+    The plots call it for their sweeps; :func:`sospcheck.check` is handed it as ``progress=`` (its
+    phases, the ICQPs, the Hessian-vector products, the fragility re-runs).
     """
 
     def __init__(self, enabled: bool = True, console: Console | None = None):
@@ -150,11 +149,7 @@ def _check(args, display: ProgressDisplay):
               tolerances=Tolerances.from_any(_json_arg(args.tolerances, "--tolerances")),
               budget=Budget.from_any(_json_arg(args.budget, "--budget")), snap=args.snap, snap_tol=args.snap_tol,
               fragility=not args.no_fragility)
-    if "progress" in inspect.signature(check).parameters:
-        kw["progress"] = display
-    what = "checking: first order, second order, verification" + ("" if args.no_fragility else ", fragility re-runs")
-    with display.phase(what):
-        result = check(net, X, Y, **kw)
+    result = check(net, X, Y, progress=display, **kw)
     return result, X, Y
 
 

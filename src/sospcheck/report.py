@@ -211,10 +211,12 @@ def _notes(result: CheckResult) -> Text:
     s, out = result.stats, Text()
     quot = s.quotient or {}
     if quot.get("dead_neurons") or quot.get("zero_output_neurons") or quot.get("bias_shift_neurons") or (
-            quot.get("data_span_dim", 0) < quot.get("full_dim", 0)):
+            quot.get("inactive_directions")) or quot.get("data_span_dim", 0) < quot.get("full_dim", 0):
+        inactive = ", ".join(f"{k}: {n}" for k, n in (quot.get("inactive_directions") or {}).items()) or "none"
         out.append(f"quotiented: data span {quot.get('data_span_dim')}/{quot.get('full_dim')} dims, dead neurons "
                    f"{quot.get('dead_neurons')}, zero-output neurons {quot.get('zero_output_neurons')}, "
-                   f"bias shifts of affine neurons {quot.get('bias_shift_neurons', [])}\n")
+                   f"bias shifts of affine neurons {quot.get('bias_shift_neurons', [])}, inactive directions "
+                   f"(neuron: dims) {inactive}\n")
     if s.near_zero:
         nz = s.near_zero
         out.append(f"near-zero neurons {nz['neurons']}: zeroing them changes the loss by "
@@ -298,7 +300,8 @@ _STATS = {
         "quotient": {"type": "object", "properties": {
             "data_span_dim": _INT, "full_dim": _INT, "dead_neurons": {"type": "array", "items": _INT},
             "zero_output_neurons": {"type": "array", "items": _INT},
-            "bias_shift_neurons": {"type": "array", "items": _INT}}},
+            "bias_shift_neurons": {"type": "array", "items": _INT},
+            "inactive_directions": {"type": "object", "additionalProperties": _INT}}},
         "near_zero": {"type": "object", "properties": {
             "neurons": {"type": "array", "items": _INT}, "loss_change_if_zeroed": _NUM,
             "verdict_if_zeroed": {"enum": ["local_minimum", "sosp", "descent", "inconclusive"]}}},

@@ -147,7 +147,8 @@ def _spectral_norm(H: np.ndarray) -> float:
 
 def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray, tol: Tolerances,
                       budget: Budget, rng: np.random.Generator | None = None,
-                      solver: str = "auto", backend: str = "numpy", device: str | None = None) -> SecondOrderOutcome:
+                      solver: str = "auto", backend: str = "numpy", device: str | None = None,
+                      progress=None) -> SecondOrderOutcome:
     """Step 4 at a first-order stationary point whose rays were all nonnegative.
 
     Returns T3 with a second-order descent direction (``second < 0``, ``first = 0``), T2 if some
@@ -196,7 +197,7 @@ def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray
     out.quotient["bias_shift_neurons"] = sorted(k for k in shift if k not in out.quotient["zero_output_neurons"])
     inactive = _inactive_rows(net, fwd.N, Xr, neurons, keep, layout, lam, out.quotient["zero_output_neurons"],
                               tol.rank)
-    out.quotient["inactive_directions"] = {k: int(F.shape[0]) for k, F in inactive.items()}
+    out.quotient["inactive_directions"] = {str(k): int(F.shape[0]) for k, F in inactive.items()}  # JSON keys
     blocks = _constraint_blocks(prob, neurons, keep, Zr, out.quotient["zero_output_neurons"], lam,
                                 {k: shift[k] for k in out.quotient["bias_shift_neurons"]}, inactive)
     prob.flat_pairs = [(i, b.k, allowed) for b in blocks for i, allowed in b.flat]
@@ -212,7 +213,7 @@ def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray
                             "the cone reduction of step 4 does not apply")
         return out
     use_dense = solver == "dense" or (solver == "auto" and prob.keep.size <= budget.max_dense_params)
-    sub = _DenseSubspace(prob, blocks) if use_dense else _ProjectedSubspace(prob, blocks)
+    sub = _DenseSubspace(prob, blocks) if use_dense else _ProjectedSubspace(prob, blocks, progress)
     out.solver = "dense" if use_dense else "matrix_free"
     out.hessian_norm = sub.hessian_norm
     eig_tol = tol.eigen * out.hessian_norm
@@ -239,7 +240,9 @@ def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray
     overall = ecqp.outcome
     My0 = _particular_solutions(prob, blocks)
     free_pairs = [p for p in prob.flat_pairs if len(p[2]) == 2]
-    for choice in product((1, -1), repeat=K):
+    for n_done, choice in enumerate(product((1, -1), repeat=K)):
+        if progress is not None:
+            progress("ICQPs (2^K sign choices)", n_done, 2**K)
         it = iter(choice)
         signs = {(i, k): (next(it) if len(allowed) == 2 else allowed[0]) for i, k, allowed in prob.flat_pairs}
         sig = np.array([signs[(i, k)] for i, k, _ in prob.flat_pairs], float)
@@ -537,10 +540,10 @@ class _ProjectedSubspace:
     right-hand side's component in the null space (the unbounded case of the ICQP).
     """
 
-    def __init__(self, prob: _Problem, blocks: list[_Block]):
+    def __init__(self, prob: _Problem, blocks: list[_Block], progress=None):
         from scipy.sparse.linalg import LinearOperator, eigsh
 
-        self.prob, self.blocks = prob, blocks
+        self.prob, self.blocks, self.progress = prob, blocks, progress
         n = prob.keep.size
         self.n = n
         self.dim = int(n - sum(b.QE.shape[1] for b in blocks))
@@ -568,6 +571,8 @@ class _ProjectedSubspace:
         x = np.asarray(x, float).reshape(self.n, -1)
         px = self.project(x)
         self.n_products += x.shape[1]
+        if self.progress is not None:
+            self.progress("Hessian-vector products (passes over the data)", self.n_products, None)
         return self.project(self._h(px)) + self.sigma * (x - px)
 
     def min_eig(self, eig_tol: float):
