@@ -40,3 +40,24 @@ def test_validity_radius_only_counts_pairs_moving_towards_their_kink():
     T = np.array([[1.0, 1.0], [5.0, -1.0]])
     assert validity_radius(N, B, T) == 2.0  # (0,1): -2 + 2*1 = 0; (1,1): 3 - 3 = 0 later
     assert validity_radius(N, B, np.array([[1.0, -1.0], [0.0, 1.0]])) == float("inf")
+
+
+def test_trial_steps_from_N_plus_tT_match_full_forward_passes():
+    from sospcheck import TwoLayerNet
+    from sospcheck.verify import _risk_along
+
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((30, 3))
+    for loss, dy, Y, lam, b1, b2 in [("squared", 2, rng.standard_normal((30, 2)), 0.0, True, True),
+                                      ("logistic", 1, rng.choice([-1, 1], 30), 0.3, False, True),
+                                      ("cross_entropy", 3, rng.integers(0, 3, 30), 0.1, True, False)]:
+        net = TwoLayerNet(rng.standard_normal((4, 3)), rng.standard_normal(4) if b1 else None,
+                          rng.standard_normal((dy, 4)), rng.standard_normal(dy) if b2 else None, s_minus=0.1)
+        L = get_loss(loss)
+        pt = evaluate_point(net, X, L.prepare(Y, dy), L, 1.0, lam)
+        d = Direction(rng.standard_normal((4, 3)), rng.standard_normal(4) if b1 else None,
+                      rng.standard_normal((dy, 4)), rng.standard_normal(dy) if b2 else None)
+        along = _risk_along(pt, d, pt.fwd.Xbar @ d.Z.T)
+        for t in (0.0, 1e-3, 0.7):
+            full = pt.risk_at(net.perturbed(d, t))
+            assert abs(along(t) - full) <= 1e-12 * abs(full), (loss, t)
