@@ -124,3 +124,14 @@ def test_affine_neurons_are_certified_minima_by_check_and_oracle(solver):
         perturbed = dict(inst, Y=inst["Y"] + rng.standard_normal(inst["Y"].shape))  # now not stationary
         o, r = run_pair(perturbed, solver)
         assert (o.verdict, o.order) == verdict_of(r) == ("descent", 1)
+
+
+def test_active_points_that_outnumber_the_dimension_but_do_not_span_it():
+    # instance 6: a neuron active on 3 collinear points (plus b1: rank 2 of 3). The flat direction
+    # orthogonal to them is quotiented by both the oracle and the check: a certified minimum.
+    insts = batch(41, 7, bias1=True, bias2=False)
+    seen, bad = compare(insts)
+    assert not bad, bad
+    o, r = run_pair(insts[6])
+    assert o.verdict == r.verdict.value == "local_minimum"
+    assert r.stats.quotient["inactive_directions"] == {"0": 1}

@@ -9,8 +9,9 @@ Inactive directions (ReLU, ``s_minus = 0``): moving ``nu_k`` orthogonally to the
 neuron ``k`` is active or on its kink changes only pre-activations that are negative and stay
 negative nearby, so no output moves, here or at any nearby point: a translation invariance,
 quotiented by the rows ``f . nu_k = 0`` for a basis of that orthogonal complement. A dead neuron is
-the extreme case (all of ``nu_k``, and then ``u_k`` too). Computed only for neurons active on fewer
-points than the span dimension (more points in general position span everything).
+the extreme case (all of ``nu_k``, and then ``u_k`` too). The rank of those points is computed
+when they are fewer than the span dimension, or when the SVD is cheap (``n_act rho^2 <= 5e7``);
+more points in general position span everything.
 
 Bias shifts: a neuron with no boundary point and one slope ``s`` on all data (always active, or
 always inactive under a leaky ReLU) is affine on a neighbourhood, so shifting its pre-activation
@@ -332,10 +333,13 @@ def _bias_shift_rows(net, N: np.ndarray, Xr: np.ndarray, neurons, keep, layout: 
     return rows
 
 
+_INACTIVE_RANK_FLOPS = 5e7
+
+
 def _inactive_rows(net, N: np.ndarray, Xr: np.ndarray, neurons, keep, layout: Layout, lam: float,
                    zero_output: list, rank_tol: float) -> dict[int, np.ndarray]:
-    """Per ReLU neuron active (or on its kink) at fewer points than ``rho``: an orthonormal basis
-    (rows) of the ``nu_k`` directions orthogonal to those points, exactly flat (module docstring)."""
+    """Per ReLU neuron whose active (or kink) points do not span the ``rho`` dimensions: an
+    orthonormal basis (rows) of the ``nu_k`` directions orthogonal to them, exactly flat (module docstring)."""
     rho = Xr.shape[1]
     if lam != 0 or net.s_minus != 0:
         return {}
@@ -346,7 +350,9 @@ def _inactive_rows(net, N: np.ndarray, Xr: np.ndarray, neurons, keep, layout: La
             continue
         act = N[:, k] >= 0
         n_act = int(act.sum())
-        if n_act == 0 or n_act >= rho:
+        # n_act >= rho points are rank deficient only when not in general position; the rank test
+        # is then skipped on large problems (no quotient: at worst `sosp` instead of a certificate)
+        if n_act == 0 or (n_act >= rho and n_act * rho * rho > _INACTIVE_RANK_FLOPS):
             continue
         _, sv, Vt = np.linalg.svd(Xr[act], full_matrices=True)
         rank = int(np.sum(sv > max(rank_tol, 1e-12) * max(sv[0], 1e-300)))
