@@ -196,8 +196,8 @@ def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray
     prob.J_base[boundary] = net.s_plus
     shift = _bias_shift_rows(net, fwd.N, Xr, neurons, keep, layout, lam, tol.rank)
     out.quotient["bias_shift_neurons"] = sorted(k for k in shift if k not in out.quotient["zero_output_neurons"])
-    inactive = _inactive_rows(net, fwd.N, Xr, neurons, keep, layout, lam, out.quotient["zero_output_neurons"],
-                              tol.rank)
+    inactive = _inactive_rows(net, fwd.N, boundary, Xr, neurons, keep, layout, lam,
+                              out.quotient["zero_output_neurons"], tol.rank)
     out.quotient["inactive_directions"] = {str(k): int(F.shape[0]) for k, F in inactive.items()}  # JSON keys
     blocks = _constraint_blocks(prob, neurons, keep, Zr, out.quotient["zero_output_neurons"], lam,
                                 {k: shift[k] for k in out.quotient["bias_shift_neurons"]}, inactive)
@@ -336,8 +336,8 @@ def _bias_shift_rows(net, N: np.ndarray, Xr: np.ndarray, neurons, keep, layout: 
 _INACTIVE_RANK_FLOPS = 5e7
 
 
-def _inactive_rows(net, N: np.ndarray, Xr: np.ndarray, neurons, keep, layout: Layout, lam: float,
-                   zero_output: list, rank_tol: float) -> dict[int, np.ndarray]:
+def _inactive_rows(net, N: np.ndarray, boundary: np.ndarray, Xr: np.ndarray, neurons, keep, layout: Layout,
+                   lam: float, zero_output: list, rank_tol: float) -> dict[int, np.ndarray]:
     """Per ReLU neuron whose active (or kink) points do not span the ``rho`` dimensions: an
     orthonormal basis (rows) of the ``nu_k`` directions orthogonal to them, exactly flat (module docstring)."""
     rho = Xr.shape[1]
@@ -348,13 +348,13 @@ def _inactive_rows(net, N: np.ndarray, Xr: np.ndarray, neurons, keep, layout: La
         k = nt.k
         if k in zero_output or not keep[layout.nu_index(k)[0]]:
             continue
-        act = N[:, k] >= 0
+        act = (N[:, k] >= 0) | boundary[:, k]  # the check's kink points count as active
         n_act = int(act.sum())
         # n_act >= rho points are rank deficient only when not in general position; the rank test
         # is then skipped on large problems (no quotient: at worst `sosp` instead of a certificate)
         if n_act == 0 or (n_act >= rho and n_act * rho * rho > _INACTIVE_RANK_FLOPS):
             continue
-        _, sv, Vt = np.linalg.svd(Xr[act], full_matrices=True)
+        _, sv, Vt = np.linalg.svd(Xr[act], full_matrices=n_act < rho)  # Vt: rho x rho either way
         rank = int(np.sum(sv > max(rank_tol, 1e-12) * max(sv[0], 1e-300)))
         if rank < rho:
             rows[k] = Vt[rank:]
