@@ -28,6 +28,7 @@ class Loss:
     grad: Callable[[Array, Array], Array]
     hess: Callable[[Array, Array], Array]
     prepare: Callable[[Array, int], Array]
+    zero_at_targets: bool = False  # l >= 0 with l(y, y) = 0: outputs equal to the targets are a global minimum
 
 
 def _prepare_regression(Y, dy: int) -> Array:
@@ -108,7 +109,8 @@ def _ce_hess(out, Y):
 
 
 LOSSES = {
-    "squared": Loss("squared", _squared_value, lambda out, Y: out - Y, _squared_hess, _prepare_regression),
+    "squared": Loss("squared", _squared_value, lambda out, Y: out - Y, _squared_hess, _prepare_regression,
+                    zero_at_targets=True),
     "logistic": Loss("logistic", _logistic_value, _logistic_grad, _logistic_hess, _prepare_logistic),
     "cross_entropy": Loss("cross_entropy", _ce_value, _ce_grad, _ce_hess, _prepare_cross_entropy),
 }

@@ -225,7 +225,7 @@ def _mse(per_element_scale: bool) -> Loss:
         m, dy = out.shape
         return np.broadcast_to(2.0 * c(out) * np.eye(dy), (m, dy, dy))
 
-    return Loss("mse", value, grad, hess, LOSSES["squared"].prepare)
+    return Loss("mse", value, grad, hess, LOSSES["squared"].prepare, zero_at_targets=True)
 
 
 _MSE_SUM, _MSE_MEAN = _mse(False), _mse(True)
