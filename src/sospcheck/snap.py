@@ -100,7 +100,9 @@ def _capped_snap(XS: np.ndarray, NS: np.ndarray, cap: float) -> tuple[np.ndarray
 
     The points are taken in order of ``|N|`` and the longest prefix within the cap is kept. The
     minimum-norm move of a prefix never shrinks as points are added (each adds a constraint), so
-    a bisection finds that prefix with ``O(log |S|)`` least-squares solves.
+    a bisection finds that prefix with ``O(log |S|)`` least-squares solves. (That holds while the
+    prefix's system is consistent; past that the solve is a least-squares fit and the bisection a
+    heuristic, which only changes which points stay off the kink, never the cap.)
     """
     keep = np.ones(NS.size, dtype=bool)
     if NS.size == 0:
