@@ -109,3 +109,25 @@ def test_large_positive_definite_schur_complement_needs_no_milp():
     assert S.min() < 0  # not decided by the nonnegative-entries test
     res = copositivity(S, 1e-10, max_subsets=2**14)
     assert res.status == STRICT and res.method == "pretest: positive definite"
+
+
+def test_psd_whose_null_vector_is_nonnegative_only_up_to_rounding_is_copositive():
+    # from the oracle stress: a Schur complement with null vector (1, 1, -1e-9): y = (1/2, 1/2, 0)
+    # gives y'Sy ~ 1e-19, so S is copositive, not strictly (enumeration agrees)
+    v = np.array([1.0, 1.0, -1e-9]) / np.sqrt(2.0)
+    Q, _ = np.linalg.qr(np.column_stack([v, [0.0, 0.0, 1.0], [1.0, -1.0, 0.0]]))
+    S = Q @ np.diag([0.0, 0.0188, 0.813]) @ Q.T
+    tol = 1e-7
+    pre = copositivity_pretests(S, tol)
+    assert pre.status == COPOSITIVE and pre.value <= tol and np.all(pre.witness >= 0)
+    assert copositivity_enumerate(S, tol).status == COPOSITIVE
+
+
+def test_small_negative_off_diagonals_are_not_taken_as_strict():
+    # entries >= -tol and a diagonal > tol were called strict; the (1, 1) eigenvalue 5e-7 <= tol
+    # makes it plain copositive, as the enumeration says
+    tol = 1e-6
+    S = np.array([[1.5e-6, -1e-6], [-1e-6, 1.5e-6]])
+    assert copositivity_enumerate(S, tol).status == COPOSITIVE
+    assert copositivity_pretests(S, tol).status == COPOSITIVE
+    assert copositivity_pretests(np.abs(S), tol).status == STRICT  # nonnegative with diagonal > tol

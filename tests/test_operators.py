@@ -83,3 +83,25 @@ def test_torch_backend_gives_the_same_products_and_verdicts():
         a = check(*make(), solver="matrix_free", backend="torch", device="cpu")
         b = check(*make(), solver="matrix_free")
         assert a.verdict == b.verdict
+
+
+@pytest.mark.parametrize("loss,dy,lam,has_b2", [("squared", 2, 0.0, True), ("squared", 1, 0.3, False),
+                                               ("logistic", 1, 0.0, True), ("cross_entropy", 3, 0.1, True)])
+def test_dense_from_the_jacobian_gram_equals_dense_from_products(loss, dy, lam, has_b2):
+    rng = np.random.default_rng(7)
+    m, dx, dh = 50, 3, 4
+    X = rng.standard_normal((m, dx))
+    Y = {"squared": rng.standard_normal((m, dy)), "logistic": rng.choice([-1.0, 1.0], m),
+         "cross_entropy": rng.integers(0, dy, m)}[loss]
+    net = TwoLayerNet(rng.standard_normal((dh, dx)), rng.standard_normal(dh), rng.standard_normal((dy, dh)),
+                      rng.standard_normal(dy) if has_b2 else None, s_minus=0.1)
+    L = get_loss(loss)
+    pt = evaluate_point(net, X, L.prepare(Y, dy), L, 0.5, lam)
+    J = net.slope(pt.fwd.N).astype(float)
+    J[rng.random(J.shape) < 0.2] = 1.0  # a slope pattern that is not the plain one (as on kinks)
+    op = HessianOperator(pt.fwd.O, pt.fwd.Xbar, net.W2, pt.r, pt.Hl, J, lam, identity_hessian=loss == "squared",
+                         has_b2=has_b2)
+    n = op.layout.n
+    for keep in (None, np.sort(rng.choice(n, n - 5, replace=False))):
+        cols = np.arange(n) if keep is None else keep
+        np.testing.assert_allclose(op.dense(keep), op._dense_by_products(cols, 7), rtol=1e-12, atol=1e-12)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, linprog, milp
+from scipy.optimize import Bounds, LinearConstraint, linprog, milp, nnls
 
 __all__ = ["CopositivityResult", "copositivity", "copositivity_enumerate", "copositivity_milp",
            "copositivity_pretests"]
@@ -147,9 +147,10 @@ def copositivity_pretests(S: np.ndarray, tol: float) -> CopositivityResult | Non
 
     Not copositive: a diagonal entry ``< -tol``; a pair ``(i, j)`` whose 2x2 block is negative at
     its simplex minimizer; an eigenvector of a negative eigenvalue that is one-signed. Strictly
-    copositive: ``lambda_min(S) > tol`` (positive definite), or all entries ``>= -tol`` with a
-    diagonal ``> tol``. Copositive: ``S`` positive semidefinite to ``tol`` (or entrywise
-    nonnegative) with a nonnegative vector in its near-null space (a zero diagonal) as witness.
+    copositive: ``lambda_min(S) > tol`` (positive definite), or all entries ``>= 0`` with a
+    diagonal ``> tol``; copositive: all entries ``>= -tol`` and a diagonal entry ``<= tol``.
+    Positive semidefinite to ``tol``: the convex minimum of ``y'Sy`` over the simplex decides
+    (copositive with that ``y`` as witness when it is ``<= tol``, else strict).
     """
     r = S.shape[0]
     d = np.diag(S)
@@ -170,10 +171,13 @@ def copositivity_pretests(S: np.ndarray, tol: float) -> CopositivityResult | Non
         y[a], y[b] = t[a, b], 1.0 - t[a, b]
         return CopositivityResult(NOT, y, float(y @ S @ y), "pretest: 2x2 block", 1)
     if np.all(S >= -tol):
-        if np.all(d > tol):
-            return CopositivityResult(STRICT, None, None, "pretest: nonnegative entries", 1)
         j = int(np.argmin(d))
-        return CopositivityResult(COPOSITIVE, _unit(r, j), float(d[j]), "pretest: nonnegative entries", 1)
+        if d[j] <= tol:
+            return CopositivityResult(COPOSITIVE, _unit(r, j), float(d[j]), "pretest: nonnegative entries", 1)
+        if np.all(S >= 0):
+            # a nonnegative eigenvector of a principal submatrix is a Perron vector of one of its
+            # irreducible blocks, whose eigenvalue is at least that block's largest diagonal entry
+            return CopositivityResult(STRICT, None, None, "pretest: nonnegative entries", 1)
     lam, vec = np.linalg.eigh(S)
     if lam[0] > tol:
         return CopositivityResult(STRICT, None, None, "pretest: positive definite", 1)
@@ -182,11 +186,18 @@ def copositivity_pretests(S: np.ndarray, tol: float) -> CopositivityResult | Non
         if y is not None and y @ S @ y < -tol * (y @ y):
             return CopositivityResult(NOT, y, float(y @ S @ y), "pretest: one-signed eigenvector", 1)
         return None
-    # positive semidefinite to tol: y'Sy >= 0 for every y; zero only on the near-null space
-    y = _nonneg_in_span(vec[:, np.abs(lam) <= tol])
-    if y is None:
-        return CopositivityResult(STRICT, None, None, "pretest: positive semidefinite", 1)
-    return CopositivityResult(COPOSITIVE, y, float(y @ S @ y), "pretest: positive semidefinite", 1)
+    # positive semidefinite to tol: min over the simplex of y'Sy is a convex problem, solved as a
+    # nonnegative least-squares problem |R y|^2 with S ~ R'R and a heavily weighted row sum y = 1
+    R = np.sqrt(np.clip(lam, 0.0, None))[:, None] * vec.T
+    w = 1e4 * max(1.0, float(np.sqrt(np.max(np.abs(lam)))))
+    y, _ = nnls(np.vstack([R, np.full((1, r), w)]), np.concatenate([np.zeros(r), [w]]))
+    if y.sum() <= 0:
+        return None
+    y = y / y.sum()
+    value = float(y @ S @ y)
+    if value <= tol:
+        return CopositivityResult(COPOSITIVE, y, value, "pretest: positive semidefinite", 1)
+    return CopositivityResult(STRICT, None, value, "pretest: positive semidefinite", 1)
 
 
 def copositivity(S: np.ndarray, tol: float, max_subsets: int, time_limit: float = 60.0) -> CopositivityResult:

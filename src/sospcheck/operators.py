@@ -105,28 +105,86 @@ class HessianOperator:
         step = max(1, min(self.m, max_elements // max(1, b * max(dh, self.layout.dy))))
         gU, gNu = xp.zeros_like(U), xp.zeros_like(Nu)
         gc = xp.zeros_like(c) if c is not None else None
-        Ut = U.swapaxes(1, 2)
+        dy, rho = self.layout.dy, Nu.shape[2]
+        # every product below is one GEMM over the batch (rows b*dh or b*dy), not b small ones
+        Nu2, U2 = Nu.reshape(b * dh, rho), U.reshape(b * dy, dh)
+        W2 = self.W2
         for s in range(0, self.m, step):
             rows = slice(s, min(self.m, s + step))
             O, Xr, Jt, rt = self.O[rows], self.Xr[rows], self.Jt[:, rows], self.r[rows].T
-            JT = (Nu @ Xr.T) * Jt  # (b, dh, mc): J_ik t_ik
-            dY1 = U @ O.T + self.W2 @ JT  # (b, dy, mc)
+            mc = O.shape[0]
+            JT = (Nu2 @ Xr.T).reshape(b, dh, mc) * Jt  # J_ik t_ik
+            JT2 = JT.reshape(b * dh, mc)
+            dY1 = (U2 @ O.T).reshape(b, dy, mc) + (W2 @ JT).reshape(b, dy, mc)
             if c is not None:
                 dY1 = dY1 + c[:, :, None]
             P = self.h_scalar * dY1 if self.h_scalar is not None else xp.einsum("icd,bdi->bci", self.Hl[rows], dY1)
-            gU += P @ O + rt @ JT.swapaxes(1, 2)
+            P2 = P.reshape(b * dy, mc)
+            gU += (P2 @ O).reshape(b, dy, dh) + (JT2 @ rt.T).reshape(b, dh, dy).swapaxes(1, 2)
             if c is not None:
                 gc += P.sum(2)
-            gNu += ((self.W2.T @ P + Ut @ rt) * Jt) @ Xr
+            back = (W2.T @ P).reshape(b * dh, mc) + (U.swapaxes(1, 2).reshape(b * dh, dy) @ rt)
+            gNu += ((back.reshape(b, dh, mc) * Jt).reshape(b * dh, mc) @ Xr).reshape(b, dh, rho)
         out = self.layout.join(*(None if a is None else self._from_backend(a) for a in (gU, gNu, gc)))
         if self.lam:
             out = out + self.lam * Theta
         return out
 
     def dense(self, keep: np.ndarray | None = None, batch: int = 256) -> np.ndarray:
-        """``H[keep][:, keep]`` by products with identity columns; symmetrised."""
+        """``H[keep][:, keep]``, symmetric.
+
+        NumPy backend: ``H = sum_i G_i' H_i G_i + C + lam I`` from the per-sample output Jacobians
+        ``G_i`` (dy x n, built a chunk of rows at a time, never all m at once) and the block-diagonal
+        cross term ``C`` (``u_k`` with ``nu_k``: ``sum_i r_i J_ik xr_i'``), DESIGN.md section 5. One
+        Gram product per chunk instead of ``n`` Hessian-vector products. Other backends: products
+        with identity columns, ``batch`` at a time.
+        """
         n = self.layout.n
         cols = np.arange(n) if keep is None else np.asarray(keep)
+        if self.xp is not np:
+            return self._dense_by_products(cols, batch)
+        lay, m = self.layout, self.m
+        dy, dh, rho = lay.dy, lay.dh, lay.rho
+        q = cols.size
+        H = np.zeros((q, q))
+        step = max(1, min(m, (1 << 24) // max(1, dy * n)))
+        for s in range(0, m, step):
+            rows = slice(s, min(m, s + step))
+            O, Xr, J = self.O[rows], self.Xr[rows], self.Jt[:, rows].T
+            mc = O.shape[0]
+            G = np.zeros((dy, mc, n))
+            for d in range(dy):
+                G[d, :, d * dh:(d + 1) * dh] = O
+                G[d, :, lay.n_u:lay.n_u + dh * rho] = ((self.W2[d] * J)[:, :, None] * Xr[:, None, :]).reshape(mc, -1)
+                if lay.has_b2:
+                    G[d, :, lay.n_u + dh * rho + d] = 1.0
+            G = G[:, :, cols]
+            if self.h_scalar is not None:
+                for d in range(dy):
+                    H += self.h_scalar * (G[d].T @ G[d])
+            else:
+                Hl = self.Hl[rows]
+                for d in range(dy):
+                    for e in range(dy):
+                        H += G[d].T @ (Hl[:, d, e][:, None] * G[e])
+        # cross term: d^2 f_id / d U[d, k] d Nu[k, :] = J_ik xr_i
+        E = ((self.Jt.T[:, :, None] * self.r[:, None, :]).reshape(m, dh * dy).T @ self.Xr).reshape(dh, dy, rho)
+        pos = -np.ones(n, dtype=int)
+        pos[cols] = np.arange(q)
+        for k in range(dh):
+            nu = pos[lay.nu_index(k)]
+            ok = nu >= 0
+            for d in range(dy):
+                u = pos[lay.u_index(k)[d]]
+                if u >= 0 and ok.any():
+                    H[u, nu[ok]] += E[k, d, ok]
+                    H[nu[ok], u] += E[k, d, ok]
+        if self.lam:
+            H[np.arange(q), np.arange(q)] += self.lam
+        return 0.5 * (H + H.T)
+
+    def _dense_by_products(self, cols: np.ndarray, batch: int) -> np.ndarray:
+        n = self.layout.n
         H = np.empty((cols.size, cols.size))
         for start in range(0, cols.size, batch):
             sel = cols[start : start + batch]
