@@ -208,23 +208,9 @@ def _second_order(result: CheckResult, max_rows: int):
 
 
 def _notes(result: CheckResult) -> Text:
-    s, out = result.stats, Text()
-    quot = s.quotient or {}
-    if quot.get("dead_neurons") or quot.get("zero_output_neurons") or quot.get("bias_shift_neurons") or (
-            quot.get("inactive_directions")) or quot.get("data_span_dim", 0) < quot.get("full_dim", 0):
-        inactive = ", ".join(f"{k}: {n}" for k, n in (quot.get("inactive_directions") or {}).items()) or "none"
-        out.append(f"quotiented: data span {quot.get('data_span_dim')}/{quot.get('full_dim')} dims, dead neurons "
-                   f"{quot.get('dead_neurons')}, zero-output neurons {quot.get('zero_output_neurons')}, "
-                   f"bias shifts of affine neurons {quot.get('bias_shift_neurons', [])}, inactive directions "
-                   f"(neuron: dims) {inactive}\n")
-    if s.near_zero:
-        nz = s.near_zero
-        out.append(f"near-zero neurons {nz['neurons']}: zeroing them changes the loss by "
-                   f"{nz['loss_change_if_zeroed']:.3g} and gives verdict {nz['verdict_if_zeroed']}\n")
-    if result.snap:
-        sn = result.snap
-        out.append(f"snap: {sn.n_pairs} pairs moved onto kinks, |dZ| = {sn.dZ_norm:.3g}, |dW2| = {sn.dW2_norm:.3g}, "
-                   f"loss {sn.loss_before:.6g} -> {sn.loss_after:.6g}\n")
+    out = Text()
+    for line in result.note_lines():
+        out.append(line + "\n")
     if result.fragility:
         out.append("fragility: " + ", ".join(f"{k} -> {v}" for k, v in result.fragility.items()) + "\n")
     out.append("established: ", style="bold")

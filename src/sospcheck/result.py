@@ -154,6 +154,28 @@ class CheckResult:
     def to_json(self, **kw) -> str:
         return json.dumps(self.to_dict(), **kw)
 
+    def note_lines(self) -> list[str]:
+        """What was quotiented out, the near-zero probe and the snap, one line each when present
+        (shared by :meth:`summary` and the rich report)."""
+        s, lines = self.stats, []
+        quot = s.quotient or {}
+        if (quot.get("dead_neurons") or quot.get("zero_output_neurons") or quot.get("bias_shift_neurons")
+                or quot.get("inactive_directions") or quot.get("data_span_dim", 0) < quot.get("full_dim", 0)):
+            inactive = ", ".join(f"{k}: {n}" for k, n in (quot.get("inactive_directions") or {}).items()) or "none"
+            lines.append(f"quotiented: data span {quot.get('data_span_dim')}/{quot.get('full_dim')} dims, dead neurons "
+                         f"{quot.get('dead_neurons')}, zero-output neurons {quot.get('zero_output_neurons')}, "
+                         f"bias shifts of affine neurons {quot.get('bias_shift_neurons', [])}, inactive directions "
+                         f"(neuron: dims) {inactive}")
+        if s.near_zero:
+            nz = s.near_zero
+            lines.append(f"near-zero neurons {nz['neurons']}: zeroing them changes the loss by "
+                         f"{nz['loss_change_if_zeroed']:.3g} and gives verdict {nz['verdict_if_zeroed']}")
+        if self.snap:
+            sn = self.snap
+            lines.append(f"snap: {sn.n_pairs} pairs moved onto kinks, |dZ| = {sn.dZ_norm:.3g}, |dW2| = {sn.dW2_norm:.3g}, "
+                         f"loss {sn.loss_before:.6g} -> {sn.loss_after:.6g}")
+        return lines
+
     def summary(self) -> str:
         s = self.stats
         lines = [f"verdict: {self.verdict.value}{'  (FRAGILE: flips under a 10x tolerance change)' if self.fragile else ''}",
@@ -183,19 +205,7 @@ class CheckResult:
             lines.append(f"  {q.kind}{list(q.signs) if q.signs else ''}: {q.outcome} ({q.n_vars} vars{extra})")
         if len(s.qps) > 8:
             lines.append(f"  ... {len(s.qps) - 8} more QPs")
-        quot = s.quotient or {}
-        if quot.get("dead_neurons") or quot.get("zero_output_neurons") or (
-                quot.get("data_span_dim", 0) < quot.get("full_dim", 0)):
-            lines.append(f"quotiented: data span {quot.get('data_span_dim')}/{quot.get('full_dim')} dims, "
-                         f"dead neurons {quot.get('dead_neurons')}, zero-output neurons {quot.get('zero_output_neurons')}")
-        if s.near_zero:
-            nz = s.near_zero
-            lines.append(f"near-zero neurons {nz['neurons']}: zeroing them changes the loss by "
-                         f"{nz['loss_change_if_zeroed']:.3g} and gives verdict {nz['verdict_if_zeroed']}")
-        if self.snap:
-            sn = self.snap
-            lines.append(f"snap: {sn.n_pairs} pairs moved onto kinks, |dZ| = {sn.dZ_norm:.3g}, |dW2| = {sn.dW2_norm:.3g}, "
-                         f"loss {sn.loss_before:.6g} -> {sn.loss_after:.6g}")
+        lines += self.note_lines()
         lines.append("established: " + "; ".join(self.established))
         tol = self.tolerances
         lines.append(f"tolerances: boundary {tol.boundary:g}, gradient {tol.gradient:g}, a_zero {tol.a_zero:g}, "
