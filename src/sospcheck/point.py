@@ -46,10 +46,11 @@ class Point:
         on_kink = np.where(T > 0, net.s_plus, net.s_minus)
         return np.where(boundary, on_kink, net.slope(self.fwd.N))
 
-    def local_terms(self, d: Direction, boundary: np.ndarray) -> tuple[float, float]:
-        """``(first(d), second(d))`` of the exact local model, weight decay included."""
+    def local_terms(self, d: Direction, boundary: np.ndarray, T: np.ndarray | None = None) -> tuple[float, float]:
+        """``(first(d), second(d))`` of the exact local model, weight decay included; ``T = Xbar dZ'``
+        when the caller already has it."""
         fwd, net = self.fwd, self.net
-        T = fwd.Xbar @ d.Z.T
+        T = fwd.Xbar @ d.Z.T if T is None else T
         JT = self.kink_slopes(T, boundary) * T
         dY1 = fwd.O @ d.W2.T + JT @ net.W2.T
         if d.b2 is not None:

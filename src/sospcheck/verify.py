@@ -64,8 +64,8 @@ def verify_descent(pt: Point, d: Direction, boundary: np.ndarray, max_halvings: 
     """
     d = d.normalized()
     R0 = pt.value
-    slope, curvature = pt.local_terms(d, boundary)
     T = pt.fwd.Xbar @ d.Z.T
+    slope, curvature = pt.local_terms(d, boundary, T)
     radius = validity_radius(pt.fwd.N, boundary, T)
     risk_along = _risk_along(pt, d, T)
     noise = 1e-12 * abs(R0) + 1e-300
