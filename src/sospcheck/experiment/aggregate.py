@@ -21,14 +21,16 @@ __all__ = ["aggregate", "markdown_report", "write_report", "VERDICTS"]
 VERDICTS = ("local_minimum", "sosp", "descent", "inconclusive")
 
 
+def _dig(record: dict, path: tuple):
+    """``record[path[0]][path[1]]...``, or None where a level is missing."""
+    d = record
+    for p in path:
+        d = d.get(p) if isinstance(d, dict) else None
+    return d
+
+
 def _counts(recs: list, path: tuple) -> dict:
-    vals = []
-    for r in recs:
-        d = r
-        for p in path:
-            d = d.get(p) if isinstance(d, dict) else None
-        if d is not None:
-            vals.append(d)
+    vals = [d for d in (_dig(r, path) for r in recs) if d is not None]
     n = len(vals)
     out = {"n": n}
     for q in ("M", "L", "K"):
@@ -51,13 +53,7 @@ def _verdicts(recs: list, key: str) -> dict:
 
 
 def _median(recs: list, path: tuple) -> float:
-    vals = []
-    for r in recs:
-        d = r
-        for p in path:
-            d = d.get(p) if isinstance(d, dict) else None
-        if isinstance(d, (int, float)):
-            vals.append(float(d))
+    vals = [float(d) for d in (_dig(r, path) for r in recs) if isinstance(d, (int, float))]
     return float(np.median(vals)) if vals else float("nan")
 
 
