@@ -19,9 +19,10 @@ from .model import Direction, TwoLayerNet, as_float_array, forward
 from .options import Budget, Tolerances
 from .point import evaluate_point
 from .result import CheckResult, DescentCertificate, Stats, Verdict
-from .second_order import T2, T3, second_order_test
+from .second_order import Outcome, second_order_test
 from .snap import snap_to_kinks
 from .verify import verify_descent
+from .zero_output import zero_output_mask
 
 __all__ = ["check", "validate_inputs"]
 
@@ -226,7 +227,7 @@ def _analyze(net, X, Yp, lossobj, weight, lam, tol: Tolerances, bud: Budget, see
     established.append("Clarke stationary")
 
     # Step 3: one-sided derivatives along the extreme rays +-vhat_i
-    zero_output = [lam == 0 and np.linalg.norm(net.W2[:, nt.k]) <= tol.a_zero * np.linalg.norm(net.W2) for nt in neurons]
+    zero_output = zero_output_mask(net, lam, tol.a_zero)
     best = None
     for nt, zo in zip(neurons, zero_output):
         if nt.M == 0 or not nt.assumption2 or zo:
@@ -267,16 +268,17 @@ def _analyze(net, X, Yp, lossobj, weight, lam, tol: Tolerances, bud: Budget, see
         res.reason = so.inconclusive
         res.message = "first-order stationary; second order not decided (see reason)"
         return res
-    if so.outcome == T3:
+    if so.outcome == Outcome.NEGATIVE:
         return descent(so.direction, 2, so.source, symmetric=so.source == "ECQP")
     lap("second_order")
-    if so.quotient.get("zero_output_neurons"):
-        established.append(f"zero-output neuron(s) {so.quotient['zero_output_neurons']}: no descent of order <= 2 (g == 0)")
-    if so.quotient.get("inactive_directions"):
+    quot = so.quotient
+    if quot.zero_output_neurons:
+        established.append(f"zero-output neuron(s) {quot.zero_output_neurons}: no descent of order <= 2 (g == 0)")
+    if quot.inactive_directions:
         established.append("neuron(s) active on few points: directions orthogonal to those points quotiented "
-                           f"(neuron: dims) {so.quotient['inactive_directions']}")
-    if so.quotient.get("bias_shift_neurons"):
-        established.append(f"affine neuron(s) {so.quotient['bias_shift_neurons']}: bias shift against b2 is exactly "
+                           f"(neuron: dims) {quot.inactive_by_name()}")
+    if quot.bias_shift_neurons:
+        established.append(f"affine neuron(s) {quot.bias_shift_neurons}: bias shift against b2 is exactly "
                            "flat (quotiented)")
     ecqp = next((q for q in so.records if q.kind == "ECQP"), None)
     if ecqp is not None:
@@ -284,7 +286,7 @@ def _analyze(net, X, Yp, lossobj, weight, lam, tol: Tolerances, bud: Budget, see
     n_icqp = sum(q.kind == "ICQP" for q in so.records)
     if n_icqp:
         established.append(f"{n_icqp} ICQP(s) without negative curvature")
-    if so.outcome == T2:
+    if so.outcome == Outcome.ZERO:
         res.verdict = Verdict.SOSP
         res.message = ("second-order stationary: no descent of order 1 or 2, but some critical direction has zero "
                        "curvature, so a local minimum is not certified")

@@ -10,6 +10,7 @@ import numpy as np
 
 from .model import Direction, TwoLayerNet
 from .options import Budget, Tolerances
+from .quotient import Quotient
 from .second_order import QPRecord
 from .snap import SnapInfo
 
@@ -87,7 +88,7 @@ class Stats:
     n_params_reduced: int = 0
     hessian_norm: float = 0.0
     eig_tol: float = 0.0
-    quotient: dict = field(default_factory=dict)
+    quotient: Quotient | None = None
     near_zero: dict = field(default_factory=dict)
     solver: str = ""
 
@@ -97,6 +98,7 @@ class Stats:
 
     def to_dict(self) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k != "qps"}
+        d["quotient"] = self.quotient.to_dict() if self.quotient is not None else {}
         d["n_qp"] = self.n_qp
         d["qps"] = [q.to_dict() if isinstance(q, QPRecord) else q for q in self.qps]
         return _jsonable(d)
@@ -158,14 +160,8 @@ class CheckResult:
         """What was quotiented out, the near-zero probe and the snap, one line each when present
         (shared by :meth:`summary` and the rich report)."""
         s, lines = self.stats, []
-        quot = s.quotient or {}
-        if (quot.get("dead_neurons") or quot.get("zero_output_neurons") or quot.get("bias_shift_neurons")
-                or quot.get("inactive_directions") or quot.get("data_span_dim", 0) < quot.get("full_dim", 0)):
-            inactive = ", ".join(f"{k}: {n}" for k, n in (quot.get("inactive_directions") or {}).items()) or "none"
-            lines.append(f"quotiented: data span {quot.get('data_span_dim')}/{quot.get('full_dim')} dims, dead neurons "
-                         f"{quot.get('dead_neurons')}, zero-output neurons {quot.get('zero_output_neurons')}, "
-                         f"bias shifts of affine neurons {quot.get('bias_shift_neurons', [])}, inactive directions "
-                         f"(neuron: dims) {inactive}")
+        if s.quotient is not None and s.quotient.nontrivial:
+            lines.append(s.quotient.summary_line())
         if s.near_zero:
             nz = s.near_zero
             lines.append(f"near-zero neurons {nz['neurons']}: zeroing them changes the loss by "
