@@ -30,7 +30,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from sospcheck.escape import SaddleEscape, StallDetector, nearby_check  # noqa: E402
+from sospcheck.escape import EscapePolicy, SaddleEscape, StallConfig, nearby_check  # noqa: E402
 from sospcheck.torch import as_numpy, from_torch, torch_loss  # noqa: E402
 
 SCENARIOS = {"wide": dict(width=6, iters=30000), "narrow": dict(width=2, iters=20000)}
@@ -41,7 +41,7 @@ PGD_RADIUS = 0.1
 INIT = 1e-6
 # one stall detector for perturbed GD and for the escapes: the loss fell by < 1e-4 (relative) over
 # 200 iterations and the gradient averaged over 200 iterations has norm < 1e-3
-STALL = dict(window=200, loss_rtol=1e-4, grad_tol=1e-3)
+STALL = StallConfig(window=200, loss_rtol=1e-4, grad_tol=1e-3)
 METHODS = ("GD", "Adam", "perturbed GD", "GD + escapes (cert. dir.)", "GD + escapes (best neuron)")
 BEGIN, END = "<!-- results:begin (written by escape_compare.py) -->", "<!-- results:end -->"
 
@@ -86,8 +86,9 @@ def run(method: str, seed: int, width: int, X, Y, iters: int) -> dict:
            else torch.optim.SGD(model.parameters(), lr=LR_GD))
     escaper = None
     if method.startswith("GD + escapes"):
-        escaper = SaddleEscape(model, X, Y, criterion, opt, best_neuron="best neuron" in method, **STALL)
-    detector = StallDetector(**STALL) if method == "perturbed GD" else None
+        escaper = SaddleEscape(model, X, Y, criterion, opt, stall=STALL,
+                               policy=EscapePolicy(best_neuron="best neuron" in method))
+    detector = STALL.detector() if method == "perturbed GD" else None
     gen = torch.Generator().manual_seed(10_000 + seed)
     losses, times, marks = [], [], []
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""sospcheck.escape: stall detection, the nearby kink point, escape steps, and the train-check-escape loop."""
+"""sospcheck.escape and sospcheck.nearby: stall detection, the nearby kink point, escape steps, the training loop."""
 
 import json
 import logging
@@ -14,9 +14,8 @@ from torch import nn  # noqa: E402
 
 import cases  # noqa: E402
 from sospcheck import TwoLayerNet, Verdict  # noqa: E402
-from sospcheck.escape import (Nearby, SaddleEscape, StallDetector, best_new_neuron, escape_step,  # noqa: E402
-                              merge_duplicates, nearby_check, nearby_point, neuron_size_bound, polish, small_neurons,
-                              train_with_escapes)
+from sospcheck.escape import (EscapePolicy, SaddleEscape, StallConfig, StallDetector, best_new_neuron,  # noqa: E402
+                              escape_step, nearby_check, neuron_size_bound, polish, train_with_escapes)
 from sospcheck.losses import get_loss, risk  # noqa: E402
 from sospcheck.model import forward  # noqa: E402
 from sospcheck.torch import from_torch, to_torch  # noqa: E402
@@ -60,38 +59,16 @@ def test_stall_without_gradients_uses_the_loss_only_and_validates_arguments():
             StallDetector(**bad)
 
 
-# ---- the nearby kink point ---------------------------------------------------------------------
-
-def test_tiny_neurons_are_zeroed_and_duplicates_merged_without_changing_the_outputs():
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((9, 2))
-    Z = rng.standard_normal((2, 3))
-    W1 = np.vstack([Z[:, :2], 2.5 * Z[0, :2], 1e-7 * rng.standard_normal(2)])
-    b1 = np.concatenate([Z[:, 2], [2.5 * Z[0, 2]], [1e-7]])
-    net = TwoLayerNet(W1, b1, np.array([[1.0, -0.5, 0.3, 1e-7]]), [0.1])
-    Yp = forward(net, X).out
-    assert small_neurons(net, X, Yp, 1e-3) == [3]
-    merged, groups = merge_duplicates(net, X, 1e-9)
-    assert groups == [[2, 0]] or groups == [[0, 2]]
-    np.testing.assert_allclose(forward(merged, X).out, Yp, atol=1e-12)
-    kept, gone = groups[0]
-    assert not np.any(merged.Z[gone]) and not np.any(merged.W2[:, gone])
-    assert np.linalg.norm(merged.W2[:, kept]) == pytest.approx(np.linalg.norm(merged.Z[kept]))  # balanced
+def test_stall_config_is_validated_and_makes_its_detector():
+    cfg = StallConfig(window=7, loss_rtol=1e-2, grad_tol=math.inf)
+    det = cfg.detector()
+    assert (det.window, det.loss_rtol, det.loss_atol, det.grad_tol) == (7, 1e-2, 0.0, math.inf)
+    for bad in (dict(window=0), dict(max_backoff=0), dict(min_gain=-1.0), dict(loss_atol=float("nan"))):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            StallConfig(**bad)
 
 
-def test_nearby_point_refits_the_output_layer_to_stationarity():
-    rng = np.random.default_rng(1)
-    X = rng.standard_normal((10, 2))
-    Y = rng.standard_normal((10, 1))
-    net = TwoLayerNet(rng.standard_normal((3, 2)), rng.standard_normal(3), rng.standard_normal((1, 3)), [0.0])
-    L = get_loss("squared")
-    near, info = nearby_point(net, X, Y, L, 1.0, 0.0, Nearby(polish_iters=0))
-    fwd = forward(near, X)
-    F = np.hstack([fwd.O, np.ones((10, 1))])
-    assert np.linalg.norm(F.T @ (fwd.out - Y)) <= 1e-10 * np.linalg.norm(F) * np.linalg.norm(fwd.out - Y)
-    assert risk(near, X, Y, L) <= risk(net, X, Y, L)
-    np.testing.assert_array_equal(near.Z, net.Z)  # nothing near a kink, no polish: the hidden layer stays
-
+# ---- the check at the nearby kink point -----------------------------------------------------
 
 def test_polish_then_snap_recovers_a_kink_minimum_that_lm_ends_on():
     rng = np.random.default_rng(2)
@@ -109,11 +86,7 @@ def test_polish_then_snap_recovers_a_kink_minimum_that_lm_ends_on():
     assert again.loss_nearby == pytest.approx(nc.loss_nearby, rel=1e-12)
 
 
-def test_nearby_options_are_validated():
-    with pytest.raises(ValueError, match="zero_tol"):
-        Nearby(zero_tol=-1)
-    with pytest.raises(ValueError, match="unknown"):
-        Nearby.from_any({"snap": 1})
+def test_nearby_check_refuses_snap():
     with pytest.raises(TypeError, match="snap"):
         nearby_check(*cases.convex_kink_minimum(), snap=True)
 
@@ -164,7 +137,7 @@ def test_gd_sits_on_the_saddle_and_the_loop_escapes_it(caplog):
     model = to_torch(net)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with caplog.at_level(logging.INFO, logger="sospcheck.escape"):
-        log = train_with_escapes(model, Xt, Yt, crit, opt, 400, window=50)
+        log = train_with_escapes(model, Xt, Yt, crit, opt, 400, stall=StallConfig(window=50))
     first = log.events[0]
     assert first.iteration == 51 and first.verdict == "descent" and first.order == 2 and first.accepted
     assert first.loss_before == pytest.approx(plain.losses[0]) and first.loss_after < 0.5 * first.loss_before
@@ -177,8 +150,9 @@ def test_loop_stops_with_a_certificate_at_a_kink_minimum_that_gd_zigzags_around(
     net, X, Y = cases.convex_kink_minimum()
     model = to_torch(net.with_weights(b1=net.b1 + 0.05, W2=1.1 * net.W2))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    stall = StallConfig(window=50, loss_rtol=1e-3, grad_tol=0.1)
     log = train_with_escapes(model, torch.tensor(X), torch.tensor(Y)[:, None], nn.MSELoss(reduction="sum"), opt,
-                             3000, window=50, loss_rtol=1e-3, grad_tol=0.1, nearby={"snap_tol": 1e-2})
+                             3000, stall=stall, nearby={"snap_tol": 1e-2})
     assert log.stop_reason == "certified" and log.certificate.verdict == Verdict.LOCAL_MINIMUM
     assert log.certificate.fragility  # the final certificate is re-checked with fragility on
     assert log.events[-1].verdict == "local_minimum" and log.events[-1].loss_after == pytest.approx(10.0)
@@ -192,7 +166,7 @@ def test_callback_in_a_plain_loop_with_adam_resets_its_state():
     model = to_torch(net)
     Xt, Yt = torch.tensor(X), torch.tensor(Y)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    escaper = SaddleEscape(model, Xt, Yt, nn.MSELoss(), opt, window=20)
+    escaper = SaddleEscape(model, Xt, Yt, nn.MSELoss(), opt, stall=StallConfig(window=20))
     for _ in range(25):
         opt.zero_grad()
         loss = nn.MSELoss()(model(Xt), Yt)
@@ -215,7 +189,9 @@ def test_loop_target_loss_and_arguments():
     with pytest.raises(ValueError, match="max_iters"):
         train_with_escapes(model, X, Y, nn.MSELoss(), torch.optim.SGD(model.parameters(), lr=0.1), -1)
     with pytest.raises(ValueError, match="stop_on"):
-        SaddleEscape(model, X, Y, stop_on=("minimum",))
+        SaddleEscape(model, X, Y, policy=EscapePolicy(stop_on=("minimum",)))
+    with pytest.raises(TypeError, match="stall"):
+        SaddleEscape(model, X, Y, stall={"window": 10})
     with pytest.raises(ValueError, match="Tanh"):
         SaddleEscape(nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)), X, Y)
 

@@ -13,8 +13,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from sospcheck.experiment.presets import PAPER_SETTINGS, Setting, get_preset
-from sospcheck.experiment.training import pick_device, train_adam
+from sospcheck.table1.presets import PAPER_SETTINGS, SizeSetting, get_preset
+from sospcheck.table1.training import pick_device, train_adam
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
     dev = pick_device("auto")
     for variant in ("paper", "paper-leaky", "paper-logistic", "paper-wd"):
         p = replace(get_preset(variant), iters=400, decay_every=200)
-        s = Setting(10, 3, 500)
+        s = SizeSetting(10, 3, 500)
         ref, _ = train_adam(s, [0, 1], p, device="cpu")
         for graph in (True, False):
             w, info = train_adam(s, [0, 1], p, device=dev, cuda_graph=graph)

@@ -15,7 +15,7 @@ export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/src"
 ROOT="${OUTROOT:-out/gpu}"
 W=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))
 CHEAP="10,1,1000;10,1,10000;100,1,1000;100,1,10000;100,10,10000"
-run() { python3 -m sospcheck.experiment table1 --device cuda --workers "$W" "$@"; }
+run() { python3 -m sospcheck.table1 table1 --device cuda --workers "$W" "$@"; }
 case "${1:-}" in
   calibrate) nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
              python3 -c "import torch, dask; print('torch', torch.__version__, 'dask', dask.__version__)"

@@ -15,7 +15,8 @@ import numpy as np
 from .first_order import neuron_tests, output_layer_test
 from .geometry import boundary_mask
 from .losses import Loss, get_loss, reduction_weight
-from .model import Direction, TwoLayerNet, as_float_array, forward
+from .model import Direction, TwoLayerNet, as_float_array
+from .nearby import near_zero_neurons, zero_neurons
 from .options import Budget, Tolerances
 from .point import evaluate_point
 from .result import CheckResult, DescentCertificate, Stats, Verdict
@@ -48,23 +49,6 @@ def validate_inputs(net, X, Y, loss, reduction: str, weight_decay) -> tuple[np.n
     if not math.isfinite(lam) or lam < 0:
         raise ValueError(f"`weight_decay` must be a finite number >= 0, got {weight_decay!r}")
     return X, Yp, lossobj, weight, lam
-
-
-def near_zero_neurons(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, tol: Tolerances) -> list[int]:
-    """Nonzero neurons whose whole output contribution is tiny next to the outputs and targets (Tolerances.near_zero)."""
-    fwd = forward(net, X)
-    contribution = (max(net.s_plus, net.s_minus) * np.linalg.norm(net.W2, axis=0) * np.linalg.norm(net.Z, axis=1)
-                    * np.max(np.linalg.norm(fwd.Xbar, axis=1)))
-    scale = np.sqrt(np.mean(fwd.out**2)) + np.sqrt(np.mean(Yp**2))
-    return [int(k) for k in np.flatnonzero((contribution > 0) & (contribution <= tol.near_zero * scale))]
-
-
-def zero_neurons(net: TwoLayerNet, ks: list[int]) -> TwoLayerNet:
-    """The network with neurons ``ks`` set exactly to zero (``W1[k], b1[k], W2[:, k]``)."""
-    W1, W2 = np.array(net.W1), np.array(net.W2)
-    W1[ks], W2[:, ks] = 0.0, 0.0
-    b1 = None if net.b1 is None else np.where(np.isin(np.arange(net.dh), ks), 0.0, net.b1)
-    return net.with_weights(W1=W1, b1=b1, W2=W2)
 
 
 def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight_decay: float = 0.0,
@@ -121,7 +105,7 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
         result.timings = {"snap": t_snap, **result.timings}
     result.snap = snap_info
     result.loss, result.reduction = lossobj.name, reduction
-    near = near_zero_neurons(net, X, Yp, tol)
+    near = near_zero_neurons(net, X, Yp, tol.near_zero)
     if near:
         report("near-zero neurons: check with them zeroed", 0, 1)
         zeroed = zero_neurons(net, near)

@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("schema", help="print the JSON schema of the --json report")
     sub.add_parser("demo", help="run the embedded examples and print their reports")
 
-    from .experiment.cli import add_parser as add_experiment_parser
+    from .table1.cli import add_parser as add_experiment_parser
     add_experiment_parser(sub)
     return parser
 
@@ -242,7 +242,7 @@ def main(argv=None) -> int:
         if args.command == "plot":
             return _run_plot(args)
         if args.command == "experiment":
-            from .experiment.cli import run as run_experiment
+            from .table1.cli import run as run_experiment
             return run_experiment(args)
         return _run_check(args)
     except (InputError, ValueError, TypeError, OSError, ImportError) as exc:

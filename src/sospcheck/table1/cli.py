@@ -2,7 +2,7 @@
 
 Wiring into the main CLI: ``add_parser(subparsers)`` adds the ``experiment`` command and
 ``run(args)`` executes it (exit 0 when the sweep ran, whatever the verdicts; 1 when runs failed;
-2 on bad arguments). Stand-alone: ``python -m sospcheck.experiment table1 --preset quick``.
+2 on bad arguments). Stand-alone: ``python -m sospcheck.table1 table1 --preset quick``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sospcheck.experiment")
+    parser = argparse.ArgumentParser(prog="python -m sospcheck.table1")
     sub = parser.add_subparsers(dest="command", required=True)
     add_parser(sub)
     return parser

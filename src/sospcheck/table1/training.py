@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from .presets import Preset, Setting
+from .presets import Preset, SizeSetting
 
 __all__ = ["make_data", "init_weights", "train_adam", "pick_device", "BETAS", "EPS"]
 
@@ -21,7 +21,7 @@ BETAS = (0.9, 0.999)
 EPS = 1e-8
 
 
-def make_data(setting: Setting, seed: int, loss: str = "squared") -> tuple[np.ndarray, np.ndarray]:
+def make_data(setting: SizeSetting, seed: int, loss: str = "squared") -> tuple[np.ndarray, np.ndarray]:
     """``x_i, y_i ~ N(0, 1)`` i.i.d. (labels ``sign(y_i)`` for the logistic loss); one stream per (seed, setting)."""
     rng = np.random.default_rng([int(seed), setting.dx, setting.dh, setting.m])
     X = rng.standard_normal((setting.m, setting.dx))
@@ -31,7 +31,7 @@ def make_data(setting: Setting, seed: int, loss: str = "squared") -> tuple[np.nd
     return X, Y
 
 
-def init_weights(setting: Setting, seed: int) -> dict:
+def init_weights(setting: SizeSetting, seed: int) -> dict:
     """PyTorch's ``nn.Linear`` default: every weight and bias ``~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))``."""
     rng = np.random.default_rng([int(seed), setting.dx, setting.dh, setting.m, 1])
     a1, a2 = 1 / math.sqrt(setting.dx), 1 / math.sqrt(setting.dh)
@@ -110,7 +110,7 @@ class _Batch:
         self.P.sub_((self.lr / bc1) * self.mom / denom)
 
 
-def train_adam(setting: Setting, seeds: list, preset: Preset, device: str = "cpu", cuda_graph: bool = True,
+def train_adam(setting: SizeSetting, seeds: list, preset: Preset, device: str = "cpu", cuda_graph: bool = True,
                threads: int | None = 1) -> tuple[list[dict], dict]:
     """Train one run per seed (batched) with the preset's schedule; return their weights and a training record.
 

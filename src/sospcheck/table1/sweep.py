@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from .presets import Preset, Setting
+from .presets import Preset, SizeSetting
 from .record import error_record, run_record, train_task
 from .store import Store
 
@@ -152,15 +152,8 @@ def run_sweep(preset: Preset, out, seeds: list[int] | None = None, settings=None
     t0 = time.perf_counter()
     seeds = list(range(preset.n_seeds)) if seeds is None else list(seeds)
     settings = tuple(preset.settings if settings is None else settings)
-    unknown = [s for s in settings if s not in preset.settings]
-    if unknown:
-        raise ValueError(f"`settings` {[s.label for s in unknown]} are not in preset {preset.name!r}: "
-                         f"{[s.label for s in preset.settings]}")
-    if workers < 1 or threads_per_worker < 1:
-        raise ValueError(f"`workers` and `threads_per_worker` must be >= 1, got {workers}, {threads_per_worker}")
     group_size = group_size or default_group_size(device, len(seeds))
-    if group_size < 1:
-        raise ValueError(f"`group_size` must be >= 1, got {group_size}")
+    _check_arguments(preset, settings, workers, threads_per_worker, group_size)
     store = Store(out)
     store.bind(preset)
     groups, check_only, done = plan(store, settings, seeds, group_size, recheck)
@@ -174,40 +167,14 @@ def run_sweep(preset: Preset, out, seeds: list[int] | None = None, settings=None
     client, cluster, summary.cluster = _client(scheduler, workers, threads_per_worker, processes)
     log(f"{preset.name}: {todo} of {total} runs to do ({done} already done; {len(groups)} training task(s), "
         f"{len(check_only)} run(s) with saved weights) on {summary.cluster}")
-    pd = preset.to_dict()
     bar = _Progress(todo, preset.name, progress)
     try:
-        kinds = {}
-        for s, group in groups:
-            tf = client.submit(train_task, pd, s.__dict__, group, device, cuda_graph, pure=False, priority=10,
-                               key=f"train-{preset.name}-{s.key}-{group[0]}-{group[-1]}-{time.time_ns()}")
-            kinds[tf] = ("train", s, group)
-            for seed in group:
-                rf = client.submit(run_record, pd, s.__dict__, seed, tf, relaxed_gradient_tol, pure=False,
-                                   key=f"run-{preset.name}-{s.key}-{seed}-{time.time_ns()}")
-                kinds[rf] = ("run", s, seed)
-        for s, seed, weights, info in check_only:
-            trained = {"ok": True, "weights": {seed: weights}, "info": _as_group_info(info)}
-            rf = client.submit(run_record, pd, s.__dict__, seed, trained, relaxed_gradient_tol, pure=False,
-                               key=f"run-{preset.name}-{s.key}-{seed}-{time.time_ns()}")
-            kinds[rf] = ("run", s, seed)
+        kinds = _submit(client, preset, groups, check_only, device, cuda_graph, relaxed_gradient_tol)
         for fut, timed_out in _finished(client, kinds, task_timeout):
             kind, s, what = kinds.pop(fut)
-            try:
-                if timed_out:
-                    client.cancel(fut)
-                    raise TimeoutError(f"still running after {task_timeout:g} s (cancelled; rerun with a larger "
-                                       "--task-timeout)")
-                result = fut.result()
-            except Exception as exc:  # noqa: BLE001 - a lost worker or a task killed: record and go on
-                result = None if kind == "train" else error_record(preset, s, what, f"{type(exc).__name__}: {exc}")
+            result = _outcome(client, fut, timed_out, task_timeout, None if kind == "train" else (preset, s, what))
             if kind == "train":
-                if result and result.get("ok"):
-                    summary.trained += len(what)
-                    for j, seed in enumerate(what):
-                        store.save_weights(s, seed, result["weights"][seed], _seed_info(result["info"], j))
-                elif result:
-                    log(f"training {s.label} seeds {what[0]}..{what[-1]} failed: {result.get('error')}")
+                _save_training(store, s, what, result, summary, log)
                 fut.release()
                 continue
             store.save_record(s, what, result)
@@ -225,6 +192,63 @@ def run_sweep(preset: Preset, out, seeds: list[int] | None = None, settings=None
     log(f"{preset.name}: {summary.ok} ok, {summary.failed} failed, {summary.trained} trained, "
         f"{summary.seconds:.1f} s")
     return summary
+
+
+def _check_arguments(preset: Preset, settings: tuple, workers: int, threads_per_worker: int, group_size: int) -> None:
+    """Refuse settings outside the preset and non-positive worker counts or group sizes."""
+    unknown = [s for s in settings if s not in preset.settings]
+    if unknown:
+        raise ValueError(f"`settings` {[s.label for s in unknown]} are not in preset {preset.name!r}: "
+                         f"{[s.label for s in preset.settings]}")
+    if workers < 1 or threads_per_worker < 1:
+        raise ValueError(f"`workers` and `threads_per_worker` must be >= 1, got {workers}, {threads_per_worker}")
+    if group_size < 1:
+        raise ValueError(f"`group_size` must be >= 1, got {group_size}")
+
+
+def _submit(client, preset: Preset, groups: list, check_only: list, device: str, cuda_graph: bool,
+            relaxed_gradient_tol: float | None) -> dict:
+    """Submit the training groups, a check per seed after its group, and the check-only runs;
+    ``{future: (kind, setting, seeds or seed)}``."""
+    pd = preset.to_dict()
+    kinds = {}
+    for s, group in groups:
+        tf = client.submit(train_task, pd, s.__dict__, group, device, cuda_graph, pure=False, priority=10,
+                           key=f"train-{preset.name}-{s.key}-{group[0]}-{group[-1]}-{time.time_ns()}")
+        kinds[tf] = ("train", s, group)
+        for seed in group:
+            rf = client.submit(run_record, pd, s.__dict__, seed, tf, relaxed_gradient_tol, pure=False,
+                               key=f"run-{preset.name}-{s.key}-{seed}-{time.time_ns()}")
+            kinds[rf] = ("run", s, seed)
+    for s, seed, weights, info in check_only:
+        trained = {"ok": True, "weights": {seed: weights}, "info": _as_group_info(info)}
+        rf = client.submit(run_record, pd, s.__dict__, seed, trained, relaxed_gradient_tol, pure=False,
+                           key=f"run-{preset.name}-{s.key}-{seed}-{time.time_ns()}")
+        kinds[rf] = ("run", s, seed)
+    return kinds
+
+
+def _outcome(client, fut, timed_out: bool, task_timeout: float | None, run: tuple | None):
+    """A finished future's result; a failed or timed-out task becomes an error record when it is a
+    run (``run = (preset, setting, seed)``), None when it is training."""
+    try:
+        if timed_out:
+            client.cancel(fut)
+            raise TimeoutError(f"still running after {task_timeout:g} s (cancelled; rerun with a larger "
+                               "--task-timeout)")
+        return fut.result()
+    except Exception as exc:  # noqa: BLE001 - a lost worker or a task killed: record and go on
+        return None if run is None else error_record(*run, f"{type(exc).__name__}: {exc}")
+
+
+def _save_training(store: Store, s: SizeSetting, seeds: list, result: dict | None, summary: SweepSummary, log) -> None:
+    """Persist a training group's weights, one file per seed (a failed group is logged)."""
+    if result and result.get("ok"):
+        summary.trained += len(seeds)
+        for j, seed in enumerate(seeds):
+            store.save_weights(s, seed, result["weights"][seed], _seed_info(result["info"], j))
+    elif result:
+        log(f"training {s.label} seeds {seeds[0]}..{seeds[-1]} failed: {result.get('error')}")
 
 
 def _finished(client, kinds: dict, task_timeout: float | None, poll: float = 2.0):

@@ -16,7 +16,7 @@ from .. import __version__
 from ..check import check
 from ..model import TwoLayerNet
 from .estimates import paper_estimates
-from .presets import Preset, Setting
+from .presets import Preset, SizeSetting
 from .training import make_data, train_adam
 
 __all__ = ["train_task", "run_record", "error_record", "RECORD_VERSION"]
@@ -31,7 +31,7 @@ def _error(exc: BaseException) -> dict:
 def train_task(preset: dict, setting: dict, seeds: list, device: str = "cpu", cuda_graph: bool = True) -> dict:
     """Dask task: train ``seeds`` of ``setting`` together; ``{"ok", "weights": {seed: arrays}, "info"}`` or the error."""
     try:
-        p, s = Preset.from_dict(preset), Setting(**setting)
+        p, s = Preset.from_dict(preset), SizeSetting(**setting)
         weights, info = train_adam(s, list(seeds), p, device=device, cuda_graph=cuda_graph)
         info["host"] = platform.node()
         return {"ok": True, "weights": dict(zip(seeds, weights)), "info": info}
@@ -39,7 +39,7 @@ def train_task(preset: dict, setting: dict, seeds: list, device: str = "cpu", cu
         return {"ok": False, **_error(exc)}
 
 
-def error_record(preset: Preset, setting: Setting, seed: int, error: str, tb: str = "") -> dict:
+def error_record(preset: Preset, setting: SizeSetting, seed: int, error: str, tb: str = "") -> dict:
     """The record of a run that failed (``status: "error"``) with its message and traceback."""
     return {"version": RECORD_VERSION, "status": "error", "preset": preset.name, "setting": setting.__dict__,
             "seed": int(seed), "error": error, "traceback": tb}
@@ -77,7 +77,7 @@ def run_record(preset: dict, setting: dict, seed: int, trained: dict,
     ``relaxed_gradient_tol``: also run the check with ``Tolerances(gradient=...)`` (None: skip), which
     tells what the second-order test says at points that are first-order stationary only to that level.
     """
-    p, s = Preset.from_dict(preset), Setting(**setting)
+    p, s = Preset.from_dict(preset), SizeSetting(**setting)
     if not trained.get("ok"):
         return error_record(p, s, seed, "training failed: " + trained.get("error", "?"), trained.get("traceback", ""))
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .presets import PAPER_TABLE1, Preset, Setting
+from .presets import PAPER_TABLE1, Preset
 
 __all__ = ["aggregate", "markdown_report", "write_report", "VERDICTS"]
 

@@ -1,4 +1,4 @@
-"""The Table 1 experiment: presets, batched Adam, the paper's estimates, records, store, Dask sweep, report."""
+"""sospcheck.table1: presets, batched Adam, the paper's estimates, records, store, Dask sweep, report."""
 
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sospcheck.experiment.aggregate import aggregate, markdown_report, write_report  # noqa: E402
-from sospcheck.experiment.estimates import paper_estimates  # noqa: E402
-from sospcheck.experiment.presets import (PAPER_SETTINGS, PAPER_TABLE1, PRESETS, Preset, Setting,  # noqa: E402
-                                          get_preset, parse_settings)
-from sospcheck.experiment.record import run_record, train_task  # noqa: E402
-from sospcheck.experiment.store import Store  # noqa: E402
-from sospcheck.experiment.sweep import parse_seeds, plan  # noqa: E402
-from sospcheck.experiment.training import _Batch, init_weights, make_data, train_adam  # noqa: E402
+from sospcheck.table1.aggregate import aggregate, markdown_report, write_report  # noqa: E402
+from sospcheck.table1.estimates import paper_estimates  # noqa: E402
+from sospcheck.table1.presets import (PAPER_SETTINGS, PAPER_TABLE1, PRESETS, Preset, SizeSetting,  # noqa: E402
+                                      get_preset, parse_settings)
+from sospcheck.table1.record import run_record, train_task  # noqa: E402
+from sospcheck.table1.store import Store  # noqa: E402
+from sospcheck.table1.sweep import parse_seeds, plan  # noqa: E402
+from sospcheck.table1.training import _Batch, init_weights, make_data, train_adam  # noqa: E402
 
-TINY = Preset(name="tiny", description="test", settings=(Setting(4, 2, 60), Setting(3, 1, 40)), n_seeds=2,
+TINY = Preset(name="tiny", description="test", settings=(SizeSetting(4, 2, 60), SizeSetting(3, 1, 40)), n_seeds=2,
               iters=300, decay_every=100, lr=1e-2)
 
 
@@ -33,7 +33,7 @@ def test_paper_preset_is_the_papers_experiment():
     assert p.settings == PAPER_SETTINGS and len(p.settings) == 7
     assert (p.n_seeds, p.iters, p.decay_every, p.lr, p.decay) == (40, 200_000, 20_000, 1e-3, 0.2)
     assert (p.loss, p.s_minus, p.weight_decay) == ("squared", 0.0, 0.0)
-    assert PAPER_TABLE1[Setting(1000, 10, 10000)] == {"runs": 40, "avg_M": 1058.35, "avg_L": 0.925, "avg_K": 0.025,
+    assert PAPER_TABLE1[SizeSetting(1000, 10, 10000)] == {"runs": 40, "avg_M": 1058.35, "avg_L": 0.925, "avg_K": 0.025,
                                                       "p_L": 0.625}
     assert get_preset("paper-leaky").s_minus == 0.01
     assert get_preset("quick-logistic").loss == "logistic"
@@ -51,7 +51,7 @@ def test_argument_errors_name_the_argument():
         parse_seeds("a-b", 3)
     with pytest.raises(ValueError, match="`loss`"):
         replace(TINY, loss="hinge")
-    assert parse_settings("10,1,1000; 100,1,1000") == (Setting(10, 1, 1000), Setting(100, 1, 1000))
+    assert parse_settings("10,1,1000; 100,1,1000") == (SizeSetting(10, 1, 1000), SizeSetting(100, 1, 1000))
     assert parse_seeds(None, 3) == [0, 1, 2] and parse_seeds("4", 9) == [0, 1, 2, 3]
     assert parse_seeds("2-4", 9) == [2, 3, 4] and parse_seeds("7,1", 9) == [1, 7]
 
@@ -61,7 +61,7 @@ def test_argument_errors_name_the_argument():
 @pytest.mark.parametrize("loss,s_minus,lam", [("squared", 0.0, 0.0), ("logistic", 0.0, 0.0),
                                                ("squared", 0.01, 0.0), ("squared", 0.0, 1e-2)])
 def test_hand_written_gradient_matches_autograd(loss, s_minus, lam):
-    s = Setting(5, 3, 50)
+    s = SizeSetting(5, 3, 50)
     X, Y = make_data(s, 0, loss)
     w = init_weights(s, 0)
     P = torch.tensor(np.concatenate([w["W1"].ravel(), w["b1"], w["W2"].ravel(), w["b2"]])[None], dtype=torch.float64)
@@ -82,7 +82,7 @@ def test_hand_written_gradient_matches_autograd(loss, s_minus, lam):
 
 
 def test_batched_adam_is_torch_adam_per_seed():
-    s, p = Setting(4, 2, 30), replace(TINY, iters=50, decay_every=20)
+    s, p = SizeSetting(4, 2, 30), replace(TINY, iters=50, decay_every=20)
     batched, info = train_adam(s, [3, 5], p, device="cpu")
     assert info["batch"] == 2 and info["iters"] == 50 and len(info["objective"]) == 2
     for seed, got in zip([3, 5], batched):
@@ -102,7 +102,7 @@ def test_batched_adam_is_torch_adam_per_seed():
 
 
 def test_a_run_does_not_depend_on_its_batch():
-    s = Setting(4, 2, 30)
+    s = SizeSetting(4, 2, 30)
     alone, _ = train_adam(s, [1], TINY, device="cpu")
     together, _ = train_adam(s, [0, 1, 2], TINY, device="cpu")
     for k in alone[0]:
@@ -113,7 +113,7 @@ def test_unusable_device_is_an_error_naming_it():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(ValueError, match="`device`"):
-        train_adam(Setting(2, 1, 5), [0], TINY, device="cuda")
+        train_adam(SizeSetting(2, 1, 5), [0], TINY, device="cuda")
 
 
 # ---- the paper's estimates -------------------------------------------------------------------------
@@ -179,7 +179,7 @@ def test_store_plans_only_missing_runs_and_refuses_another_preset(tmp_path):
 
 def test_sweep_on_local_cluster_persists_resumes_and_records_failures(tmp_path):
     pytest.importorskip("distributed")
-    from sospcheck.experiment.sweep import run_sweep
+    from sospcheck.table1.sweep import run_sweep
 
     logs = []
     first = run_sweep(TINY, tmp_path / "a", seeds=[0], workers=2, processes=True, device="cpu", progress=False,
@@ -231,10 +231,11 @@ def test_aggregate_in_the_papers_format_beside_the_paper():
 
 # ---- the CLI, as the README runs it ------------------------------------------------------------------
 
+@pytest.mark.slow  # the quick preset end to end: minutes; `-m "not slow"` skips it, CI runs it
 def test_quick_preset_from_the_command_line(tmp_path):
     pytest.importorskip("distributed")
     out = tmp_path / "quick"
-    proc = subprocess.run([sys.executable, "-m", "sospcheck.experiment", "table1", "--preset", "quick", "--out",
+    proc = subprocess.run([sys.executable, "-m", "sospcheck.table1", "table1", "--preset", "quick", "--out",
                            str(out), "--no-progress"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| (10, 1, 1000) | 4 | 290 (7.25) |" in proc.stdout
@@ -242,9 +243,9 @@ def test_quick_preset_from_the_command_line(tmp_path):
     for f in ("table1.md", "table1.csv", "runs.csv", "preset.json"):
         assert (out / f).exists(), f
     assert len(list((out / "runs").glob("*/seed*.json"))) == 8
-    again = subprocess.run([sys.executable, "-m", "sospcheck.experiment", "table1", "--preset", "quick", "--out",
+    again = subprocess.run([sys.executable, "-m", "sospcheck.table1", "table1", "--preset", "quick", "--out",
                             str(out), "--no-progress"], capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "all 8 runs already done" in again.stderr
-    bad = subprocess.run([sys.executable, "-m", "sospcheck.experiment", "table1", "--preset", "quick", "--out",
+    bad = subprocess.run([sys.executable, "-m", "sospcheck.table1", "table1", "--preset", "quick", "--out",
                           str(out), "--seeds", "x-y"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "`seeds`" in bad.stderr

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-__all__ = ["Setting", "Preset", "PRESETS", "PAPER_TABLE1", "PAPER_SETTINGS", "get_preset", "parse_settings"]
+__all__ = ["SizeSetting", "Preset", "PRESETS", "PAPER_TABLE1", "PAPER_SETTINGS", "get_preset", "parse_settings"]
 
 
 @dataclass(frozen=True, order=True)
-class Setting:
-    """One (dx, dh, m) of Table 1: input dimension, hidden width, number of data points."""
+class SizeSetting:
+    """One (dx, dh, m) of Table 1: input dimension, hidden width, number of data points.
+
+    A preset's ``settings`` are these; records store one as ``"setting": {"dx", "dh", "m"}``.
+    """
 
     dx: int
     dh: int
@@ -28,7 +31,7 @@ class Setting:
         return f"({self.dx}, {self.dh}, {self.m})"
 
 
-PAPER_SETTINGS = tuple(Setting(*s) for s in (
+PAPER_SETTINGS = tuple(SizeSetting(*s) for s in (
     (10, 1, 1000), (10, 1, 10000), (100, 1, 1000), (100, 1, 10000), (100, 10, 10000), (1000, 1, 10000),
     (1000, 10, 10000)))
 
@@ -88,7 +91,7 @@ class Preset:
     @classmethod
     def from_dict(cls, d: dict) -> "Preset":
         d = dict(d)
-        d["settings"] = tuple(Setting(**s) for s in d["settings"])
+        d["settings"] = tuple(SizeSetting(**s) for s in d["settings"])
         return cls(**d)
 
 
@@ -96,7 +99,7 @@ _BASES = {
     "quick": dict(
         description="scaled down for CI: the paper's two m = 1000 settings, 4 seeds, 20,000 Adam steps decayed "
                     "0.2x every 2,000 (the paper's schedule compressed 10x)",
-        settings=(Setting(10, 1, 1000), Setting(100, 1, 1000)), n_seeds=4, iters=20_000, decay_every=2_000),
+        settings=(SizeSetting(10, 1, 1000), SizeSetting(100, 1, 1000)), n_seeds=4, iters=20_000, decay_every=2_000),
     "medium": dict(
         description="the paper's four dh = 1, dx <= 100 settings, 8 seeds, the full 200,000-step schedule "
                     "(CPU-affordable)",
@@ -130,7 +133,7 @@ def get_preset(name: str) -> Preset:
 
 
 def parse_settings(text: str) -> tuple:
-    """``"10,1,1000;100,1,1000"`` -> ``(Setting(10, 1, 1000), Setting(100, 1, 1000))``."""
+    """``"10,1,1000;100,1,1000"`` -> ``(SizeSetting(10, 1, 1000), SizeSetting(100, 1, 1000))``."""
     out = []
     for part in filter(None, (p.strip() for p in text.replace(" ", "").split(";"))):
         try:
@@ -139,7 +142,7 @@ def parse_settings(text: str) -> tuple:
             raise ValueError(f"`settings` must be 'dx,dh,m;dx,dh,m;...', got {text!r}") from None
         if min(dx, dh, m) <= 0:
             raise ValueError(f"`settings` entries must be positive, got {part!r}")
-        out.append(Setting(dx, dh, m))
+        out.append(SizeSetting(dx, dh, m))
     if not out:
         raise ValueError(f"`settings` names no setting: {text!r}")
     return tuple(out)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .presets import Preset, Setting
+from .presets import Preset, SizeSetting
 
 __all__ = ["Store"]
 
@@ -26,10 +26,10 @@ class Store:
     def __init__(self, out: str | os.PathLike):
         self.root = Path(out)
 
-    def record_path(self, setting: Setting, seed: int) -> Path:
+    def record_path(self, setting: SizeSetting, seed: int) -> Path:
         return self.root / "runs" / setting.key / f"seed{int(seed):04d}.json"
 
-    def weights_path(self, setting: Setting, seed: int) -> Path:
+    def weights_path(self, setting: SizeSetting, seed: int) -> Path:
         return self.record_path(setting, seed).with_suffix(".npz")
 
     def bind(self, preset: Preset) -> None:
@@ -52,28 +52,28 @@ class Store:
             raise ValueError(f"`out` {self.root} holds no sweep (no preset.json)")
         return Preset.from_dict(json.loads(path.read_text()))
 
-    def is_done(self, setting: Setting, seed: int) -> bool:
+    def is_done(self, setting: SizeSetting, seed: int) -> bool:
         rec = self.load_record(setting, seed)
         return rec is not None and rec.get("status") == "ok"
 
-    def load_record(self, setting: Setting, seed: int) -> dict | None:
+    def load_record(self, setting: SizeSetting, seed: int) -> dict | None:
         path = self.record_path(setting, seed)
         try:
             return json.loads(path.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
-    def save_record(self, setting: Setting, seed: int, record: dict) -> None:
+    def save_record(self, setting: SizeSetting, seed: int, record: dict) -> None:
         _atomic_write(self.record_path(setting, seed), json.dumps(record, indent=1, default=_jsonable).encode())
 
-    def save_weights(self, setting: Setting, seed: int, weights: dict, info: dict) -> None:
+    def save_weights(self, setting: SizeSetting, seed: int, weights: dict, info: dict) -> None:
         path = self.weights_path(setting, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.stem + ".tmp.npz")
         np.savez(tmp, **weights, info=np.array(json.dumps(info, default=_jsonable)))
         os.replace(tmp, path)
 
-    def load_weights(self, setting: Setting, seed: int) -> tuple[dict, dict] | None:
+    def load_weights(self, setting: SizeSetting, seed: int) -> tuple[dict, dict] | None:
         path = self.weights_path(setting, seed)
         if not path.exists():
             return None

@@ -1,4 +1,4 @@
-"""``python -m sospcheck.experiment table1 --preset quick`` (the same as ``sospcheck experiment ...``)."""
+"""``python -m sospcheck.table1 table1 --preset quick`` (the same as ``sospcheck experiment ...``)."""
 
 import sys
 
