@@ -176,3 +176,40 @@ def test_demo_uses_the_rich_report(capsys):
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
     assert out.count("╭─ sospcheck") == 3 and "T3 negative" in out and "per neuron" in out
+
+
+@pytest.mark.parametrize("option,text,match", [
+    ("--tolerances", "[" * 100_000 + "]" * 100_000, "--tolerances must be a JSON object"),
+    ("--budget", '{"max_icqp": ' + "9" * 5000 + "}", "--budget must be a JSON object"),
+    ("--budget", '{"max_icqp": 1e400}', r"budget `max_icqp` must be a positive integer, got inf"),
+    ("--tolerances", '{"gradient": NaN}', r"tolerance `gradient` must be a finite number >= 0, got nan"),
+    ("--tolerances", '{"gradient": "1e-6"}', r"tolerance `gradient` must be a finite number >= 0, got '1e-6'"),
+])
+def test_json_options_refuse_what_is_not_a_plain_number(files, capsys, option, text, match):
+    _, params, data = files
+    assert main(["check", "--params", params, "--data", data, "--loss", "squared", option, text]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and pytest.importorskip("re").search(match, err), err[:300]
+
+
+def test_outputs_are_checked_before_the_check_runs(files, capsys, monkeypatch):
+    import sospcheck.cli as cli
+
+    tmp, params, data = files
+    monkeypatch.setattr(cli, "check", lambda *a, **k: pytest.fail("the check ran before the outputs were checked"))
+    (tmp / "ro.json").write_text("{}")
+    (tmp / "ro.json").chmod(0o444)
+    for option, path, match in (("--json", tmp / "ro.json", "is read-only"),
+                                ("--direction-out", tmp / "none" / "d.npz", "does not exist"),
+                                ("--direction-out", tmp, "is a directory")):
+        assert main(["check", "--params", params, "--data", data, "--loss", "squared", option, str(path)]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.startswith(f"sospcheck: error: {option} ") and match in captured.err
+    assert sorted(p.name for p in tmp.iterdir()) == ["d.npz", "p.npz", "ro.json"]
+
+
+def test_grid_is_bounded_before_any_work(files, capsys):
+    _, params, data = files
+    assert main(["plot", "--params", params, "--data", data, "--loss", "squared", "-o", "x.png", "--grid", "100000"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "--grid must be at least 5 and at most 401" in captured.err

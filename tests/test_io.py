@@ -8,7 +8,9 @@ import pytest
 from sospcheck import check
 from sospcheck.cli import main
 from sospcheck.demo import EXAMPLES
-from sospcheck.io import InputError, load_params, params_format
+from sospcheck.io import (InputError, check_writable, clean_message, load_data, load_params, params_format,
+                          save_direction)
+from sospcheck.model import Direction
 
 
 def _npz(path, **arrays):
@@ -209,3 +211,121 @@ def test_safetensors_errors(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "safetensors", None)
     with pytest.raises(InputError, match=r"pip install 'sospcheck\[safetensors\]'"):
         load_params(str(bad))
+
+
+# ---------------------------------------------------------------- hostile files (issue 12)
+
+
+def test_params_npz_refuses_unknown_keys_but_accepts_the_data(tmp_path):
+    ex = EXAMPLES[1]
+    base = dict(W1=ex.net.W1, b1=ex.net.b1, W2=ex.net.W2, b2=ex.net.b2)
+    assert load_params(_npz(tmp_path / "both.npz", **base, X=ex.X, Y=ex.Y)).dh == ex.net.dh
+    with pytest.raises(InputError, match=r"unexpected key\(s\) \['W3', 'arr_0'\]"):
+        load_params(_npz(tmp_path / "deep.npz", **base, W3=np.ones((1, 1)), arr_0=np.ones(1)))
+
+
+def test_data_file_reads_only_x_and_y(tmp_path):
+    # other keys (here an object array that could not be read without pickles) are never touched
+    path = tmp_path / "d.npz"
+    np.savez(path, X=np.ones((2, 1)), Y=np.zeros(2), notes=np.array([{"a": 1}], dtype=object))
+    X, Y = load_data(str(path))
+    assert X.shape == (2, 1) and Y.shape == (2,)
+
+
+@pytest.mark.parametrize("array,match", [
+    (np.ones((2, 2), dtype=np.complex64), r"array 'W1' holds complex numbers \(dtype complex64\)"),
+    (np.array([[b"1"]]), r"array 'W1' holds bytes"),
+    (np.array([[1]], dtype="timedelta64[s]"), r"array 'W1' holds timedeltas"),
+    (np.array([[None]], dtype=object), r"array 'W1' holds Python objects"),
+])
+def test_npz_dtype_is_checked_from_the_header(tmp_path, array, match):
+    path = _npz(tmp_path / "p.npz", W1=array, b1=np.zeros(1), W2=np.ones((1, 1)), b2=np.zeros(1))
+    with pytest.raises(InputError, match=match):
+        load_params(path)
+
+
+def test_non_regular_files_are_refused_before_opening(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.pt"
+    os.mkfifo(fifo)
+    assert params_format(str(fifo)) == "torch" and params_format(str(tmp_path / "nothing")) == "npz"
+    for path in (fifo, "/dev/null"):
+        with pytest.raises(InputError, match="expected a regular file"):
+            load_params(str(path))
+    with pytest.raises(InputError, match=r"--data path .* is a FIFO"):
+        load_data(str(fifo))
+
+
+def test_save_direction_writes_exactly_the_path_given(tmp_path):
+    d = Direction(np.ones((2, 1)), None, np.ones((1, 2)), np.zeros(1))
+    save_direction(str(tmp_path / "dir.out"), d)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.out"]
+    assert set(np.load(tmp_path / "dir.out").files) == {"W1", "W2", "b2"}
+
+
+def test_check_writable_names_the_option_and_leaves_nothing_behind(tmp_path):
+    check_writable(str(tmp_path / "new.json"), "--json")
+    existing = tmp_path / "old.json"
+    existing.write_text("keep")
+    check_writable(str(existing), "--json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.json"] and existing.read_text() == "keep"
+    existing.chmod(0o444)
+    for path, match in ((existing, "is read-only"), (tmp_path, "is a directory"),
+                        (tmp_path / "no" / "x.json", "the folder .* does not exist")):
+        with pytest.raises(InputError, match=rf"--json '.*':? {match}"):
+            check_writable(str(path), "--json")
+
+
+def test_clean_message_strips_escape_codes_and_control_characters():
+    assert clean_message("a\x1b[31mred\x1b[0m\n\tb\x07c\x1b]0;title\x07d") == "ared b cd"
+    assert len(clean_message("x" * 1000)) == 300 and clean_message("x" * 1000, limit=None) == "x" * 1000
+
+
+def test_expanded_and_complex_tensors_are_refused_by_name(tmp_path, torch):
+    huge = torch.zeros(1, dtype=torch.float16).expand(20_000, 20_000)
+    torch.save({"fc1.weight": huge, "fc2.weight": torch.zeros(1, 20_000)}, tmp_path / "big.pt")
+    with pytest.raises(InputError, match=r"`fc1\.weight` has shape \(20000, 20000\)"):
+        load_params(str(tmp_path / "big.pt"))
+    state = {**_sequential(torch).state_dict(), "2.bias": torch.zeros(1, dtype=torch.complex64)}
+    torch.save(state, tmp_path / "complex.pt")
+    with pytest.raises(InputError, match=r"`2\.bias` must be a real tensor"):
+        load_params(str(tmp_path / "complex.pt"))
+    torch.save({"state_dict": _sequential(torch).state_dict(), "s_minus": "0.1"}, tmp_path / "ckpt.pt")
+    with pytest.raises(InputError, match=r"`s_minus` must be a real number, got str of strings"):
+        load_params(str(tmp_path / "ckpt.pt"))
+
+
+def test_safetensors_header_is_checked_before_reading(tmp_path):
+    pytest.importorskip("safetensors")
+    import json
+    import struct
+
+    def write(name, header):
+        raw = json.dumps(header).encode()
+        (tmp_path / name).write_bytes(struct.pack("<Q", len(raw)) + raw)
+        return str(tmp_path / name)
+
+    big = write("big.safetensors", {"W1": {"dtype": "F32", "shape": [100000, 100000], "data_offsets": [0, 0]}})
+    with pytest.raises(InputError, match=r"`W1` has shape \(100000, 100000\)"):
+        load_params(big)
+    cplx = write("c.safetensors", {"W1": {"dtype": "C64", "shape": [1, 1], "data_offsets": [0, 8]}})
+    with pytest.raises(InputError, match=r"tensor 'W1' holds complex numbers"):
+        load_params(cplx)
+    (tmp_path / "long.safetensors").write_bytes(struct.pack("<Q", 10**12) + b"{}")
+    with pytest.raises(InputError, match=r"not a readable safetensors file \(header length"):
+        load_params(str(tmp_path / "long.safetensors"))
+
+
+def test_escape_codes_in_a_torch_error_are_stripped(tmp_path, torch):
+    import zipfile
+
+    torch.save({"a": torch.zeros(1)}, tmp_path / "ok.pt")
+    with zipfile.ZipFile(tmp_path / "ok.pt") as z, zipfile.ZipFile(tmp_path / "evil.pt", "w") as out:
+        for n in z.namelist():
+            out.writestr(n, b"\x80\x02c\x1b[31mevil\x1b[0m\nfunc\n)R." if n.endswith("data.pkl") else z.read(n))
+    with pytest.raises(InputError) as info:
+        load_params(str(tmp_path / "evil.pt"))
+    text = str(info.value)
+    assert "\x1b" not in text and "\n" not in text and "Unsupported global: GLOBAL evil.func" in text
+    assert "Re-running" not in text  # torch's advice to load with weights_only=False is left out

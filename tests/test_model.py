@@ -53,3 +53,31 @@ def test_direction_roundtrip():
     moved = net.perturbed(d, 0.5)
     np.testing.assert_allclose(moved.b1, [1.5, 3.5])
     assert abs(d.normalized().norm() - 1) < 1e-12
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(W1=np.ones((2, 3)) + 0j), r"`W1` must be a numeric array of real numbers, got ndarray of complex numbers"),
+    (dict(W1=[[1, 2, 3], [4, 5, 6j]]), r"`W1` .* got list of complex numbers"),
+    (dict(W1=[["1", "2", "3"]] * 2), r"`W1` .* got list of strings"),
+    (dict(b1=np.array([b"0", b"1"])), r"`b1` .* bytes"),
+    (dict(W2=np.array([["2020-01-01", "2020-01-02"]], dtype="datetime64[D]")), r"`W2` .* datetimes"),
+    (dict(b2=np.array([np.timedelta64(1, "s")])), r"`b2` .* timedeltas"),
+    (dict(W1=[[1, None, 3], [4, 5, 6]]), r"`W1` .* Python objects"),
+    (dict(W1=[[1, 2], [3]]), r"`W1` must be a numeric array of real numbers, got list \("),
+    (dict(s_plus=None), r"`s_plus` must be a real number, got None"),
+    (dict(s_minus=True), r"`s_minus` must be a number, got True"),
+    (dict(s_plus=1 + 0j), r"`s_plus` must be a real number, got complex"),
+    (dict(s_plus=float("nan")), r"`s_plus` must be a finite number"),
+    (dict(W1=np.broadcast_to(1.0, (200_000, 3000)), b1=np.zeros(200_000), W2=np.ones((1, 200_000))),
+     r"`W1` has shape \(200000, 3000\) \(600,000,000 elements\), over the limit"),
+])
+def test_only_real_numbers_within_the_size_limit_are_weights(kw, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        TwoLayerNet(**good(**kw))
+
+
+def test_real_dtypes_and_numpy_scalars_are_accepted():
+    net = TwoLayerNet(**good(W1=np.ones((2, 3), dtype=np.int8), b1=np.array([True, False]), W2=np.ones((1, 2), np.float16),
+                             s_plus=np.float32(2.0), s_minus=np.int64(0)))
+    assert net.W1.dtype == net.b1.dtype == net.W2.dtype == np.float64 and net.b1.tolist() == [1.0, 0.0]
+    assert (net.s_plus, net.s_minus) == (2.0, 0.0) and type(net.s_plus) is float

@@ -232,3 +232,32 @@ def test_check_model_descent_direction_applies_to_result_net():
     with torch.no_grad():
         after = float(nn.MSELoss()(model(torch.tensor(X)), torch.tensor(Y)[:, None]))
     assert after == pytest.approx(r.descent.loss_after, rel=1e-12) and after < r.loss_value
+
+
+@pytest.mark.filterwarnings("ignore:Complex modules")
+def test_complex_and_expanded_parameters_are_refused_before_conversion():
+    model = seq().to(torch.complex128)
+    with pytest.raises(TypeError, match=r"`W1` must be a real tensor, got dtype torch.complex128"):
+        from_torch(model, check_forward=False)
+    model = seq(dx=1, dh=1, dy=1)
+    with torch.no_grad():  # a stride-0 view: 8 bytes of storage, 80 GB once converted
+        model[0].weight = nn.Parameter(torch.zeros(1, dtype=torch.float64).expand(100_000, 100_000))
+    with pytest.raises(ValueError, match=r"`W1` has shape \(100000, 100000\)"):
+        from_torch(model, check_forward=False)
+    with pytest.raises(ValueError, match=r"`X` has shape \(100000, 100000\)"):
+        check_model(seq(), torch.zeros(1).expand(100_000, 100_000), torch.zeros(1, 2))
+    with pytest.raises(TypeError, match=r"`Y` must be a tensor or a numeric array of real numbers, got list of strings"):
+        check_model(seq(dy=1), np.zeros((2, 3)), ["a", "b"])
+
+
+def test_to_torch_checks_device_and_dtype():
+    net = TwoLayerNet([[1.0]], [0.0], [[1.0]], [0.0])
+    with pytest.raises(ValueError, match=r"`device` must be 'cpu', 'cuda' or 'cuda:N', got 'nonsense'"):
+        to_torch(net, device="nonsense")
+    with pytest.raises(ValueError, match=r"`device` 'cuda:99' is not available"):
+        to_torch(net, device="cuda:99")
+    with pytest.raises(ValueError, match=r"`device` must be .*float64 is needed.*'meta'"):
+        to_torch(net, device="meta")
+    with pytest.raises(TypeError, match=r"`dtype` must be a real floating torch dtype"):
+        to_torch(net, dtype=torch.complex64)
+    assert to_torch(net, device="cpu")[0].weight.device.type == "cpu"

@@ -22,33 +22,13 @@ from .point import evaluate_point
 from .result import CheckResult, DescentCertificate, Stats, Verdict
 from .second_order import Outcome, second_order_test
 from .snap import snap_to_kinks
+from .validation import validate_inputs
 from .verify import verify_descent
 from .zero_output import zero_output_mask
 
 __all__ = ["check", "validate_inputs"]
 
 
-def validate_inputs(net, X, Y, loss, reduction: str, weight_decay) -> tuple[np.ndarray, np.ndarray, Loss, float, float]:
-    """Check everything before any work; return ``X``, prepared ``Y``, the loss, weight and decay."""
-    if not isinstance(net, TwoLayerNet):
-        raise TypeError(f"`net` must be a sospcheck.TwoLayerNet, got {type(net).__name__}")
-    X = as_float_array(X, "X", 2)
-    if X.shape[0] == 0:
-        raise ValueError("`X` is empty: the check needs at least one data point")
-    if X.shape[1] != net.dx:
-        raise ValueError(f"`X` has {X.shape[1]} feature column(s) but W1 expects dx = {net.dx}")
-    lossobj = get_loss(loss)
-    Yp = lossobj.prepare(Y, net.dy)
-    if Yp.shape[0] != X.shape[0]:
-        raise ValueError(f"`Y` has {Yp.shape[0]} row(s) but `X` has {X.shape[0]}")
-    weight = reduction_weight(reduction, X.shape[0])
-    try:
-        lam = float(weight_decay)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"`weight_decay` must be a number, got {weight_decay!r}") from exc
-    if not math.isfinite(lam) or lam < 0:
-        raise ValueError(f"`weight_decay` must be a finite number >= 0, got {weight_decay!r}")
-    return X, Yp, lossobj, weight, lam
 
 
 def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight_decay: float = 0.0,

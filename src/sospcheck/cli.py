@@ -19,7 +19,7 @@ from rich.text import Text
 
 from . import __version__
 from .check import check
-from .io import InputError, load_data, load_params, save_direction
+from .io import InputError, check_writable, clean_message, load_data, load_params, save_direction
 from .options import Budget, Tolerances
 
 __all__ = ["main", "build_parser", "ProgressDisplay"]
@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="check one point (weights + data)")
     _add_point_options(c)
     c.add_argument("--json", metavar="OUT.json", help="write the full report as JSON ('-' for stdout, nothing else)")
-    c.add_argument("--direction-out", metavar="DIR.npz", help="write the descent direction (W1, b1, W2, b2)")
+    c.add_argument("--direction-out", metavar="DIR.npz", help="write the descent direction (W1, b1, W2, b2) as an "
+                   ".npz archive to exactly this path")
     c.add_argument("--plot", metavar="OUT.png", help="also draw the plots of `sospcheck plot` (.png, .svg or .pdf)")
     c.add_argument("--quiet", action="store_true", help="print only the verdict")
 
@@ -68,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_point_options(p)
     p.add_argument("-o", "--out", required=True, metavar="OUT.png", help="output file: .png, .svg or .pdf")
     p.add_argument("--seed", type=int, default=0, help="seed of the random slice directions (default 0)")
-    p.add_argument("--grid", type=int, default=41, metavar="N", help="points per side of the 2-D slice (default 41)")
+    p.add_argument("--grid", type=int, default=41, metavar="N", help="points per side of the 2-D slice, 5 to 401 "
+                   "(default 41)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
     sub.add_parser("schema", help="print the JSON schema of the --json report")
@@ -122,8 +124,8 @@ def _json_arg(text: str | None, name: str) -> dict | None:
         return None
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{name} must be a JSON object: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # bad JSON, an integer too long, nesting too deep
+        raise InputError(f"{name} must be a JSON object: {clean_message(exc)}") from exc
     if not isinstance(value, dict):
         raise InputError(f"{name} must be a JSON object, got {type(value).__name__}")
     return value
@@ -137,6 +139,16 @@ def _plot_target(path: str | None, option: str) -> None:
 
     check_output_path(path, option)
     require_matplotlib(option)
+    check_writable(path, option)
+
+
+def _output_targets(args) -> None:
+    """Every file the command will write must be writable before any work, so that no check runs in vain."""
+    if args.json not in (None, "-"):
+        check_writable(args.json, "--json")
+    if args.direction_out is not None:
+        check_writable(args.direction_out, "--direction-out")
+    _plot_target(args.plot, "--plot")
 
 
 def _check(args, display: ProgressDisplay):
@@ -162,7 +174,7 @@ def _plot(result, X, Y, path: str, display: ProgressDisplay, seed: int = 0, grid
 
 def _run_check(args) -> int:
     to_stdout = args.json == "-"
-    _plot_target(args.plot, "--plot")
+    _output_targets(args)
     show_progress = not (args.quiet or to_stdout)
     with ProgressDisplay(enabled=show_progress) as display:
         result, X, Y = _check(args, display)
@@ -190,9 +202,10 @@ def _run_check(args) -> int:
 
 
 def _run_plot(args) -> int:
+    from .plot import check_grid
+
+    check_grid(args.grid, "--grid")
     _plot_target(args.out, "--out")
-    if args.grid < 5:
-        raise InputError(f"--grid must be at least 5, got {args.grid}")
     with ProgressDisplay(enabled=not args.quiet) as display:
         result, X, Y = _check(args, display)
         _plot(result, X, Y, args.out, display, seed=args.seed, grid=args.grid)
@@ -228,7 +241,7 @@ def _run_demo() -> int:
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return clean_message(exc, limit=None) or type(exc).__name__
 
 
 def main(argv=None) -> int:
@@ -247,6 +260,9 @@ def main(argv=None) -> int:
         return _run_check(args)
     except (InputError, ValueError, TypeError, OSError, ImportError) as exc:
         print(f"sospcheck: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:  # sizes are checked against MAX_ELEMENTS first; this is the last resort
+        print(f"sospcheck: error: not enough memory ({_one_line(exc)})", file=sys.stderr)
         return 2
 
 

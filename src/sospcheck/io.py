@@ -3,7 +3,8 @@
 ``--params`` accepts three formats, told apart by the extension (or, for another extension, by
 the file's first bytes):
 
-- ``.npz``: keys ``W1, b1, W2, b2`` and optional scalars ``s_plus, s_minus``;
+- ``.npz``: keys ``W1, b1, W2, b2`` and optional scalars ``s_plus, s_minus`` (also ``X, Y`` when the
+  file is the ``--data`` file too; any other key is refused);
 - ``.pt`` / ``.pth`` / ``.ckpt``: a PyTorch ``state_dict`` of ``Linear -> ReLU -> Linear``
   (keys ``0.weight, 0.bias, 2.weight, 2.bias`` for an ``nn.Sequential``, any two layer names
   otherwise), or a checkpoint dict holding one under ``state_dict`` / ``model_state_dict``;
@@ -12,56 +13,166 @@ the file's first bytes):
   optionally in the metadata (extra ``safetensors``).
 
 ``--data`` is an ``.npz`` with ``X`` and ``Y``.
+
+Only regular files are read (a pipe or device could make a read never end). Every array must hold
+real numbers (float, int or bool; no complex, text, dates or objects) and have at most
+:data:`sospcheck.model.MAX_ELEMENTS` elements; both are checked from the ``.npy`` header, the
+tensor's shape or the safetensors header, before the data are read or converted.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import re
+import stat
 import zipfile
 
 import numpy as np
 
-from .model import Direction, TwoLayerNet
+from .model import Direction, TwoLayerNet, check_size, dtype_problem, real_array
 
 __all__ = ["InputError", "load_npz", "load_params", "load_data", "save_direction", "params_format",
-           "two_layer_from_tensors", "TORCH_SUFFIXES", "SAFETENSORS_SUFFIXES"]
+           "two_layer_from_tensors", "check_writable", "clean_message", "TORCH_SUFFIXES", "SAFETENSORS_SUFFIXES"]
 
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
 SAFETENSORS_SUFFIXES = (".safetensors",)
 _NPZ_KEYS = ("W1", "b1", "W2", "b2")
 _SLOPES = ("s_plus", "s_minus")
-_FORMATS_HINT = (".npz (W1, b1, W2, b2), .pt/.pth/.ckpt (a PyTorch state_dict or checkpoint) "
-                 "or .safetensors")
+_DATA_KEYS = ("X", "Y")
+_HEADER_LIMIT = 100_000_000  # bytes of a safetensors JSON header, the format's own limit
+# the optional dependencies: (kind of file, what to install, extra)
+_EXTRAS = {"torch": ("a PyTorch", "PyTorch", "torch"),
+           "safetensors": ("a safetensors", "the safetensors package", "safetensors")}
+_ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])")
+# torch's advice around the reason a weights_only load failed
+_TORCH_HINTS = ("Weights only load failed", "(1)", "(2)", "Check the documentation", "Please file an issue")
 
 
 class InputError(ValueError):
     """A file or value the user supplied cannot be used; the message says which and why."""
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+def clean_message(text, limit: int | None = 300) -> str:
+    """``text`` as one line (of at most ``limit`` characters), without terminal escape codes or control characters."""
+    text = "".join(ch if ch.isprintable() else " " for ch in _ANSI.sub("", str(text)))
+    text = " ".join(text.split())
+    return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _exists(path: str, what: str) -> None:
-    if not os.path.exists(path):
-        raise InputError(f"{what} file {path!r} does not exist")
-    if os.path.isdir(path):
+def _reason(exc: BaseException) -> str:
+    """The line of a foreign exception that says what went wrong, cleaned; torch's advice dropped."""
+    lines = [clean_message(line) for line in _ANSI.sub("", str(exc)).splitlines()]
+    lines = [line for line in lines if line]
+    useful = [line for line in lines if not line.startswith(_TORCH_HINTS)] or lines
+    if not useful:
+        return type(exc).__name__
+    text = useful[0].removeprefix("WeightsUnpickler error: ")
+    # a long line goes on with advice after its first sentence
+    return text.split(". ")[0] + "." if len(text) > 120 and ". " in text else text
+
+
+def _optional(module: str, path: str | None = None):
+    """The optional dependency ``module``; when missing, None (``path`` None) or an error naming the file."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if path is None:
+            return None
+        kind, package, extra = _EXTRAS[module]
+        raise InputError(f"--params file {path!r} is {kind} file; reading it needs {package}: "
+                         f"pip install 'sospcheck[{extra}]'") from exc
+
+
+def _regular_file(path: str, what: str) -> int:
+    """The size of ``path``; refuses a missing path, a directory, and a pipe or device (reading one may never end)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError as exc:
+        raise InputError(f"{what} file {path!r} does not exist") from exc
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{what} file {path!r} cannot be read ({_reason(exc)})") from exc
+    if stat.S_ISDIR(st.st_mode):
         raise InputError(f"{what} path {path!r} is a directory, expected a file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) or \
+            stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file"
+        raise InputError(f"{what} path {path!r} is {kind}; expected a regular file")
+    return st.st_size
+
+
+def check_writable(path: str, option: str) -> None:
+    """Fail now, naming ``option``, when ``path`` cannot be written: a directory, a missing folder, a
+    read-only file or place. Opening for appending changes nothing; a file created to try is removed."""
+    full = os.path.abspath(path)
+    if os.path.isdir(full):
+        raise InputError(f"{option} {path!r} is a directory; give a file name")
+    folder = os.path.dirname(full)
+    if not os.path.isdir(folder):
+        raise InputError(f"{option} {path!r}: the folder {folder!r} does not exist")
+    existed = os.path.lexists(full)
+    if existed and os.path.exists(full) and not os.stat(full).st_mode & 0o222:
+        # the superuser may open it anyway; /proc files look like this and refuse the write itself
+        raise InputError(f"{option} {path!r} is read-only")
+    flags = os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | (0 if existed else os.O_CREAT | os.O_EXCL)
+    try:
+        fd = os.open(full, flags, 0o666)
+    except OSError as exc:
+        raise InputError(f"{option} {path!r} cannot be written ({exc.strerror or _reason(exc)})") from exc
+    os.close(fd)
+    if not existed:
+        os.unlink(full)
+
+
+def _open_npz(path: str, what: str) -> zipfile.ZipFile:
+    _regular_file(path, what)
+    try:
+        if zipfile.is_zipfile(path):
+            return zipfile.ZipFile(path)
+        with open(path, "rb") as f:
+            single = f.read(6) == b"\x93NUMPY"
+    except Exception as exc:  # zipfile and the OS raise many types
+        raise InputError(f"{what} file {path!r} is not a readable .npz archive ({_reason(exc)})") from exc
+    why = "it holds a single .npy array, not named arrays" if single else "it is not a zip archive"
+    raise InputError(f"{what} file {path!r} is not a readable .npz archive ({why})")
+
+
+def _members(z: zipfile.ZipFile) -> dict:
+    """Array name -> archive member (``W1`` -> ``W1.npy``)."""
+    return {(n[:-4] if n.endswith(".npy") else n): n for n in z.namelist()}
+
+
+def _read_npy(z: zipfile.ZipFile, member: str, key: str, path: str, what: str) -> np.ndarray:
+    """One array of an archive; its header's dtype and shape are checked before its data are read."""
+    fmt = np.lib.format
+    try:
+        with z.open(member) as fp:
+            version = fmt.read_magic(fp)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f".npy format version {version} is not supported")
+            header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = header(fp)
+        problem = dtype_problem(dtype)
+        if problem is not None:
+            raise InputError(f"{what} file {path!r}: array {key!r} holds {problem}; expected real numbers "
+                             "(float, int or bool)")
+        try:
+            check_size(shape, key)
+        except ValueError as exc:
+            raise InputError(f"{what} file {path!r}: {exc}") from exc
+        with z.open(member) as fp:
+            return fmt.read_array(fp, allow_pickle=False)
+    except InputError:
+        raise
+    except Exception as exc:  # zipfile, zlib and numpy raise many types
+        raise InputError(f"{what} file {path!r} is not a readable .npz archive (array {key!r}: {_reason(exc)})") from exc
 
 
 def load_npz(path: str, what: str) -> dict:
-    """All arrays of an ``.npz`` archive (no pickles)."""
-    _exists(path, what)
-    try:
-        obj = np.load(path, allow_pickle=False)
-        if not hasattr(obj, "files"):
-            raise ValueError("it holds a single .npy array, not named arrays")
-        with obj as f:
-            return {k: f[k] for k in f.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise InputError(f"{what} file {path!r} is not a readable .npz archive ({_first_line(exc)})") from exc
+    """All arrays of an ``.npz`` archive: only real dtypes, at most ``MAX_ELEMENTS`` each, no pickles."""
+    with _open_npz(path, what) as z:
+        return {k: _read_npy(z, m, k, path, what) for k, m in _members(z).items()}
 
 
 def params_format(path: str) -> str:
@@ -71,7 +182,7 @@ def params_format(path: str) -> str:
         return "torch"
     if lower.endswith(SAFETENSORS_SUFFIXES):
         return "safetensors"
-    if lower.endswith(".npz"):
+    if lower.endswith(".npz") or not os.path.isfile(path):  # never sniff a pipe or a device: it may never end
         return "npz"
     try:
         with open(path, "rb") as f:
@@ -94,7 +205,10 @@ def _require(arrays: dict, keys, path: str, what: str) -> None:
 
 
 def _scalar(value, name: str, path: str) -> float:
-    arr = np.asarray(value, dtype=float)
+    try:
+        arr = real_array(value, name, "a real number")
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"--params file {path!r}: {exc}") from exc
     if arr.size != 1:
         raise InputError(f"--params file {path!r}: {name} must be a scalar, got shape {arr.shape}")
     return float(arr.reshape(()))
@@ -132,11 +246,11 @@ def load_params(path: str, no_bias1: bool = False, no_bias2: bool = False, s_plu
     ``s_plus`` / ``s_minus``: the activation's slopes when the file does not store them (default ReLU);
     a value that contradicts the file is an error.
     """
-    _exists(path, "--params")
+    _regular_file(path, "--params")
     fmt = params_format(path)
     given = {"s_plus": s_plus, "s_minus": s_minus}
     if fmt == "npz":
-        return _from_named(load_npz(path, "--params"), {}, path, no_bias1, no_bias2, given)
+        return _from_named(_params_npz(path), {}, path, no_bias1, no_bias2, given)
     tensors, meta = _read_torch(path) if fmt == "torch" else _read_safetensors(path)
     if set(tensors) <= set(_NPZ_KEYS) | set(_SLOPES) and "W1" in tensors:
         return _from_named(tensors, meta, path, no_bias1, no_bias2, given)
@@ -145,6 +259,18 @@ def load_params(path: str, no_bias1: bool = False, no_bias2: bool = False, s_plu
         if flag and kw[key] is not None:
             raise InputError(f"--params file {path!r} has a bias for {key} but --no-bias{key[1]} says the network has none")
     return _net({**kw, **_slopes(meta, given, path)}, path)
+
+
+def _params_npz(path: str) -> dict:
+    """The weights and slopes of a params ``.npz``; any key but those and ``X, Y`` (the same file may be
+    ``--data``) is refused: a file of another model must not be read as this one."""
+    with _open_npz(path, "--params") as z:
+        members = _members(z)
+        unknown = sorted(set(members) - set(_NPZ_KEYS) - set(_SLOPES) - set(_DATA_KEYS))
+        if unknown:
+            raise InputError(f"--params file {path!r} has unexpected key(s) {unknown}; a params .npz holds W1, b1, "
+                             "W2, b2 and optionally s_plus, s_minus (and X, Y when it is also the --data file)")
+        return {k: _read_npy(z, members[k], k, path, "--params") for k in _NPZ_KEYS + _SLOPES if k in members}
 
 
 def _from_named(arrays: dict, meta: dict, path: str, no_bias1: bool, no_bias2: bool, given: dict) -> TwoLayerNet:
@@ -201,77 +327,109 @@ def two_layer_from_tensors(tensors: dict, path: str) -> dict:
 
 def _read_torch(path: str) -> tuple[dict, dict]:
     """``(tensors as float64 arrays, checkpoint-level s_plus/s_minus)`` via ``torch.load(weights_only=True)``."""
-    try:
-        import torch
-    except ImportError as exc:
-        raise InputError(f"--params file {path!r} is a PyTorch file; reading it needs PyTorch: "
-                         "pip install 'sospcheck[torch]'") from exc
+    torch = _optional("torch", path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types (UnpicklingError, RuntimeError, EOFError, ...)
         raise InputError(f"--params file {path!r} is not a PyTorch state_dict or checkpoint readable with "
-                         f"torch.load(weights_only=True) ({_first_line(exc)}); save model.state_dict(), "
+                         f"torch.load(weights_only=True) ({_reason(exc)}); save model.state_dict(), "
                          "not the module") from exc
     meta: dict = {}
     if isinstance(obj, dict) and not _all_tensors(obj, torch):
         inner = next((obj[k] for k in ("state_dict", "model_state_dict") if isinstance(obj.get(k), dict)), None)
         if inner is None:
-            raise InputError(f"--params file {path!r} is a dict with keys {sorted(map(str, obj))[:8]} but neither "
+            keys = sorted(clean_message(k, limit=40) for k in map(str, obj))[:8]
+            raise InputError(f"--params file {path!r} is a dict with keys {keys} but neither "
                              "a state_dict of tensors nor a checkpoint with 'state_dict' or 'model_state_dict'")
         meta = {k: obj[k] for k in _SLOPES if k in obj}
         obj = inner
     if not isinstance(obj, dict) or not _all_tensors(obj, torch):
         kind = type(obj).__name__ if not isinstance(obj, dict) else "a dict with non-tensor values"
         raise InputError(f"--params file {path!r} holds {kind}; expected a state_dict (name -> tensor)")
-    return {str(k): _to_numpy(v, torch) for k, v in obj.items()}, {k: _to_numpy(v, torch) for k, v in meta.items()}
+    return {str(k): _file_array(v, str(k), path, torch) for k, v in obj.items()}, meta
 
 
 def _all_tensors(d: dict, torch) -> bool:
     return bool(d) and all(isinstance(v, torch.Tensor) for v in d.values())
 
 
-def _to_numpy(value, torch) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().to(torch.float64).numpy()
-    return np.asarray(value, dtype=float)
+def _file_array(value, key: str, path: str, torch=None) -> np.ndarray:
+    """A tensor or array read from ``path`` as float64, refusing complex values and sizes over
+    ``MAX_ELEMENTS`` (an expanded, stride-0 tensor is small on disk but not once converted)."""
+    name = clean_message(key)
+    try:
+        if torch is not None and isinstance(value, torch.Tensor):
+            from .torch import as_numpy
+
+            value = as_numpy(value, name)
+        return real_array(value, name)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"--params file {path!r}: {clean_message(exc)}") from exc
+
+
+def _safetensors_header(path: str) -> dict:
+    """The JSON header of a safetensors file; each tensor's dtype and shape are checked before any is read."""
+    size = _regular_file(path, "--params")
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= min(_HEADER_LIMIT, size - 8):
+                raise ValueError(f"header length {n} does not fit a {size}-byte file")
+            header = json.loads(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+    except (OSError, ValueError, RecursionError) as exc:
+        raise InputError(f"--params file {path!r} is not a readable safetensors file ({_reason(exc)})") from exc
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise InputError(f"--params file {path!r} is not a readable safetensors file (tensor "
+                             f"{clean_message(key)!r} has no valid shape)")
+        dtype = str(entry.get("dtype"))
+        if dtype.startswith("C"):
+            raise InputError(f"--params file {path!r}: tensor {clean_message(key)!r} holds complex numbers "
+                             f"({clean_message(dtype)}); expected real weights")
+        try:
+            check_size(shape, clean_message(key))
+        except ValueError as exc:
+            raise InputError(f"--params file {path!r}: {exc}") from exc
+    return header
 
 
 def _read_safetensors(path: str) -> tuple[dict, dict]:
     """``(tensors as float64 arrays, metadata s_plus/s_minus)``; through torch when installed (bf16)."""
+    safetensors = _optional("safetensors", path)
+    torch = _optional("torch")
+    metadata = _safetensors_header(path).get("__metadata__") or {}
     try:
-        from safetensors import safe_open
-    except ImportError as exc:
-        raise InputError(f"--params file {path!r} is a safetensors file; reading it needs the safetensors "
-                         "package: pip install 'sospcheck[safetensors]'") from exc
-    try:
-        import torch
-        framework = "pt"
-    except ImportError:
-        torch, framework = None, "numpy"
-    try:
-        with safe_open(path, framework=framework) as f:
+        with safetensors.safe_open(path, framework="numpy" if torch is None else "pt") as f:
             raw = {k: f.get_tensor(k) for k in f.keys()}
-            metadata = f.metadata() or {}
     except Exception as exc:  # safetensors raises its own error types
-        raise InputError(f"--params file {path!r} is not a readable safetensors file ({_first_line(exc)})") from exc
-    tensors = {k: (_to_numpy(v, torch) if torch is not None else np.asarray(v, dtype=float)) for k, v in raw.items()}
+        raise InputError(f"--params file {path!r} is not a readable safetensors file ({_reason(exc)})") from exc
+    tensors = {k: _file_array(v, k, path, torch) for k, v in raw.items()}
     meta = {}
     for k in _SLOPES:
         if k in metadata:
             try:
                 meta[k] = float(metadata[k])
-            except ValueError as exc:
-                raise InputError(f"--params file {path!r}: metadata {k}={metadata[k]!r} is not a number") from exc
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"--params file {path!r}: metadata {k}={clean_message(repr(metadata[k]))} is not a "
+                                 "number") from exc
     return tensors, meta
 
 
 def load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Keys ``X`` and ``Y`` of an ``.npz``."""
-    arrays = load_npz(path, "--data")
-    _require(arrays, ("X", "Y"), path, "--data")
-    return arrays["X"], arrays["Y"]
+    """Keys ``X`` and ``Y`` of an ``.npz`` (other keys, such as the weights of the same file, are not read)."""
+    with _open_npz(path, "--data") as z:
+        members = _members(z)
+        _require(members, _DATA_KEYS, path, "--data")
+        return _read_npy(z, members["X"], "X", path, "--data"), _read_npy(z, members["Y"], "Y", path, "--data")
 
 
 def save_direction(path: str, d: Direction) -> None:
-    """Keys ``W1, b1, W2, b2``; an absent bias is left out."""
-    np.savez(path, **{k: v for k, v in (("W1", d.W1), ("b1", d.b1), ("W2", d.W2), ("b2", d.b2)) if v is not None})
+    """Keys ``W1, b1, W2, b2`` (an absent bias left out), an ``.npz`` archive written to exactly ``path``
+    (NumPy would add ``.npz`` to a name without it)."""
+    with open(path, "wb") as f:
+        np.savez(f, **{k: v for k, v in (("W1", d.W1), ("b1", d.b1), ("W2", d.W2), ("b2", d.b2)) if v is not None})

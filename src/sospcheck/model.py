@@ -2,19 +2,69 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["TwoLayerNet", "Direction", "Forward", "forward", "as_float_array"]
+__all__ = ["TwoLayerNet", "Direction", "Forward", "forward", "as_float_array", "real_array", "check_size",
+           "dtype_problem", "MAX_ELEMENTS"]
+
+#: Largest number of elements of one array sospcheck reads or forms from its inputs (1 GiB as float64):
+#: the weights, ``X``, ``Y``, every array in a params or data file, and the ``(m, dh)`` pre-activations.
+#: Sizes are checked before anything is allocated; raise it when the machine has the memory.
+MAX_ELEMENTS = 2**27
+
+_REAL_KINDS = "biuf"
+_KIND_NAMES = {"c": "complex numbers", "U": "strings", "S": "bytes", "M": "datetimes", "m": "timedeltas",
+               "O": "Python objects", "V": "structured records"}
+
+
+def check_size(shape, name: str, role: str | None = None) -> None:
+    """Raise naming ``name`` when an array of ``shape`` (``name`` itself, or the ``role`` array it leads to)
+    would exceed :data:`MAX_ELEMENTS` elements."""
+    shape = tuple(int(s) for s in shape)
+    n = math.prod(shape)
+    if n > MAX_ELEMENTS:
+        what = "has shape" if role is None else f"needs {role} of shape"
+        raise ValueError(f"`{name}` {what} {shape} ({n:,} elements), over the limit of {MAX_ELEMENTS:,} elements "
+                         "per array (sospcheck.model.MAX_ELEMENTS)")
+
+
+def dtype_problem(dtype: np.dtype) -> str | None:
+    """Why an array of ``dtype`` cannot hold weights or data (complex, text, dates, objects), or None."""
+    if dtype.kind in _REAL_KINDS:
+        return None
+    return f"{_KIND_NAMES.get(dtype.kind, 'non-numeric values')} (dtype {dtype})"
+
+
+def real_array(value, name: str, what: str = "a numeric array of real numbers") -> np.ndarray:
+    """``value`` as a new float64 array, or raise naming ``name``.
+
+    Only real numbers (float, int, bool) are accepted: complex values would lose their imaginary part,
+    strings and dates would become unrelated numbers. The size is checked before any copy, so a huge
+    broadcast view or expanded tensor is refused without being materialised.
+    """
+    if value is None:
+        raise TypeError(f"`{name}` must be {what}, got None")
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        check_size(shape, name)
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError, RuntimeError) as exc:  # ragged lists, tensors that require grad, ...
+        reason = " ".join(str(exc).split()[:24])
+        raise TypeError(f"`{name}` must be {what}, got {type(value).__name__} ({reason})") from exc
+    problem = dtype_problem(arr.dtype)
+    if problem is not None:
+        raise TypeError(f"`{name}` must be {what}, got {type(value).__name__} of {problem}")
+    check_size(arr.shape, name)
+    return arr.astype(np.float64)
 
 
 def as_float_array(value, name: str, ndim: int | None = None) -> np.ndarray:
-    """Return ``value`` as a finite float64 array, or raise naming ``name``."""
-    try:
-        arr = np.array(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"`{name}` must be a numeric array, got {type(value).__name__}") from exc
+    """Return ``value`` as a finite float64 array (a copy), or raise naming ``name``."""
+    arr = real_array(value, name)
     if ndim is not None and arr.ndim != ndim:
         raise ValueError(f"`{name}` must have {ndim} dimension(s), got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
@@ -141,9 +191,13 @@ def _list(a):
 
 
 def _slope(value, name: str) -> float:
-    arr = as_float_array(value, name)
+    if isinstance(value, (bool, np.bool_)):  # True is no slope anyone means
+        raise TypeError(f"`{name}` must be a number, got {value!r}")
+    arr = real_array(value, name, "a real number")
     if arr.ndim != 0:
         raise ValueError(f"`{name}` must be a scalar, got shape {arr.shape}")
+    if not math.isfinite(float(arr)):
+        raise ValueError(f"`{name}` must be a finite number, got {float(arr)}")
     return float(arr)
 
 

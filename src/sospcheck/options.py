@@ -2,15 +2,80 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
-
 import math
+import numbers
+from dataclasses import asdict, dataclass, fields, replace
+from typing import TypeVar
 
-__all__ = ["Tolerances", "Budget"]
+import numpy as np
+
+__all__ = ["Options", "Tolerances", "Budget"]
+
+_O = TypeVar("_O", bound="Options")
+
+
+class Options:
+    """Base of the frozen records of named numbers (:class:`Tolerances`, :class:`Budget`): one
+    validation and one :meth:`from_any` for all of them.
+
+    A field annotated ``int`` is a count (an integral float such as ``1e4`` is accepted), one annotated
+    ``float`` a finite real; NumPy scalars are accepted and stored as Python numbers, booleans refused.
+    Subclasses (frozen dataclasses) set ``argument`` (the keyword users pass, for messages), ``label``
+    (how a field is called in messages) and ``positive`` (``> 0`` instead of ``>= 0``).
+    """
+
+    argument = "options"
+    label = "option"
+    positive = False
+
+    def __post_init__(self):
+        for f in fields(self):
+            object.__setattr__(self, f.name, self._number(f.name, f.type in ("int", int), getattr(self, f.name)))
+
+    def _number(self, name: str, count: bool, v):
+        bound = "> 0" if self.positive else ">= 0"
+        expected = (f"a {'positive' if self.positive else 'non-negative'} integer" if count
+                    else f"a finite number {bound}")
+        problem = ValueError(f"{self.label} `{name}` must be {expected}, got {v!r}".lstrip())
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+            raise problem
+        try:
+            x = float(v)
+        except OverflowError:  # an int beyond float range
+            x = math.inf if v > 0 else -math.inf
+        if not math.isfinite(x) and not (count and isinstance(v, numbers.Integral)):
+            raise problem
+        if count:
+            if not (isinstance(v, numbers.Integral) or x.is_integer()):
+                raise problem
+            v = int(v)
+        else:
+            v = x
+        if v < 0 or (self.positive and v == 0):
+            raise problem
+        return v
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_any(cls: type[_O], value) -> _O:
+        """``None`` (the defaults), an instance, or a dict of some of the fields."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            known = [f.name for f in fields(cls)]
+            unknown = set(value) - set(known)
+            if unknown:
+                raise ValueError(f"`{cls.argument}` has unknown key(s) {sorted(map(str, unknown))}; known: {known}")
+            return replace(cls(), **value)
+        raise TypeError(f"`{cls.argument}` must be a {cls.__name__}, a dict or None, got {type(value).__name__}")
 
 
 @dataclass(frozen=True)
-class Tolerances:
+class Tolerances(Options):
     """Thresholds that turn "== 0" into a decision; each is relative to the scale named.
 
     boundary: pair (i, k) is on the kink if ``|N_ik| <= boundary * |Z_k| * max_i |xbar_i|``.
@@ -33,11 +98,8 @@ class Tolerances:
     rank: float = 1e-10
     near_zero: float = 1e-3
 
-    def __post_init__(self):
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"tolerance `{f.name}` must be a finite number >= 0, got {v!r}")
+    argument = "tolerances"
+    label = "tolerance"
 
     def scaled(self, factor: float) -> "Tolerances":
         """All decision thresholds times ``factor`` (``rank`` unchanged): the fragility probe."""
@@ -46,25 +108,9 @@ class Tolerances:
             a_zero=self.a_zero * factor, s_bound=self.s_bound * factor, eigen=self.eigen * factor,
         )
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_any(cls, value) -> "Tolerances":
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, dict):
-            unknown = set(value) - {f.name for f in fields(cls)}
-            if unknown:
-                raise ValueError(f"`tolerances` has unknown key(s) {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")
-            return cls(**value)
-        raise TypeError(f"`tolerances` must be a Tolerances, a dict or None, got {type(value).__name__}")
-
 
 @dataclass(frozen=True)
-class Budget:
+class Budget(Options):
     """Caps on the exponential parts, counted before they start (DESIGN.md section 7).
 
     max_icqp: most inequality-constrained QPs (``2^K``) to solve.
@@ -80,24 +126,6 @@ class Budget:
     milp_time_limit: float = 60.0
     max_dense_params: int = 6000
 
-    def __post_init__(self):
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if not isinstance(v, (int, float)) or not v > 0:
-                raise ValueError(f"budget `{f.name}` must be a positive number, got {v!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_any(cls, value) -> "Budget":
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, dict):
-            unknown = set(value) - {f.name for f in fields(cls)}
-            if unknown:
-                raise ValueError(f"`budget` has unknown key(s) {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")
-            return cls(**value)
-        raise TypeError(f"`budget` must be a Budget, a dict or None, got {type(value).__name__}")
+    argument = "budget"
+    label = "budget"
+    positive = True

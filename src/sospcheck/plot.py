@@ -19,10 +19,11 @@ from .model import Direction, TwoLayerNet
 from .report import Setting, neuron_rows
 from .result import CheckResult
 
-__all__ = ["SUFFIXES", "require_matplotlib", "check_output_path", "Slice", "random_direction", "figure",
+__all__ = ["SUFFIXES", "MAX_GRID", "require_matplotlib", "check_output_path", "check_grid", "Slice", "random_direction", "figure",
            "save_figure", "plot_result"]
 
 SUFFIXES = (".png", ".svg", ".pdf")
+MAX_GRID = 401  # points per side of the 2-D slice: 401^2 loss evaluations, each one pass over the data
 Progress = Callable[[str, int, "int | None"], None]
 _COLORS = {"local_minimum": "#2e7d32", "sosp": "#b58900", "descent": "#00838f", "inconclusive": "#8e24aa"}
 
@@ -39,6 +40,12 @@ def check_output_path(path: str, option: str) -> None:
     """``path`` must end in ``.png``, ``.svg`` or ``.pdf`` (the format follows the suffix)."""
     if not str(path).lower().endswith(SUFFIXES):
         raise ValueError(f"{option} must name a .png, .svg or .pdf file, got {path!r}")
+
+
+def check_grid(grid, name: str = "`grid`") -> None:
+    """``grid`` (points per side of the 2-D slice) must be an integer in ``5..MAX_GRID``."""
+    if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or not 5 <= grid <= MAX_GRID:
+        raise ValueError(f"{name} must be at least 5 and at most {MAX_GRID} (an integer), got {grid!r}")
 
 
 def _direction(net: TwoLayerNet, v: np.ndarray) -> Direction:
@@ -287,8 +294,7 @@ def figure(result: CheckResult, setting: Setting, seed: int = 0, grid: int = 41,
     require_matplotlib()
     from matplotlib.figure import Figure
 
-    if not (isinstance(grid, int) and grid >= 5):
-        raise ValueError(f"`grid` must be an integer >= 5, got {grid!r}")
+    check_grid(grid)
     rng = np.random.default_rng(seed)
     net = setting.net
     local = _Local(setting, result.tolerances.boundary)

@@ -16,7 +16,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .check import validate_inputs
+from .validation import validate_inputs
 from .first_order import neuron_tests
 from .geometry import boundary_mask
 from .losses import Loss

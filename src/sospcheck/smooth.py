@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .check import validate_inputs
+from .validation import validate_inputs
 from .model import TwoLayerNet
 from .operators import HessianOperator
 from .point import evaluate_point

@@ -31,8 +31,9 @@ from torch import nn
 
 from .check import check
 from .losses import LOSSES, Loss
-from .model import TwoLayerNet, forward
+from .model import TwoLayerNet, check_size, forward, real_array
 from .result import CheckResult
+from .validation import torch_device
 
 __all__ = ["from_torch", "to_torch", "load_into", "torch_loss", "TorchLoss", "check_model", "as_numpy",
            "linear_layers"]
@@ -41,16 +42,21 @@ _ACTIVATIONS = (nn.ReLU, nn.LeakyReLU)
 
 
 def as_numpy(value, name: str) -> np.ndarray:
-    """A tensor (any device or dtype) or array-like as a float64 NumPy array (labels stay exact)."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu()
-        if value.is_complex():
-            raise TypeError(f"`{name}` must be a real tensor, got dtype {value.dtype}")
-        return value.to(torch.float64).numpy()
+    """A tensor (any device or dtype) or array-like as a float64 NumPy array (labels stay exact).
+
+    Complex values, text and dates are refused, and so is a size over ``sospcheck.model.MAX_ELEMENTS``,
+    checked before converting: an expanded (stride-0) tensor is small until it is copied.
+    """
+    if not isinstance(value, torch.Tensor):
+        return real_array(value, name, "a tensor or a numeric array of real numbers")
+    if value.is_complex():
+        raise TypeError(f"`{name}` must be a real tensor, got dtype {value.dtype}")
+    check_size(value.shape, name)
     try:
-        return np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"`{name}` must be a tensor or a numeric array, got {type(value).__name__}") from exc
+        return value.detach().cpu().to(torch.float64).numpy()
+    except (RuntimeError, TypeError) as exc:  # quantized and other tensors with no float64 view
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TypeError(f"`{name}` of dtype {value.dtype} cannot be converted to float64 ({reason})") from exc
 
 
 def _leaves(module: nn.Module) -> list[nn.Module]:
@@ -96,8 +102,8 @@ def linear_layers(module: nn.Module, negative_slope: float | None = None) -> tup
     return first, second, slope
 
 
-def _array(param: torch.Tensor | None) -> np.ndarray | None:
-    return None if param is None else param.detach().cpu().to(torch.float64).numpy().copy()
+def _array(param: torch.Tensor | None, name: str) -> np.ndarray | None:
+    return None if param is None else as_numpy(param, name).copy()
 
 
 def _net(W1, b1, W2, b2, s_minus: float) -> TwoLayerNet:
@@ -120,7 +126,8 @@ def from_torch(module: nn.Module, *, negative_slope: float | None = None, check_
     require the same outputs, which catches a ``forward`` that does something other than its layout says.
     """
     first, second, slope = linear_layers(module, negative_slope)
-    net = _net(_array(first.weight), _array(first.bias), _array(second.weight), _array(second.bias), slope)
+    net = _net(_array(first.weight, "W1"), _array(first.bias, "b1"), _array(second.weight, "W2"),
+               _array(second.bias, "b2"), slope)
     if check_forward:
         _check_forward(module, net, first.weight)
     return net
@@ -155,6 +162,9 @@ def to_torch(net: TwoLayerNet, *, dtype: torch.dtype = torch.float64, device=Non
     if net.s_plus != 1.0:
         raise ValueError(f"`net.s_plus` must be 1 to be a torch ReLU/LeakyReLU, got {net.s_plus}; rescale "
                          "W2 by s_plus and s_minus by 1/s_plus for the same function")
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"`dtype` must be a real floating torch dtype such as torch.float64, got {dtype!r}")
+    device = None if device is None else torch_device(device)
     act = nn.ReLU() if net.s_minus == 0.0 else nn.LeakyReLU(net.s_minus)
     model = nn.Sequential(nn.Linear(net.dx, net.dh, bias=net.has_b1), act, nn.Linear(net.dh, net.dy, bias=net.has_b2))
     model.to(dtype=dtype, device=device)

@@ -1,0 +1,135 @@
+"""Everything a check's arguments must satisfy, tested before any work (DESIGN.md section 1).
+
+Errors name the argument and what was expected (``ValueError`` / ``TypeError``), in one line.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .losses import Loss, get_loss, reduction_weight
+from .model import TwoLayerNet, as_float_array, check_size, forward
+
+__all__ = ["validate_inputs", "validate_engine", "validate_progress", "torch_device", "check_finite_point"]
+
+
+def validate_inputs(net, X, Y, loss, reduction: str, weight_decay) -> tuple[np.ndarray, np.ndarray, Loss, float, float]:
+    """Check everything before any work; return ``X``, prepared ``Y``, the loss, weight and decay.
+
+    Also refuses a point where the risk or its derivatives overflow float64 (:func:`check_finite_point`).
+    """
+    if not isinstance(net, TwoLayerNet):
+        raise TypeError(f"`net` must be a sospcheck.TwoLayerNet, got {type(net).__name__}")
+    X = as_float_array(X, "X", 2)
+    if X.shape[0] == 0:
+        raise ValueError("`X` is empty: the check needs at least one data point")
+    if X.shape[1] != net.dx:
+        raise ValueError(f"`X` has {X.shape[1]} feature column(s) but W1 expects dx = {net.dx}")
+    # the forward pass forms (m, dh) pre-activations and the loss (m, dy, dy) Hessians
+    check_size((X.shape[0], net.dh), "X", "pre-activations X Z'")
+    check_size((X.shape[0], net.dy, net.dy), "X", "per-sample loss Hessians")
+    lossobj = get_loss(loss)
+    Yp = lossobj.prepare(Y, net.dy)
+    if Yp.shape[0] != X.shape[0]:
+        raise ValueError(f"`Y` has {Yp.shape[0]} row(s) but `X` has {X.shape[0]}")
+    weight = reduction_weight(reduction, X.shape[0])
+    if isinstance(weight_decay, (bool, np.bool_)):
+        raise TypeError(f"`weight_decay` must be a number, got {weight_decay!r}")
+    try:
+        lam = float(weight_decay)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"`weight_decay` must be a number, got {weight_decay!r}") from exc
+    if not math.isfinite(lam) or lam < 0:
+        raise ValueError(f"`weight_decay` must be a finite number >= 0, got {weight_decay!r}")
+    check_finite_point(net, X, Yp, lossobj, weight, lam)
+    return X, Yp, lossobj, weight, lam
+
+
+def _refuse_overflow(checks: list, X: np.ndarray, z2: float, lam: float) -> None:
+    """Raise for the first ``(what, quantity)`` that is not finite."""
+    for what, quantity in checks:
+        if not np.all(np.isfinite(quantity)):
+            raise ValueError(f"the loss or its derivatives overflow at this point: {what} is not finite in float64 "
+                             f"(largest |X| entry {np.max(np.abs(X)):.3g}, weight norm |z| {math.sqrt(z2):.3g}, "
+                             f"weight_decay {lam:.3g}); rescale the data or the weights")
+
+
+def check_finite_point(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, weight: float, lam: float) -> None:
+    """Raise one ``ValueError`` when the outputs, the risk, its derivatives or their squares overflow
+    float64 at ``net``; the check would otherwise go on with infinities (norms square their entries).
+
+    The second-order size is ``m (max|H_i| (max|o_i| + s_hi |W2| max|xbar_i|)^2 + max|r_i| s_hi max|xbar_i|
+    + max|xbar_i|^2) + lam``, a bound on the entries of the Hessian blocks and of the data Gram matrix.
+    A custom loss whose derivatives have the wrong shape is left to the check, which names the loss.
+    """
+    # overflow is reported below, in one line, instead of as warnings (Python floats multiply to inf too,
+    # while their ** raises)
+    with np.errstate(all="ignore"):
+        z2 = sum(float(np.sum(np.square(a))) for a in (net.W1, net.b1, net.W2, net.b2) if a is not None)
+        fwd = forward(net, X)
+        _refuse_overflow([("the network's outputs on `X`", fwd.out), ("the squared weight norm |z|^2", z2),
+                          ("the weight decay term (weight_decay/2 |z|^2 and its gradient)", lam * lam * z2 + lam * z2)],
+                         X, z2, lam)
+        m, dy = fwd.out.shape
+        value = weight * np.sum(np.asarray(loss.value(fwd.out, Yp), dtype=float))
+        r = weight * np.asarray(loss.grad(fwd.out, Yp), dtype=float)
+        Hl = weight * np.asarray(loss.hess(fwd.out, Yp), dtype=float)
+        if r.shape != (m, dy) or Hl.shape != (m, dy, dy):
+            return
+        s_hi = max(net.s_plus, net.s_minus)
+        xmax = float(np.max(np.abs(fwd.Xbar)))
+        grad_Z = ((r @ net.W2) * net.slope(fwd.N)).T @ fwd.Xbar
+        reach = float(np.max(np.abs(fwd.O))) + s_hi * float(np.linalg.norm(net.W2)) * xmax
+        second = m * (float(np.max(np.abs(Hl))) * reach * reach + float(np.max(np.abs(r))) * s_hi * xmax + xmax * xmax) + lam
+        _refuse_overflow([("the loss", value), ("its gradient in the outputs, squared", np.sum(r**2)),
+                          ("its Hessian in the outputs", Hl),
+                          ("the gradient in the weights, squared", np.sum((r.T @ fwd.O) ** 2) + np.sum(grad_Z**2)),
+                          ("the size of the second derivatives", second)], X, z2, lam)
+
+
+def validate_engine(solver: str, backend: str, device) -> None:
+    """``solver`` in {"auto", "dense", "matrix_free"}, ``backend`` in {"numpy", "torch"}; ``device`` only
+    with ``backend="torch"`` (see :func:`torch_device`)."""
+    if solver not in ("auto", "dense", "matrix_free"):
+        raise ValueError(f"`solver` must be 'auto', 'dense' or 'matrix_free', got {solver!r}")
+    if backend not in ("numpy", "torch"):
+        raise ValueError(f"`backend` must be 'numpy' or 'torch', got {backend!r}")
+    if backend == "numpy":
+        if device is not None:
+            raise ValueError(f"`device` {device!r} is used only with backend='torch'; the numpy backend runs on the CPU")
+        return
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise ValueError("`backend='torch'` needs PyTorch: pip install 'sospcheck[torch]'") from exc
+    if device is not None:
+        torch_device(device)
+
+
+def torch_device(device):
+    """``device`` as a ``torch.device`` that exists here: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (the
+    Hessian products run in float64, which other device types lack); a ``ValueError`` naming it otherwise."""
+    import torch
+
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"`device` must be a string such as 'cpu' or 'cuda:0', got {type(device).__name__}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise ValueError(f"`device` must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from exc
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index is not None and dev.index >= count):
+            raise ValueError(f"`device` {device!r} is not available: PyTorch sees {count} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise ValueError(f"`device` must be 'cpu', 'cuda' or 'cuda:N' (float64 is needed), got {device!r}")
+    return dev
+
+
+def validate_progress(progress) -> None:
+    """``progress`` is None or a callable ``progress(phase, done, total)``."""
+    if progress is not None and not callable(progress):
+        raise TypeError(f"`progress` must be a callable progress(phase, done, total) or None, got "
+                        f"{type(progress).__name__} {progress!r:.40}")
