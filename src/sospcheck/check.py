@@ -1,27 +1,35 @@
 """SOSP-CHECK end to end: model -> boundary geometry -> first order -> second order -> verification -> result.
 
-DESIGN.md section 3; every returned direction is verified on the true risk (section 4).
+DESIGN.md section 3; every returned direction is verified on the true risk (section 4). Each step is a
+function that returns a small record; :func:`_analyze` runs them once, recording every thresholded
+decision's margin, and the fragility probe (section 6) re-runs the analysis only at a tolerance scaling
+that some margin says could flip a decision.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import math
 import time
 
 import numpy as np
 
-from .first_order import neuron_tests, output_layer_test
+from .first_order import (NeuronTest, OutputLayerTest, neuron_tests, output_layer_test, ratios, record_sides,
+                          steepest_ray)
 from .geometry import boundary_mask
 from .losses import Loss, get_loss, reduction_weight
+from .margins import FRAGILITY_FACTOR, Margins
 from .model import Direction, TwoLayerNet, as_float_array, forward
 from .options import Budget, Tolerances
-from .point import evaluate_point
-from .result import CheckResult, DescentCertificate, Stats, Verdict
-from .second_order import T2, T3, second_order_test
+from .point import Point, Problem
+from .quotient import Quotient
+from .result import CheckResult, Decision, DescentCertificate, NeuronRecord, Reason, Stats, Verdict
+from .second_order import Outcome, SecondOrderOutcome, second_order_test
 from .snap import snap_to_kinks
 from .verify import verify_descent
+from .zero_output import zero_output_mask
 
 __all__ = ["check", "validate_inputs"]
 
@@ -79,7 +87,8 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
         reduction: "sum" or "mean". weight_decay: ``lam`` in ``+ lam/2 |z|^2``.
         tolerances: :class:`Tolerances` (or a dict of its fields). budget: :class:`Budget`.
         snap: first move near-boundary points onto their kinks and refit the output layer.
-        fragility: re-run the decisions with all tolerances x10 and /10 and flag a flipping verdict.
+        fragility: the verdicts with all tolerances x10 and /10, and a flag when one differs; the
+            analysis is re-run only at a scaling that some decision's margin could flip.
         snap_tol: the near-boundary threshold for ``snap`` (relative, like ``tolerances.boundary``).
         seed: for the few random probes (zero-output neurons).
         solver: second-order solver, "dense", "matrix_free" (Hessian products only), or "auto"
@@ -94,6 +103,42 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
         :class:`CheckResult`.
     """
     X, Yp, lossobj, weight, lam = validate_inputs(net, X, Y, loss, reduction, weight_decay)
+    engine = _engine(solver, backend, device)
+    notify = progress or (lambda phase, done, total=None: None)
+    tol = Tolerances.from_any(tolerances)
+    bud = Budget.from_any(budget)
+    problem = Problem(net, X, Yp, lossobj, weight, lam)
+    snap_info = None
+    t0 = time.perf_counter()
+    if snap:
+        if not (isinstance(snap_tol, (int, float)) and math.isfinite(snap_tol) and snap_tol >= 0):
+            raise ValueError(f"`snap_tol` must be a finite number >= 0, got {snap_tol!r}")
+        net, snap_info = snap_to_kinks(net, X, Yp, lossobj, weight, lam, snap_tol)
+        problem = problem.at(net)
+        notify("snap", 1, 1)
+    t_snap = time.perf_counter() - t0
+    result = _analyze(problem, tol, bud, seed, engine, progress)
+    if snap:
+        result.timings = {"snap": t_snap, **result.timings}
+    result.snap = snap_info
+    result.loss, result.reduction = lossobj.name, reduction
+    near = near_zero_neurons(net, X, Yp, tol)
+    if near:
+        notify("near-zero neurons: check with them zeroed", 0, 1)
+        probe = _analyze(problem.at(zero_neurons(net, near)), tol, bud, seed, engine)
+        result.stats.near_zero = {"neurons": near, "loss_change_if_zeroed": probe.loss_value - result.loss_value,
+                                  "verdict_if_zeroed": probe.verdict.value}
+    if fragility:
+        t1 = time.perf_counter()
+        result.fragility = fragility_verdicts(
+            result, lambda factor: _analyze(problem, tol.scaled(factor), bud, seed, engine).verdict, notify)
+        result.fragile = any(v != result.verdict.value for v in result.fragility.values())
+        result.timings["fragility"] = time.perf_counter() - t1
+    return result
+
+
+def _engine(solver: str, backend: str, device: str | None) -> tuple:
+    """``(solver, backend, device)`` for the second order, checked before any work."""
     if solver not in ("auto", "dense", "matrix_free"):
         raise ValueError(f"`solver` must be 'auto', 'dense' or 'matrix_free', got {solver!r}")
     if backend not in ("numpy", "torch"):
@@ -103,40 +148,30 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
             import torch  # noqa: F401
         except ImportError as exc:
             raise ValueError("`backend='torch'` needs PyTorch: pip install 'sospcheck[torch]'") from exc
-    engine = (solver, backend, device)
-    report = progress or (lambda phase, done, total=None: None)
-    tol = Tolerances.from_any(tolerances)
-    bud = Budget.from_any(budget)
-    snap_info = None
-    t0 = time.perf_counter()
-    if snap:
-        if not (isinstance(snap_tol, (int, float)) and math.isfinite(snap_tol) and snap_tol >= 0):
-            raise ValueError(f"`snap_tol` must be a finite number >= 0, got {snap_tol!r}")
-        net, snap_info = snap_to_kinks(net, X, Yp, lossobj, weight, lam, snap_tol)
-        report("snap", 1, 1)
-    t_snap = time.perf_counter() - t0
-    result = _analyze(net, X, Yp, lossobj, weight, lam, tol, bud, seed, engine, progress)
-    if snap:
-        result.timings = {"snap": t_snap, **result.timings}
-    result.snap = snap_info
-    result.loss, result.reduction = lossobj.name, reduction
-    near = near_zero_neurons(net, X, Yp, tol)
-    if near:
-        report("near-zero neurons: check with them zeroed", 0, 1)
-        zeroed = zero_neurons(net, near)
-        probe = _analyze(zeroed, X, Yp, lossobj, weight, lam, tol, bud, seed, engine)
-        result.stats.near_zero = {"neurons": near, "loss_change_if_zeroed": probe.loss_value - result.loss_value,
-                                  "verdict_if_zeroed": probe.verdict.value}
-    if fragility:
-        t1 = time.perf_counter()
-        for j, (name, factor) in enumerate((("tolerances_x10", 10.0), ("tolerances_x0.1", 0.1))):
-            report("fragility re-runs", j, 2)
-            probe = _analyze(net, X, Yp, lossobj, weight, lam, tol.scaled(factor), bud, seed, engine)
-            result.fragility[name] = probe.verdict.value
-        report("fragility re-runs", 2, 2)
-        result.fragile = any(v != result.verdict.value for v in result.fragility.values())
-        result.timings["fragility"] = time.perf_counter() - t1
-    return result
+    return solver, backend, device
+
+
+FRAGILITY_FACTORS = (("tolerances_x10", FRAGILITY_FACTOR), ("tolerances_x0.1", 1.0 / FRAGILITY_FACTOR))
+
+
+def may_flip(margins: list[tuple[str, float]], factor: float) -> bool:
+    """Whether scaling every tolerance by ``factor`` could flip a decision with these margins: a decision
+    ``|x| <= t`` flips exactly when its ratio ``|x| / t`` lies between 1 and ``factor`` (ends included,
+    with room for the rounding of ``factor * t``)."""
+    lo, hi = sorted((1.0, factor))
+    return any(lo * (1 - 1e-9) <= r <= hi * (1 + 1e-9) for _, r in margins)
+
+
+def fragility_verdicts(result: CheckResult, rerun: Callable[[float], Verdict],
+                       notify: Callable[[str, int, int | None], None]) -> dict[str, str]:
+    """The verdict at every tolerance x10 and x0.1 (DESIGN.md section 6): ``rerun(factor)`` where a margin
+    says a decision could flip, else the same decisions, hence the same verdict, without re-running."""
+    out = {}
+    for j, (name, factor) in enumerate(FRAGILITY_FACTORS):
+        notify("fragility re-runs", j, len(FRAGILITY_FACTORS))
+        out[name] = (rerun(factor) if may_flip(result.margins, factor) else result.verdict).value
+    notify("fragility re-runs", len(FRAGILITY_FACTORS), len(FRAGILITY_FACTORS))
+    return out
 
 
 _PHASES = ("forward", "first_order", "second_order", "verify")
@@ -149,147 +184,147 @@ def interpolates(out: np.ndarray, Y: np.ndarray) -> bool:
     return bool(np.all(np.abs(out - Y) <= INTERPOLATION_ULPS * np.finfo(float).eps * (np.abs(out) + np.abs(Y))))
 
 
-def _analyze(net, X, Yp, lossobj, weight, lam, tol: Tolerances, bud: Budget, seed: int, engine: tuple,
-             progress=None) -> CheckResult:
-    timings: dict = {}
-    clock = time.perf_counter()
+class _Clock:
+    """Wall time per phase, and ``progress`` told as each phase completes."""
 
-    def lap(name):
-        nonlocal clock
+    def __init__(self, progress=None):
+        self.timings: dict[str, float] = {}
+        self.progress = progress
+        self.clock = time.perf_counter()
+
+    def lap(self, name: str) -> None:
         now = time.perf_counter()
-        timings[name] = timings.get(name, 0.0) + now - clock
-        clock = now
-        if progress is not None:
-            progress("check phases (forward, first order, second order, verify)", _PHASES.index(name) + 1,
-                     len(_PHASES))
+        self.timings[name] = self.timings.get(name, 0.0) + now - self.clock
+        self.clock = now
+        if self.progress is not None:
+            self.progress("check phases (forward, first order, second order, verify)", _PHASES.index(name) + 1,
+                          len(_PHASES))
 
-    pt = evaluate_point(net, X, Yp, lossobj, weight, lam)
-    boundary = boundary_mask(pt.fwd.N, net.Z, pt.fwd.Xbar, tol.boundary)
-    M_k = boundary.sum(axis=0)
-    stats = Stats(m=X.shape[0], p=net.n_params, M=int(M_k.sum()), M_k=M_k.tolist())
-    established: list[str] = []
-    res = CheckResult(Verdict.INCONCLUSIVE, "", pt.value, None, stats, tol, bud, timings, established,
-                      net=net, weight_decay=lam)
-    lap("forward")
 
-    def descent(d: Direction, order: int, test: str, neuron=None, symmetric=False) -> CheckResult:
-        lap("first_order" if order == 1 else "second_order")
-        d = d.normalized()
-        if symmetric and pt.local_terms(d, boundary)[0] > 0:
-            d = d.scaled(-1.0)
-        v = verify_descent(pt, d, boundary)
-        lap("verify")
-        if not v.verified:
-            res.reason = (f"{test} predicted a descent direction (slope {v.slope:.3g}, curvature {v.curvature:.3g}) "
-                          f"that the line search could not confirm above the noise {v.noise:.3g}")
-            res.message = "a predicted descent direction was not verified on the true loss"
-            return res
-        res.verdict = Verdict.DESCENT
-        res.descent = DescentCertificate(d, order, test, neuron, v.slope, v.curvature, v.step, v.decrease,
-                                         v.loss_before, v.loss_after, v.validity_radius)
-        res.message = (f"order-{order} descent direction from {test}"
-                       + (f" (neuron {neuron})" if neuron is not None else "")
-                       + f", verified: the loss drops by {v.decrease:.4g} at step {v.step:.4g}")
-        return res
+@dataclass(frozen=True)
+class Candidate:
+    """A predicted descent direction, before verification; ``symmetric``: ``+-direction`` are equally
+    good to second order (the ECQP), take the one with ``first(d) <= 0``."""
 
-    # A nonnegative loss at outputs equal to the targets up to rounding is at its global minimum;
-    # the relative gradient tests would only measure rounding noise there. (Exactly equal outputs
-    # have r = 0 exactly, and the tests below decide them without noise.)
-    if lam == 0 and lossobj.zero_at_targets and np.any(pt.r) and interpolates(pt.fwd.out, Yp):
-        res.verdict = Verdict.LOCAL_MINIMUM
-        res.message = ("global minimum to floating-point precision: every output equals its target up to rounding "
-                       f"({INTERPOLATION_ULPS:g} eps relative) and the loss is nonnegative with minimum 0 there")
-        established.append("outputs interpolate the targets to rounding (loss >= 0, zero at the targets)")
-        lap("first_order")
-        return res
+    direction: Direction
+    order: int
+    test: str
+    reason: Reason
+    neuron: int | None = None
+    symmetric: bool = False
 
-    # Step 1: output layer
+
+@dataclass(frozen=True)
+class Ending:
+    """How a step ended the analysis: the reason code, the details of an inconclusive one, the certificate
+    of a verified descent."""
+
+    reason: Reason
+    detail: str | None = None
+    descent: DescentCertificate | None = None
+
+
+@dataclass(frozen=True)
+class Start:
+    """The point, its boundary pairs and the margins of the boundary decisions."""
+
+    pt: Point
+    boundary: np.ndarray
+    margins: list
+
+
+@dataclass(frozen=True)
+class FirstOrder:
+    """Steps 1-3: the tests that ran (``neurons`` None before step 2; ``rays_examined`` after step 3), a
+    predicted descent or an ending (both None: on to the second order), what they established, margins."""
+
+    output: OutputLayerTest
+    neurons: list[NeuronTest] | None = None
+    rays_examined: bool = False
+    candidate: Candidate | None = None
+    ending: Ending | None = None
+    established: tuple = ()
+    margins: tuple = ()
+
+
+@dataclass(frozen=True)
+class SecondOrder:
+    """Step 4 read off: a predicted descent, or an ending with what it established."""
+
+    outcome: SecondOrderOutcome
+    candidate: Candidate | None = None
+    ending: Ending | None = None
+    established: tuple = ()
+
+
+def start(problem: Problem, tol: Tolerances) -> Start:
+    """One forward pass and the boundary pairs ``|N_ik| <= boundary |Z_k| max|xbar|`` (DESIGN.md section 1)."""
+    pt = problem.point()
+    boundary = boundary_mask(pt.fwd.N, pt.net.Z, pt.fwd.Xbar, tol.boundary)
+    threshold = tol.boundary * np.linalg.norm(pt.net.Z, axis=1) * np.max(np.linalg.norm(pt.fwd.Xbar, axis=1))
+    margins = Margins()
+    record_sides(margins, "boundary |N_ik|", ratios(pt.fwd.N, threshold[None, :]))
+    return Start(pt, boundary, margins.items())
+
+
+def interpolation_ending(pt: Point) -> Ending | None:
+    """A nonnegative loss at outputs equal to the targets up to rounding is at its global minimum; the
+    relative gradient tests would only measure rounding noise there. (Exactly equal outputs have
+    ``r = 0`` exactly, and the tests decide them without noise.)"""
+    if pt.weight_decay == 0 and pt.loss.zero_at_targets and np.any(pt.r) and interpolates(pt.fwd.out, pt.Y):
+        return Ending(Reason.INTERPOLATION)
+    return None
+
+
+def first_order(pt: Point, boundary: np.ndarray, tol: Tolerances) -> FirstOrder:
+    """Steps 1-3 (DESIGN.md section 3): the output-layer gradient, one BVLS per neuron, the extreme rays."""
+    margins = Margins()
     ol = output_layer_test(pt, tol)
-    stats.output_gradient_norm, stats.output_gradient_scale = ol.norm, ol.scale
+    margins.add("output-layer gradient", ol.ratio, 1.0)
     if not ol.stationary:
         G_b2 = None if ol.G_b2 is None else -ol.G_b2
-        return descent(Direction.output(net, -ol.G_W2, G_b2), 1, "output-layer gradient")
-    established.append("output layer stationary")
-
-    # Step 2: Clarke stationarity, one BVLS per neuron
+        candidate = Candidate(Direction.output(pt.net, -ol.G_W2, G_b2), 1, "output-layer gradient",
+                              Reason.OUTPUT_LAYER_DESCENT)
+        return FirstOrder(ol, candidate=candidate, margins=tuple(margins.items()))
+    established = ["output layer stationary"]
     neurons = neuron_tests(pt, boundary, tol)
-    stats.bvls_residual = [nt.residual for nt in neurons]
-    stats.bvls_scale = [nt.scale for nt in neurons]
-    stats.assumption2 = [nt.assumption2 for nt in neurons]
+    record_sides(margins, "neuron subgradient |vt_k|", [nt.residual_ratio for nt in neurons])
     moving = [nt for nt in neurons if not nt.stationary]
     if moving:
         nt = max(moving, key=lambda n: n.residual / n.scale)
-        dZ = np.zeros_like(net.Z)
+        dZ = np.zeros_like(pt.net.Z)
         dZ[nt.k] = -nt.vt
-        test = "neuron gradient" if nt.M == 0 else "Clarke subgradient (BVLS)"
-        return descent(Direction.hidden(net, dZ), 1, test, nt.k)
+        candidate = (Candidate(Direction.hidden(pt.net, dZ), 1, "neuron gradient", Reason.NEURON_GRADIENT_DESCENT, nt.k)
+                     if nt.M == 0 else
+                     Candidate(Direction.hidden(pt.net, dZ), 1, "Clarke subgradient (BVLS)", Reason.CLARKE_DESCENT, nt.k))
+        return FirstOrder(ol, neurons, candidate=candidate, established=tuple(established),
+                          margins=tuple(margins.items()))
     established.append("Clarke stationary")
+    candidate, ending = _rays(pt, neurons, tol, margins)
+    if candidate is None and ending is None:
+        established.append("no descent along extreme rays" if boundary.any() else "differentiable: gradient zero")
+    return FirstOrder(ol, neurons, True, candidate, ending, tuple(established), tuple(margins.items()))
 
-    # Step 3: one-sided derivatives along the extreme rays +-vhat_i
-    zero_output = [lam == 0 and np.linalg.norm(net.W2[:, nt.k]) <= tol.a_zero * np.linalg.norm(net.W2) for nt in neurons]
-    best = None
-    for nt, zo in zip(neurons, zero_output):
-        if nt.M == 0 or not nt.assumption2 or zo:
-            continue
-        norms = np.linalg.norm(nt.rays, axis=0)
-        for sign, slopes, flat in ((1.0, nt.slope_plus, nt.flat_plus), (-1.0, nt.slope_minus, nt.flat_minus)):
-            rate = np.where(flat, 0.0, slopes / norms)
-            j = int(np.argmin(rate))
-            if rate[j] < 0 and (best is None or rate[j] < best[0]):
-                best = (rate[j], nt.k, sign * nt.rays[:, j])
-    stats.L = int(sum(nt.n_flat for nt in neurons))
-    stats.K = int(sum(nt.n_both_flat for nt in neurons))
-    if best is not None:
+
+def _rays(pt: Point, neurons: list[NeuronTest], tol: Tolerances, margins: Margins) -> tuple:
+    """Step 3: the steepest descending extreme ray, or Assumption 2's failure where rays cannot decide."""
+    net = pt.net
+    zero_output = zero_output_mask(net, pt.weight_decay, tol.a_zero)
+    if pt.weight_decay == 0:
+        record_sides(margins, "zero output |w_k|",
+                     ratios(np.linalg.norm(net.W2, axis=0), tol.a_zero * np.linalg.norm(net.W2)))
+    flat = np.hstack([nt.flat_ratios for nt in neurons])
+    for name, row in zip(("flat ray |a_ik|", "flat ray |s*_i - s_plus|", "flat ray |s*_i - s_minus|"), flat):
+        record_sides(margins, name, row)
+    ray = steepest_ray(neurons, zero_output)
+    if ray is not None:
         dZ = np.zeros_like(net.Z)
-        dZ[best[1]] = best[2]
-        return descent(Direction.hidden(net, dZ), 1, "extreme ray", best[1])
-    bad = [nt.k for nt, zo in zip(neurons, zero_output) if nt.M and not nt.assumption2 and not zo]
+        dZ[ray.k] = ray.direction
+        return Candidate(Direction.hidden(net, dZ), 1, "extreme ray", Reason.RAY_DESCENT, ray.k), None
+    bad = [nt.k for nt in neurons if nt.M and not nt.assumption2 and not zero_output[nt.k]]
     if bad:
-        lap("first_order")
-        res.reason = (f"Assumption 2 fails for neuron(s) {bad}: their boundary vectors xbar_i are linearly dependent "
-                      f"(rank {[neurons[k].rank for k in bad]} < M_k {[neurons[k].M for k in bad]}), so the extreme "
-                      "rays and cone reduction do not apply; no first-order descent was found elsewhere")
-        res.message = "not decided: " + res.reason.split(":")[0]
-        return res
-    established.append("no descent along extreme rays" if stats.M else "differentiable: gradient zero")
-    lap("first_order")
-
-    # Step 4: second order on the critical cone
-    so = second_order_test(pt, neurons, boundary, tol, bud, np.random.default_rng(seed), *engine, progress=progress)
-    stats.solver = so.solver
-    stats.qps = so.records
-    stats.n_icqp_planned = so.n_icqp_planned
-    stats.n_params_reduced = so.n_params_reduced
-    stats.hessian_norm, stats.eig_tol = so.hessian_norm, so.eig_tol
-    stats.quotient = so.quotient
-    if so.inconclusive:
-        lap("second_order")
-        res.reason = so.inconclusive
-        res.message = "first-order stationary; second order not decided (see reason)"
-        return res
-    if so.outcome == T3:
-        return descent(so.direction, 2, so.source, symmetric=so.source == "ECQP")
-    lap("second_order")
-    if so.quotient.get("zero_output_neurons"):
-        established.append(f"zero-output neuron(s) {so.quotient['zero_output_neurons']}: no descent of order <= 2 (g == 0)")
-    if so.quotient.get("inactive_directions"):
-        established.append("neuron(s) active on few points: directions orthogonal to those points quotiented "
-                           f"(neuron: dims) {so.quotient['inactive_directions']}")
-    if so.quotient.get("bias_shift_neurons"):
-        established.append(f"affine neuron(s) {so.quotient['bias_shift_neurons']}: bias shift against b2 is exactly "
-                           "flat (quotiented)")
-    ecqp = next((q for q in so.records if q.kind == "ECQP"), None)
-    if ecqp is not None:
-        established.append(f"ECQP {ecqp.outcome}")
-    n_icqp = sum(q.kind == "ICQP" for q in so.records)
-    if n_icqp:
-        established.append(f"{n_icqp} ICQP(s) without negative curvature")
-    if so.outcome == T2:
-        res.verdict = Verdict.SOSP
-        res.message = ("second-order stationary: no descent of order 1 or 2, but some critical direction has zero "
-                       "curvature, so a local minimum is not certified")
-    else:
-        res.verdict = Verdict.LOCAL_MINIMUM
-        res.message = ("local minimum: first-order stationary with no descent ray, and the second-order form is "
-                       "positive on the critical cone (strict modulo the rescaling symmetry and exactly flat directions)")
-    return res
+        detail = (f"Assumption 2 fails for neuron(s) {bad}: their boundary vectors xbar_i are linearly dependent "
+                  f"(rank {[neurons[k].rank for k in bad]} < M_k {[neurons[k].M for k in bad]}), so the extreme "
+                  "rays and cone reduction do not apply; no first-order descent was found elsewhere")
+        return None, Ending(Reason.ASSUMPTION2, detail)
+    return None, None
