@@ -150,13 +150,6 @@ def first_order_pieces(net: TwoLayerNet, X: np.ndarray, Y: np.ndarray, tol: Tole
     return Pieces(pt, boundary, neurons, tol, ol.stationary, time.perf_counter() - t0)
 
 
-def products_from_detail(detail: str) -> int | None:
-    """The Hessian-product count the matrix-free solver writes into its ECQP record."""
-    if "products" not in detail:
-        return None
-    return int(detail.split("Lanczos, ")[1].split(" products")[0])
-
-
 def forced_second_order(net: TwoLayerNet, X: np.ndarray, Y: np.ndarray, solver: str = "auto",
                         backend: str = "numpy", device: str | None = None) -> dict:
     """Step 4 run directly on the point, whatever first order said: "the cost as if first order had
@@ -165,11 +158,10 @@ def forced_second_order(net: TwoLayerNet, X: np.ndarray, Y: np.ndarray, solver: 
     t, so = timed(lambda: second_order_test(pieces.pt, pieces.neurons, pieces.boundary, pieces.tol, Budget(),
                                             np.random.default_rng(0), solver, backend, device))
     ecqp = next((q for q in so.records if q.kind == "ECQP"), None)
-    detail = ecqp.detail if ecqp else ""
     return {"first_order_s": pieces.seconds, "second_order_s": t, "pipeline_s": pieces.seconds + t,
             "outcome": so.outcome or f"inconclusive: {so.inconclusive}", "solver": so.solver,
             "n_params_reduced": so.n_params_reduced, "min_eig": ecqp.min_eig if ecqp else None,
-            "eig_tol": so.eig_tol, "hessian_norm": so.hessian_norm, "products": products_from_detail(detail),
+            "eig_tol": so.eig_tol, "hessian_norm": so.hessian_norm, "products": so.products,
             "M": int(pieces.boundary.sum()), "L": int(sum(n.n_flat for n in pieces.neurons))}
 
 

@@ -129,14 +129,14 @@ def test_zero_output_neuron_with_vanishing_g_is_quotiented():
     net2 = TwoLayerNet(np.vstack([net.W1, [[1.0]]]), np.append(net.b1, 0.0), np.hstack([net.W2, [[0.0]]]), net.b2)
     Y2 = np.array([0.0, 0.0, 1.0, 2.0])
     r = check(net2, X, Y2)
-    assert r.stats.quotient["zero_output_neurons"] == [1]
+    assert r.stats.quotient.zero_output_neurons == [1]
     assert r.verdict != Verdict.DESCENT
 
 
 @SOLVERS
 def test_dead_neuron_is_quotiented_so_minimum_stays_certified(solver):
     r = check(*cases.with_dead_neuron(*cases.convex_kink_minimum()), solver=solver)
-    assert r.verdict == Verdict.LOCAL_MINIMUM and r.stats.quotient["dead_neurons"] == [1]
+    assert r.verdict == Verdict.LOCAL_MINIMUM and r.stats.quotient.dead_neurons == [1]
 
 
 @SOLVERS
@@ -146,7 +146,7 @@ def test_data_span_quotient(solver):
     X3 = np.hstack([X, np.zeros_like(X)])
     net3 = TwoLayerNet(np.hstack([net.W1, [[0.5]]]), net.b1, net.W2, net.b2)
     r = check(net3, X3, Y, solver=solver)
-    assert r.verdict == Verdict.LOCAL_MINIMUM and r.stats.quotient["data_span_dim"] == 2
+    assert r.verdict == Verdict.LOCAL_MINIMUM and r.stats.quotient.data_span_dim == 2
 
 
 def test_leaky_relu_dy2():

@@ -52,7 +52,7 @@ def test_zero_neurons_certified_non_descent_when_g_vanishes():
     net, X, Y = cases.interpolating_kink_minimum()
     net2 = TwoLayerNet(np.vstack([net.W1, [[0.0]]]), np.append(net.b1, 0.0), np.hstack([net.W2, [[0.0]]]), net.b2)
     r = check(net2, X, Y)
-    assert r.stats.quotient["zero_output_neurons"] == [1]
+    assert r.stats.quotient.zero_output_neurons == [1]
     assert r.verdict == Verdict.SOSP
     assert any("zero-output neuron(s) [1]" in e for e in r.established)
 

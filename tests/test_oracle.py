@@ -120,7 +120,7 @@ def test_affine_neurons_are_certified_minima_by_check_and_oracle(solver):
         expected = "sosp" if inst["s_minus"] > 0 and len(inst["b1"]) == 2 else "local_minimum"
         assert o.verdict == expected, (n, o)
         assert r.verdict.value == expected, (n, r.summary())
-        assert r.stats.quotient["bias_shift_neurons"] == ([0, 1] if len(inst["b1"]) == 2 and inst["s_minus"] else [0])
+        assert r.stats.quotient.bias_shift_neurons == ([0, 1] if len(inst["b1"]) == 2 and inst["s_minus"] else [0])
         perturbed = dict(inst, Y=inst["Y"] + rng.standard_normal(inst["Y"].shape))  # now not stationary
         o, r = run_pair(perturbed, solver)
         assert (o.verdict, o.order) == verdict_of(r) == ("descent", 1)
@@ -134,4 +134,4 @@ def test_active_points_that_outnumber_the_dimension_but_do_not_span_it():
     assert not bad, bad
     o, r = run_pair(insts[6])
     assert o.verdict == r.verdict.value == "local_minimum"
-    assert r.stats.quotient["inactive_directions"] == {"0": 1}
+    assert r.stats.quotient.to_dict()["inactive_directions"] == {"0": 1}

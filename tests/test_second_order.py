@@ -62,7 +62,7 @@ def test_flat_directions_of_a_sparsely_active_neuron_are_quotiented():
     for solver in ("dense", "matrix_free"):
         r = check(net, X, Y, solver=solver, fragility=False)
         assert r.verdict.value == "local_minimum", r.summary()
-        assert r.stats.quotient["inactive_directions"] == {"0": 3}
+        assert r.stats.quotient.to_dict()["inactive_directions"] == {"0": 3}
     # with a leaky ReLU the inactive points move the output: nothing is quotiented
     leaky = check(net.with_weights(s_minus=0.01), X, Y, fragility=False)
-    assert not (leaky.stats.quotient or {}).get("inactive_directions")
+    assert not (leaky.stats.quotient and leaky.stats.quotient.inactive_directions)

@@ -13,11 +13,13 @@ with ``S y - mu 1 = lambda >= 0``, ``lambda_i y_i = 0``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, linprog, milp, nnls
+
+from .margins import Margins
 
 __all__ = ["CopositivityResult", "copositivity", "copositivity_enumerate", "copositivity_milp",
            "copositivity_pretests"]
@@ -31,13 +33,15 @@ UNKNOWN = "unknown"
 @dataclass(frozen=True)
 class CopositivityResult:
     """``status`` in {strictly_copositive, copositive, not_copositive, unknown}; ``witness`` is a
-    ``y >= 0`` with ``sum y = 1`` and ``y'Sy = value`` (< 0, or ~ 0 for plain copositive)."""
+    ``y >= 0`` with ``sum y = 1`` and ``y'Sy = value`` (< 0, or ~ 0 for plain copositive).
+    ``margins``: the decisions against ``tol`` that led here (:mod:`sospcheck.margins`)."""
 
     status: str
     witness: np.ndarray | None
     value: float | None
     method: str
     work: int
+    margins: list = field(default_factory=list)
 
 
 def _nonneg_in_span(V: np.ndarray) -> np.ndarray | None:
@@ -61,8 +65,9 @@ def _nonneg_in_span(V: np.ndarray) -> np.ndarray | None:
     return y / y.sum() if y.sum() > 0 else None
 
 
-def copositivity_enumerate(S: np.ndarray, tol: float) -> CopositivityResult:
+def copositivity_enumerate(S: np.ndarray, tol: float, margins: Margins | None = None) -> CopositivityResult:
     """Kaplan's criterion over all ``2^r - 1`` principal submatrices; ``tol`` is absolute."""
+    m = Margins() if margins is None else margins
     r = S.shape[0]
     zero_witness = None
     work = 0
@@ -71,6 +76,7 @@ def copositivity_enumerate(S: np.ndarray, tol: float) -> CopositivityResult:
             work += 1
             J = list(J)
             lam, vec = np.linalg.eigh(S[np.ix_(J, J)])
+            m.vector_abs_le("copositivity: subset eigenvalue", lam, tol)
             for mask, negative in ((lam < -tol, True), (np.abs(lam) <= tol, False)):
                 if not np.any(mask) or (not negative and zero_witness is not None):
                     continue
@@ -80,17 +86,19 @@ def copositivity_enumerate(S: np.ndarray, tol: float) -> CopositivityResult:
                 y = np.zeros(r)
                 y[J] = yJ
                 value = float(y @ S @ y)
-                if negative and value < -tol * (y @ y):
-                    return CopositivityResult(NOT, y, value, "enumeration", work)
+                if negative and m.below("copositivity: witness y'Sy", value, tol * (y @ y)):
+                    return CopositivityResult(NOT, y, value, "enumeration", work, m.items())
                 if not negative:
                     zero_witness = (y, value)
     if zero_witness is not None:
-        return CopositivityResult(COPOSITIVE, zero_witness[0], zero_witness[1], "enumeration", work)
-    return CopositivityResult(STRICT, None, None, "enumeration", work)
+        return CopositivityResult(COPOSITIVE, zero_witness[0], zero_witness[1], "enumeration", work, m.items())
+    return CopositivityResult(STRICT, None, None, "enumeration", work, m.items())
 
 
-def copositivity_milp(S: np.ndarray, tol: float, time_limit: float = 60.0) -> CopositivityResult:
+def copositivity_milp(S: np.ndarray, tol: float, time_limit: float = 60.0,
+                      margins: Margins | None = None) -> CopositivityResult:
     """``min y'Sy`` over the simplex, exactly, as a MILP on the KKT conditions."""
+    m = Margins() if margins is None else margins
     r = S.shape[0]
     smax = float(np.max(np.abs(S))) or 1.0
     big = 2.0 * smax * (1 + 1e-6) + 1e-12
@@ -125,15 +133,16 @@ def copositivity_milp(S: np.ndarray, tol: float, time_limit: float = 60.0) -> Co
         bounds=Bounds(lb, ub), options={"time_limit": time_limit, "mip_rel_gap": 0.0},
     )
     if res.status != 0 or res.x is None:
-        return CopositivityResult(UNKNOWN, None, None, f"milp ({res.message})", 1)
+        return CopositivityResult(UNKNOWN, None, None, f"milp ({res.message})", 1, m.items())
     y = np.clip(res.x[iy], 0, None)
     y = y / y.sum()
     value = float(y @ S @ y)
+    m.add("copositivity: simplex minimum", value, tol)
     if value < -tol:
-        return CopositivityResult(NOT, y, value, "milp", 1)
+        return CopositivityResult(NOT, y, value, "milp", 1, m.items())
     if value <= tol:
-        return CopositivityResult(COPOSITIVE, y, value, "milp", 1)
-    return CopositivityResult(STRICT, None, value, "milp", 1)
+        return CopositivityResult(COPOSITIVE, y, value, "milp", 1, m.items())
+    return CopositivityResult(STRICT, None, value, "milp", 1, m.items())
 
 
 def _unit(r: int, i: int) -> np.ndarray:
@@ -142,7 +151,7 @@ def _unit(r: int, i: int) -> np.ndarray:
     return y
 
 
-def copositivity_pretests(S: np.ndarray, tol: float) -> CopositivityResult | None:
+def copositivity_pretests(S: np.ndarray, tol: float, margins: Margins | None = None) -> CopositivityResult | None:
     """Sufficient conditions that decide many matrices in ``O(r^3)``; None when none applies.
 
     Not copositive: a diagonal entry ``< -tol``; a pair ``(i, j)`` whose 2x2 block is negative at
@@ -152,11 +161,12 @@ def copositivity_pretests(S: np.ndarray, tol: float) -> CopositivityResult | Non
     Positive semidefinite to ``tol``: the convex minimum of ``y'Sy`` over the simplex decides
     (copositive with that ``y`` as witness when it is ``<= tol``, else strict).
     """
+    m = Margins() if margins is None else margins
     r = S.shape[0]
     d = np.diag(S)
     i = int(np.argmin(d))
-    if d[i] < -tol:
-        return CopositivityResult(NOT, _unit(r, i), float(d[i]), "pretest: negative diagonal", 1)
+    if m.below("copositivity: diagonal", d[i], tol):
+        return CopositivityResult(NOT, _unit(r, i), float(d[i]), "pretest: negative diagonal", 1, m.items())
     # 2x2 blocks: min over the simplex of [t, 1-t] S_ij [t, 1-t]' at t = (d_j - s) / (d_i + d_j - 2 s)
     # when s = S_ij < 0 (then the denominator is positive); vectorized over all pairs.
     den = d[:, None] + d[None, :] - 2.0 * S
@@ -166,25 +176,27 @@ def copositivity_pretests(S: np.ndarray, tol: float) -> CopositivityResult | Non
     val = t * t * d[:, None] + (1 - t) ** 2 * d[None, :] + 2 * t * (1 - t) * S
     np.fill_diagonal(val, np.inf)
     a, b = np.unravel_index(int(np.argmin(val)), val.shape)
-    if val[a, b] < -tol:
+    if m.below("copositivity: 2x2 block", val[a, b], tol):
         y = np.zeros(r)
         y[a], y[b] = t[a, b], 1.0 - t[a, b]
-        return CopositivityResult(NOT, y, float(y @ S @ y), "pretest: 2x2 block", 1)
-    if np.all(S >= -tol):
+        return CopositivityResult(NOT, y, float(y @ S @ y), "pretest: 2x2 block", 1, m.items())
+    if not m.below("copositivity: smallest entry", np.min(S), tol):
         j = int(np.argmin(d))
-        if d[j] <= tol:
-            return CopositivityResult(COPOSITIVE, _unit(r, j), float(d[j]), "pretest: nonnegative entries", 1)
+        if m.at_most("copositivity: diagonal", d[j], tol):
+            return CopositivityResult(COPOSITIVE, _unit(r, j), float(d[j]), "pretest: nonnegative entries", 1,
+                                      m.items())
         if np.all(S >= 0):
             # a nonnegative eigenvector of a principal submatrix is a Perron vector of one of its
             # irreducible blocks, whose eigenvalue is at least that block's largest diagonal entry
-            return CopositivityResult(STRICT, None, None, "pretest: nonnegative entries", 1)
+            return CopositivityResult(STRICT, None, None, "pretest: nonnegative entries", 1, m.items())
     lam, vec = np.linalg.eigh(S)
+    m.add("copositivity: smallest eigenvalue", lam[0], tol)
     if lam[0] > tol:
-        return CopositivityResult(STRICT, None, None, "pretest: positive definite", 1)
+        return CopositivityResult(STRICT, None, None, "pretest: positive definite", 1, m.items())
     if lam[0] < -tol:
         y = _nonneg_in_span(vec[:, :1])
-        if y is not None and y @ S @ y < -tol * (y @ y):
-            return CopositivityResult(NOT, y, float(y @ S @ y), "pretest: one-signed eigenvector", 1)
+        if y is not None and m.below("copositivity: witness y'Sy", y @ S @ y, tol * (y @ y)):
+            return CopositivityResult(NOT, y, float(y @ S @ y), "pretest: one-signed eigenvector", 1, m.items())
         return None
     # positive semidefinite to tol: min over the simplex of y'Sy is a convex problem, solved as a
     # nonnegative least-squares problem |R y|^2 with S ~ R'R and a heavily weighted row sum y = 1
@@ -195,9 +207,9 @@ def copositivity_pretests(S: np.ndarray, tol: float) -> CopositivityResult | Non
         return None
     y = y / y.sum()
     value = float(y @ S @ y)
-    if value <= tol:
-        return CopositivityResult(COPOSITIVE, y, value, "pretest: positive semidefinite", 1)
-    return CopositivityResult(STRICT, None, value, "pretest: positive semidefinite", 1)
+    if m.at_most("copositivity: simplex minimum", value, tol):
+        return CopositivityResult(COPOSITIVE, y, value, "pretest: positive semidefinite", 1, m.items())
+    return CopositivityResult(STRICT, None, value, "pretest: positive semidefinite", 1, m.items())
 
 
 def copositivity(S: np.ndarray, tol: float, max_subsets: int, time_limit: float = 60.0) -> CopositivityResult:
@@ -205,9 +217,10 @@ def copositivity(S: np.ndarray, tol: float, max_subsets: int, time_limit: float 
     r = S.shape[0]
     if r == 0:
         return CopositivityResult(STRICT, None, None, "empty", 0)
-    decided = copositivity_pretests(S, tol)
+    m = Margins()
+    decided = copositivity_pretests(S, tol, m)
     if decided is not None:
         return decided
     if 2.0**r - 1 <= max_subsets:
-        return copositivity_enumerate(S, tol)
-    return copositivity_milp(S, tol, time_limit)
+        return copositivity_enumerate(S, tol, m)
+    return copositivity_milp(S, tol, time_limit, m)

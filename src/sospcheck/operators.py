@@ -68,6 +68,9 @@ class HessianOperator:
         O: activations (m, dh). Xr: data in span coordinates, ``Xbar V`` (m, rho).
         W2: output weights (dy, dh). r, Hl: weighted loss gradients (m, dy) and Hessians (m, dy, dy).
         J: slopes (m, dh). weight_decay: lambda. has_b2: whether ``db2`` is a coordinate.
+
+    ``products`` counts the columns multiplied by ``H`` so far (Hessian-vector products), shared
+    with the operators made from this one by :meth:`with_slopes`.
     """
 
     xp = np
@@ -79,10 +82,16 @@ class HessianOperator:
         self.h_scalar = float(Hl[0, 0, 0]) if identity_hessian else None
         self.layout = Layout(W2.shape[0], W2.shape[1], Xr.shape[1], has_b2)
         self.m = O.shape[0]
+        self._count = [0]  # one list shared by the with_slopes copies
         arrays = dict(O=O, Xr=Xr, W2=W2, r=r, Jt=np.ascontiguousarray(J.T),
                       Hl=None if identity_hessian else np.asarray(Hl))
         for name, arr in arrays.items():
             setattr(self, name, None if arr is None else self._to_backend(arr))
+
+    @property
+    def products(self) -> int:
+        """Hessian-vector products done by this operator and those sharing its data."""
+        return self._count[0]
 
     def _to_backend(self, arr: np.ndarray):
         return arr
@@ -100,6 +109,7 @@ class HessianOperator:
         """``H Theta`` for ``Theta`` (n, b); the data are visited in row chunks so that the
         intermediates stay below ``max_elements`` floats (memory independent of ``m``)."""
         xp = self.xp
+        self._count[0] += Theta.shape[1]
         U, Nu, c = (None if a is None else self._to_backend(np.ascontiguousarray(a)) for a in self.layout.split(Theta))
         b, dh = U.shape[0], self.layout.dh
         step = max(1, min(self.m, max_elements // max(1, b * max(dh, self.layout.dy))))

@@ -97,8 +97,8 @@ def neuron_rows(result: CheckResult, setting: Setting | None = None) -> list[Neu
     """One row per hidden neuron; ``setting`` lets the flat-ray counts be recomputed when ``stats`` lacks them."""
     s = result.stats
     flat, both = _flat_counts(result, setting)
-    quot = s.quotient or {}
-    dead, zero = set(quot.get("dead_neurons") or []), set(quot.get("zero_output_neurons") or [])
+    quot = s.quotient
+    dead, zero = (set(quot.dead_neurons), set(quot.zero_output_neurons)) if quot is not None else (set(), set())
     rows = []
     for k, M in enumerate(s.M_k):
         res = s.bvls_residual[k] if k < len(s.bvls_residual) else None

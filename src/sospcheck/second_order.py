@@ -33,6 +33,7 @@ choice; each ICQP adds ``y >= 0`` and is decided by ``Qww`` and the Schur comple
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from itertools import product
 
 import numpy as np
@@ -41,15 +42,29 @@ from scipy.linalg import null_space
 from .copositive import NOT, STRICT, UNKNOWN, copositivity
 from .first_order import NeuronTest
 from .geometry import data_span
+from .margins import FRAGILITY_FACTOR, Margins
 from .model import Direction
 from .operators import Layout, make_operator
 from .options import Budget, Tolerances
 from .point import Point
-from .zero_output import zero_output_test
+from .quotient import Quotient
+from .zero_output import zero_output_mask, zero_output_ratios, zero_output_test
 
-__all__ = ["QPRecord", "SecondOrderOutcome", "second_order_test"]
+__all__ = ["Outcome", "QPRecord", "SecondOrderOutcome", "second_order_test"]
 
-T1, T2, T3 = "T1", "T2", "T3"
+
+class Outcome(str, Enum):
+    """How a second-order subproblem came out (the values are what the JSON report writes)."""
+
+    POSITIVE = "T1"  # positive on the critical cone (modulo the quotient)
+    ZERO = "T2"  # some nonzero critical direction has zero curvature
+    NEGATIVE = "T3"  # negative curvature: a second-order descent direction
+
+    def __str__(self) -> str:
+        return self.value
+
+
+T1, T2, T3 = Outcome.POSITIVE, Outcome.ZERO, Outcome.NEGATIVE
 
 
 @dataclass
@@ -57,7 +72,7 @@ class QPRecord:
     """One second-order subproblem and how it came out."""
 
     kind: str  # "ECQP", "ICQP" or "zero_output"
-    outcome: str  # T1 (positive), T2 (zero curvature), T3 (negative: descent)
+    outcome: Outcome
     n_vars: int
     n_eq: int = 0
     n_ineq: int = 0
@@ -69,7 +84,7 @@ class QPRecord:
 
     def to_dict(self) -> dict:
         return {
-            "kind": self.kind, "outcome": self.outcome, "n_vars": self.n_vars, "n_eq": self.n_eq,
+            "kind": self.kind, "outcome": Outcome(self.outcome).value, "n_vars": self.n_vars, "n_eq": self.n_eq,
             "n_ineq": self.n_ineq, "signs": list(self.signs), "min_eig": self.min_eig,
             "copositivity": self.copositivity, "copositivity_value": self.copositivity_value,
             "detail": self.detail,
@@ -78,17 +93,24 @@ class QPRecord:
 
 @dataclass
 class SecondOrderOutcome:
-    outcome: str | None  # T1/T2/T3, or None when inconclusive
+    """Step 4's answer. ``outcome`` None: inconclusive (``inconclusive`` says why). ``direction``: the
+    descent direction of a NEGATIVE outcome, found by ``source`` ("ECQP", "ICQP" or "zero_output").
+    ``products``: Hessian-vector products used. ``margins``: ``(decision, |value| / threshold)`` for
+    every decision taken against a tolerance that the fragility probe scales (:mod:`sospcheck.margins`)."""
+
+    outcome: Outcome | None
     records: list[QPRecord] = field(default_factory=list)
     direction: Direction | None = None
     source: str = ""
     inconclusive: str | None = None
-    quotient: dict = field(default_factory=dict)
+    quotient: Quotient | None = None
     n_icqp_planned: int = 0
     n_params_reduced: int = 0
     hessian_norm: float = 0.0
     eig_tol: float = 0.0
     solver: str = ""
+    products: int = 0
+    margins: list[tuple[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -115,6 +137,11 @@ class _Problem:
                 identity_hessian=pt.loss.name == "squared", has_b2=pt.net.has_b2, device=self.device,
             )
         return self._base_op if J is self.J_base else self._base_op.with_slopes(J)
+
+    @property
+    def products(self) -> int:
+        """Hessian-vector products done so far (all slope patterns share one counter)."""
+        return 0 if self._base_op is None else self._base_op.products
 
     def apply(self, J: np.ndarray, M: np.ndarray) -> np.ndarray:
         """``H_J[keep][:, keep] @ M`` without forming ``H_J``."""
@@ -150,6 +177,17 @@ def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray
                       budget: Budget, rng: np.random.Generator | None = None,
                       solver: str = "auto", backend: str = "numpy", device: str | None = None,
                       progress=None) -> SecondOrderOutcome:
+    """Step 4 (see :func:`_second_order`), with the Hessian products counted and the margins recorded."""
+    margins, probs = Margins(), []
+    out = _second_order(pt, neurons, boundary, tol, budget, rng, solver, backend, device, progress, margins, probs)
+    out.margins = margins.items()
+    out.products = probs[0].products if probs else 0
+    return out
+
+
+def _second_order(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray, tol: Tolerances,
+                  budget: Budget, rng: np.random.Generator | None, solver: str, backend: str, device: str | None,
+                  progress, margins: Margins, probs: list) -> SecondOrderOutcome:
     """Step 4 at a first-order stationary point whose rays were all nonnegative.
 
     Returns T3 with a second-order descent direction (``second < 0``, ``first = 0``), T2 if some
@@ -167,25 +205,27 @@ def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray
     layout = Layout(net.dy, net.dh, V.shape[1], net.has_b2)
     keep = np.ones(layout.n, bool)
     out = SecondOrderOutcome(None)
-    out.quotient = {"data_span_dim": int(V.shape[1]), "full_dim": int(fwd.Xbar.shape[1]),
-                    "dead_neurons": [], "zero_output_neurons": [], "bias_shift_neurons": [],
-                    "inactive_directions": {}}
+    dead, zero = [], []
+    out.quotient = Quotient(int(V.shape[1]), int(fwd.Xbar.shape[1]), dead, zero)
     s_hi = max(net.s_plus, net.s_minus)
-    W2norm = np.linalg.norm(net.W2)
+    zero_mask = zero_output_mask(net, lam, tol.a_zero)
+    zero_ratio = zero_output_ratios(net, lam, tol.a_zero)
 
     if lam == 0:
         for nt in neurons:
             k = nt.k
             if nt.M == 0 and net.s_minus == 0 and np.all(fwd.N[:, k] < 0):
                 keep[layout.u_index(k)] = keep[layout.nu_index(k)] = False
-                out.quotient["dead_neurons"].append(k)
+                dead.append(k)
                 continue
-            if np.linalg.norm(net.W2[:, k]) <= tol.a_zero * W2norm:
+            margins.extend([("zero output: |w_k| (a_zero)", float(zero_ratio[k]))])
+            if zero_mask[k]:
                 g_tol = tol.gradient * s_hi * np.linalg.norm(pt.r) * np.linalg.norm(Xr)
                 zt = zero_output_test(k, Xr, pt.r, fwd.N[:, k], boundary[:, k], net.s_plus, net.s_minus, g_tol, rng)
+                margins.extend(zt.margins)
                 if zt.flat:
                     keep[layout.nu_index(k)] = False
-                    out.quotient["zero_output_neurons"].append(k)
+                    zero.append(k)
                     continue
                 if zt.nu is None:
                     out.inconclusive = f"zero-output neuron {k}: could not decide whether its kinks give descent"
@@ -194,13 +234,13 @@ def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray
 
     prob = _Problem(pt, V, Xr, layout, np.flatnonzero(keep), net.slope(fwd.N).astype(float), [], backend, device)
     prob.J_base[boundary] = net.s_plus
+    probs.append(prob)
     shift = _bias_shift_rows(net, fwd.N, Xr, neurons, keep, layout, lam, tol.rank)
-    out.quotient["bias_shift_neurons"] = sorted(k for k in shift if k not in out.quotient["zero_output_neurons"])
-    inactive = _inactive_rows(net, fwd.N, boundary, Xr, neurons, keep, layout, lam,
-                              out.quotient["zero_output_neurons"], tol.rank)
-    out.quotient["inactive_directions"] = {str(k): int(F.shape[0]) for k, F in inactive.items()}  # JSON keys
-    blocks = _constraint_blocks(prob, neurons, keep, Zr, out.quotient["zero_output_neurons"], lam,
-                                {k: shift[k] for k in out.quotient["bias_shift_neurons"]}, inactive)
+    shifted = sorted(k for k in shift if k not in zero)
+    inactive = _inactive_rows(net, fwd.N, boundary, Xr, neurons, keep, layout, lam, zero, tol.rank)
+    out.quotient = Quotient(int(V.shape[1]), int(fwd.Xbar.shape[1]), dead, zero, shifted,
+                            {k: int(F.shape[0]) for k, F in inactive.items()})
+    blocks = _constraint_blocks(prob, neurons, keep, Zr, zero, lam, {k: shift[k] for k in shifted}, inactive)
     prob.flat_pairs = [(i, b.k, allowed) for b in blocks for i, allowed in b.flat]
     out.n_params_reduced = int(prob.keep.size)
     L = len(prob.flat_pairs)
@@ -228,6 +268,8 @@ def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray
     if sub.failed:
         out.inconclusive = f"ECQP eigenvalue not computed: {sub.failed}"
         return out
+    if lam_min is not None:
+        margins.add("ECQP: smallest eigenvalue", lam_min, eig_tol, sub.accuracy)
     if lam_min is not None and lam_min < -eig_tol:
         ecqp.outcome = T3
         return _finish(out, T3, prob.direction(v_min), "ECQP")
@@ -236,7 +278,7 @@ def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray
         ecqp.outcome = T2
     if L == 0:
         return _finish(out, ecqp.outcome, None, "ECQP")
-    sub.prepare_solves(eig_tol)
+    sub.prepare_solves(eig_tol, margins)
 
     overall = ecqp.outcome
     My0 = _particular_solutions(prob, blocks)
@@ -264,7 +306,7 @@ def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray
             q = float(theta @ prob.apply(J_sigma, theta[:, None])[:, 0])
             return q < -1e-13 * out.hessian_norm * float(theta @ theta)
 
-        theta = sub.unbounded_direction(My, HMy, Qyy, eig_tol) if singular else None
+        theta = sub.unbounded_direction(My, HMy, Qyy, eig_tol, margins) if singular else None
         if theta is not None:
             if not negative(theta):
                 out.inconclusive = ("Qww is (nearly) singular and the solver's null-space direction does not have "
@@ -276,6 +318,7 @@ def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray
         S = Qyy - HMy.T @ Xs
         S = 0.5 * (S + S.T)
         cop = copositivity(S, eig_tol, budget.max_copositive_subsets, budget.milp_time_limit)
+        margins.extend(cop.margins)
         rec.copositivity, rec.copositivity_value = cop.status, cop.value
         if cop.status == UNKNOWN:
             out.inconclusive = f"copositivity of a {L}x{L} Schur complement not decided: {cop.method}"
@@ -458,6 +501,7 @@ class _DenseSubspace:
         self.dim = int(self.Mw.shape[1])
         self.failed = None
         self.detail = "dense"
+        self.accuracy = 0.0
 
     def min_eig(self, eig_tol: float):
         Qww = self.Mw.T @ self.H @ self.Mw
@@ -467,12 +511,12 @@ class _DenseSubspace:
         self.ew, self.Uw = np.linalg.eigh(Qww)
         return float(self.ew[0]), self.Mw @ self.Uw[:, 0]
 
-    def prepare_solves(self, eig_tol):
-        self.null = np.abs(self.ew) <= eig_tol
+    def prepare_solves(self, eig_tol, margins: Margins):
+        self.null = margins.vector_abs_le("ICQP: eigenvalues of Qww", self.ew, eig_tol)
         pos = self.ew > eig_tol
         self.Qww_pinv = (self.Uw[:, pos] / self.ew[pos]) @ self.Uw[:, pos].T
 
-    def unbounded_direction(self, My, HMy, Qyy, eig_tol):
+    def unbounded_direction(self, My, HMy, Qyy, eig_tol, margins: Margins):
         """y = e_j and w = -alpha n0 with n0 = the coupling G_j inside the (numerical) null space of Qww.
 
         Along it the form is ``Qyy_jj - 2 alpha |G_j|^2 + alpha^2 n0' Qww n0``: unbounded below when
@@ -484,10 +528,10 @@ class _DenseSubspace:
         lam = np.where(np.abs(lam) <= 1e-12 * self.hessian_norm, 0.0, lam)  # rounding noise is zero
         for j in np.argsort(-np.linalg.norm(G, axis=0)):
             g2 = float(G[:, j] @ G[:, j])
-            if np.sqrt(g2) <= eig_tol:
+            if margins.at_most("ICQP: coupling to null(Qww)", np.sqrt(g2), eig_tol):
                 break
             quad = float(lam @ G[:, j] ** 2)
-            if quad > 0 and Qyy[j, j] - g2**2 / quad >= -eig_tol:
+            if quad > 0 and not margins.below("ICQP: value along the coupling", Qyy[j, j] - g2**2 / quad, eig_tol):
                 continue
             alpha = g2 / quad if quad > 0 else (abs(Qyy[j, j]) + 1.0) / g2
             return My[:, j] - alpha * (self.Mw @ (self.Uw[:, self.null] @ G[:, j]))
@@ -561,6 +605,7 @@ class _ProjectedSubspace:
         self.op = LinearOperator((n, n), matvec=self._op, rmatvec=self._op, matmat=self._op, dtype=float)
         self.detail = "matrix-free (Lanczos)"
         self.n_products = 0
+        self.accuracy = 0.0
 
     def _h(self, x):
         x = x.reshape(self.n, -1)
@@ -594,6 +639,9 @@ class _ProjectedSubspace:
         found = _lanczos_min(lambda x: self._op(x)[:, 0], v, eig_tol,
                              max_steps=min(self.n, 300, (1 << 27) // self.n + 2))
         if found is not None:
+            # a converged run is accurate to eig_tol / 10 at every tolerance scale: the value is known
+            # only within that at this scale and the largest one
+            self.accuracy = 0.1 * eig_tol * (1 + FRAGILITY_FACTOR) if found[0] == "converged" else 0.0
             return self._report(*found[1:])
         # ARPACK on the operator shifted by c = |H|: its stopping test is relative to the Ritz value,
         # unattainable for lambda_min ~ 0 unshifted; shifted, the error is ~ tol * c, absolute. A
@@ -607,6 +655,7 @@ class _ProjectedSubspace:
                 self.failed = f"Lanczos did not converge ({exc})"
                 return None, None
             lam = float(lam[0]) - c
+            self.accuracy = 2 * tol * c + 0.1 * eig_tol * (1 + FRAGILITY_FACTOR)
             if min(abs(lam - eig_tol), abs(lam + eig_tol)) > 2 * tol * c:
                 break
         u = self.project(vec)[:, 0]
@@ -617,7 +666,7 @@ class _ProjectedSubspace:
                        f"{np.linalg.norm(self._op(v)[:, 0] - lam * v):.2g})")
         return lam, v
 
-    def prepare_solves(self, eig_tol):
+    def prepare_solves(self, eig_tol, margins: Margins):
         self.eig_tol = eig_tol
         self._cache = (None, None, None)
 
@@ -643,11 +692,12 @@ class _ProjectedSubspace:
         self._cache = (R, X, res)
         return X, res
 
-    def unbounded_direction(self, My, HMy, Qyy, eig_tol):
+    def unbounded_direction(self, My, HMy, Qyy, eig_tol, margins: Margins):
         """As the dense solver, with the null-space component read off the MINRES residual."""
         _, res = self._solve_lsq(HMy)
         gn = np.linalg.norm(res, axis=0)
         j = int(np.argmax(gn))
+        margins.add("ICQP: coupling to null(Qww)", gn[j], eig_tol)
         if gn[j] <= max(eig_tol, 1e-8 * np.linalg.norm(HMy[:, j])):
             return None
         # n0 = res_j lies in null(Qww): the form along My e_j - alpha n0 is Qyy_jj - 2 alpha |n0|^2

@@ -22,23 +22,46 @@ the boundary vectors (zero neurons, ``Z_k = 0``, put every point on the kink).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ZeroOutputTest", "zero_output_test"]
+from .margins import Margins
+
+__all__ = ["ZeroOutputTest", "zero_output_test", "zero_output_mask", "zero_output_ratios"]
 
 
 @dataclass(frozen=True)
 class ZeroOutputTest:
     """``flat``: ``g == 0`` so ``nu_k`` is an exactly flat block. Else ``nu`` with ``g(nu) = g_nu != 0``
-    (``nu is None`` with ``flat`` False: undecided)."""
+    (``nu is None`` with ``flat`` False: undecided). ``margins``: the decisions against ``tol``
+    (:mod:`sospcheck.margins`)."""
 
     k: int
     flat: bool
     nu: np.ndarray | None
     g_nu: np.ndarray | None
     n_lines: int
+    margins: list = field(default_factory=list)
+
+
+def zero_output_ratios(net, weight_decay: float, a_zero: float) -> np.ndarray:
+    """Per neuron ``|w_k| / (a_zero |W2|)``, the margin of the zero-output test (:mod:`sospcheck.margins`);
+    0 where ``w_k = 0`` exactly and inf where the test cannot hold (nonzero ``w_k`` with a zero threshold).
+    With weight decay no neuron is treated as zero-output: all inf."""
+    col = np.linalg.norm(net.W2, axis=0)
+    if weight_decay != 0:
+        return np.full(col.shape, np.inf)
+    t = a_zero * np.linalg.norm(net.W2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(col == 0, 0.0, col / t) if t > 0 else np.where(col == 0, 0.0, np.inf)
+
+
+def zero_output_mask(net, weight_decay: float, a_zero: float) -> np.ndarray:
+    """Neurons treated as having a zero output column: no weight decay and ``|w_k| <= a_zero |W2|``."""
+    if weight_decay != 0:
+        return np.zeros(net.dh, bool)
+    return np.linalg.norm(net.W2, axis=0) <= a_zero * np.linalg.norm(net.W2)
 
 
 def _g(nu, Xr, r, slope_off, boundary, s_plus, s_minus):
@@ -78,8 +101,9 @@ def zero_output_test(k: int, Xr: np.ndarray, r: np.ndarray, N_k: np.ndarray, bou
     idx, norms = idx[norms > 0], norms[norms > 0]
     lines, R = _group_lines(Xr[idx] / norms[:, None], norms[:, None] * r[idx])
     rho = Xr.shape[1]
+    m = Margins()
     for a, Rl in zip(lines, R):
-        if np.linalg.norm(Rl) <= tol:
+        if m.at_most("zero output: ramp |R_l|", np.linalg.norm(Rl), tol):
             continue
         # g jumps by (s_plus - s_minus) R_l across the hyperplane a . nu = 0: probe both sides of
         # a generic point on it (generic, so that no other kink lies in between)
@@ -93,14 +117,14 @@ def zero_output_test(k: int, Xr: np.ndarray, r: np.ndarray, N_k: np.ndarray, bou
             best = max((nu0 + sgn * eps * a for sgn in (1.0, -1.0)),
                        key=lambda nu: np.linalg.norm(_g(nu, *args)))
             g_nu = _g(best, *args)
-            if np.linalg.norm(g_nu) > tol * np.linalg.norm(best):
-                return ZeroOutputTest(k, False, best, g_nu, len(lines))
+            if not m.at_most("zero output: probe |g(nu)|", np.linalg.norm(g_nu), tol * np.linalg.norm(best)):
+                return ZeroOutputTest(k, False, best, g_nu, len(lines), m.items())
         # a jump that no probe could see: say so rather than guess (the caller reports inconclusive)
-        return ZeroOutputTest(k, False, None, None, len(lines))
+        return ZeroOutputTest(k, False, None, None, len(lines), m.items())
     # every R_l vanishes: g is linear; read its matrix off the basis vectors
     G = np.stack([_g(e, *args) for e in np.eye(rho)], axis=1) if rho else np.zeros((r.shape[1], 0))
-    if G.size and np.max(np.linalg.norm(G, axis=0)) > tol:
+    if G.size and not m.at_most("zero output: linear part |G|", np.max(np.linalg.norm(G, axis=0)), tol):
         _, _, Vt = np.linalg.svd(G)
         nu = Vt[0]
-        return ZeroOutputTest(k, False, nu, _g(nu, *args), len(lines))
-    return ZeroOutputTest(k, True, None, None, len(lines))
+        return ZeroOutputTest(k, False, nu, _g(nu, *args), len(lines), m.items())
+    return ZeroOutputTest(k, True, None, None, len(lines), m.items())
