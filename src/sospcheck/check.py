@@ -117,7 +117,8 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
         problem = problem.at(net)
         notify("snap", 1, 1)
     t_snap = time.perf_counter() - t0
-    result = _analyze(problem, tol, bud, seed, engine, progress)
+    analysis = _analyze(problem, tol, bud, seed, engine, progress)
+    result = analysis.result
     if snap:
         result.timings = {"snap": t_snap, **result.timings}
     result.snap = snap_info
@@ -125,13 +126,14 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
     near = near_zero_neurons(net, X, Yp, tol)
     if near:
         notify("near-zero neurons: check with them zeroed", 0, 1)
-        probe = _analyze(problem.at(zero_neurons(net, near)), tol, bud, seed, engine)
+        probe = _analyze(problem.at(zero_neurons(net, near)), tol, bud, seed, engine).result
         result.stats.near_zero = {"neurons": near, "loss_change_if_zeroed": probe.loss_value - result.loss_value,
                                   "verdict_if_zeroed": probe.verdict.value}
     if fragility:
         t1 = time.perf_counter()
         result.fragility = fragility_verdicts(
-            result, lambda factor: _analyze(problem, tol.scaled(factor), bud, seed, engine).verdict, notify)
+            result.verdict, analysis.factors,
+            lambda factor: _analyze(problem, tol.scaled(factor), bud, seed, engine).result.verdict, notify)
         result.fragile = any(v != result.verdict.value for v in result.fragility.values())
         result.timings["fragility"] = time.perf_counter() - t1
     return result
@@ -154,22 +156,15 @@ def _engine(solver: str, backend: str, device: str | None) -> tuple:
 FRAGILITY_FACTORS = (("tolerances_x10", FRAGILITY_FACTOR), ("tolerances_x0.1", 1.0 / FRAGILITY_FACTOR))
 
 
-def may_flip(margins: list[tuple[str, float]], factor: float) -> bool:
-    """Whether scaling every tolerance by ``factor`` could flip a decision with these margins: a decision
-    ``|x| <= t`` flips exactly when its ratio ``|x| / t`` lies between 1 and ``factor`` (ends included,
-    with room for the rounding of ``factor * t``)."""
-    lo, hi = sorted((1.0, factor))
-    return any(lo * (1 - 1e-9) <= r <= hi * (1 + 1e-9) for _, r in margins)
-
-
-def fragility_verdicts(result: CheckResult, rerun: Callable[[float], Verdict],
+def fragility_verdicts(verdict: Verdict, factors: tuple[float, ...], rerun: Callable[[float], Verdict],
                        notify: Callable[[str, int, int | None], None]) -> dict[str, str]:
-    """The verdict at every tolerance x10 and x0.1 (DESIGN.md section 6): ``rerun(factor)`` where a margin
-    says a decision could flip, else the same decisions, hence the same verdict, without re-running."""
+    """The verdict with every tolerance x10 and x0.1 (DESIGN.md section 6): ``rerun(factor)`` for the
+    ``factors`` whose scaling some decision's margin could flip; for the others every decision, hence
+    the verdict, stays as it is, and nothing is re-run."""
     out = {}
     for j, (name, factor) in enumerate(FRAGILITY_FACTORS):
         notify("fragility re-runs", j, len(FRAGILITY_FACTORS))
-        out[name] = (rerun(factor) if may_flip(result.margins, factor) else result.verdict).value
+        out[name] = (rerun(factor) if factor in factors else verdict).value
     notify("fragility re-runs", len(FRAGILITY_FACTORS), len(FRAGILITY_FACTORS))
     return out
 
@@ -328,3 +323,154 @@ def _rays(pt: Point, neurons: list[NeuronTest], tol: Tolerances, margins: Margin
                   "rays and cone reduction do not apply; no first-order descent was found elsewhere")
         return None, Ending(Reason.ASSUMPTION2, detail)
     return None, None
+
+
+# Step 4's inconclusive causes, as second_order_test words them, and their codes.
+_SECOND_ORDER_CAUSES = (
+    ("zero-output neuron", Reason.ZERO_OUTPUT_UNDECIDED),
+    ("ICQPs exceed budget", Reason.ICQP_BUDGET),
+    ("flat-ray constraints are linearly dependent", Reason.DEPENDENT_FLAT_RAYS),
+    ("ECQP eigenvalue not computed", Reason.EIGENVALUE_FAILED),
+    ("singular", Reason.SINGULAR_UNRESOLVED),
+    ("copositivity of a", Reason.COPOSITIVITY_UNDECIDED),
+    ("copositivity witness", Reason.SCHUR_INACCURATE),
+)
+_SECOND_ORDER_DESCENT = {"ECQP": Reason.ECQP_DESCENT, "ICQP": Reason.ICQP_DESCENT,
+                         "zero_output": Reason.ZERO_OUTPUT_DESCENT}
+
+
+def second_order(so: SecondOrderOutcome) -> SecondOrder:
+    """Step 4's outcome read off (DESIGN.md section 3): T3 a predicted descent, T1 a minimum, T2 an SOSP."""
+    if so.inconclusive:
+        reason = next((r for phrase, r in _SECOND_ORDER_CAUSES if phrase in so.inconclusive),
+                      Reason.SECOND_ORDER_UNDECIDED)
+        return SecondOrder(so, ending=Ending(reason, so.inconclusive))
+    if so.outcome == Outcome.NEGATIVE:
+        return SecondOrder(so, Candidate(so.direction, 2, so.source, _SECOND_ORDER_DESCENT[so.source],
+                                         symmetric=so.source == "ECQP"))
+    quot, established = so.quotient, []
+    if quot.zero_output_neurons:
+        established.append(f"zero-output neuron(s) {quot.zero_output_neurons}: no descent of order <= 2 (g == 0)")
+    if quot.inactive_directions:
+        established.append("neuron(s) active on few points: directions orthogonal to those points quotiented "
+                           f"(neuron: dims) {quot.inactive_by_name()}")
+    if quot.bias_shift_neurons:
+        established.append(f"affine neuron(s) {quot.bias_shift_neurons}: bias shift against b2 is exactly "
+                           "flat (quotiented)")
+    ecqp = next((q for q in so.records if q.kind == "ECQP"), None)
+    if ecqp is not None:
+        established.append(f"ECQP {ecqp.outcome}")
+    n_icqp = sum(q.kind == "ICQP" for q in so.records)
+    if n_icqp:
+        established.append(f"{n_icqp} ICQP(s) without negative curvature")
+    reason = Reason.SOSP if so.outcome == Outcome.ZERO else Reason.MINIMUM
+    return SecondOrder(so, ending=Ending(reason), established=tuple(established))
+
+
+def verify(pt: Point, boundary: np.ndarray, c: Candidate) -> Ending:
+    """Section 4: a predicted descent counts only once the line search lowers the true risk."""
+    d = c.direction.normalized()
+    if c.symmetric and pt.local_terms(d, boundary)[0] > 0:
+        d = d.scaled(-1.0)
+    v = verify_descent(pt, d, boundary)
+    if not v.verified:
+        return Ending(Reason.UNVERIFIED_DESCENT,
+                      f"{c.test} predicted a descent direction (slope {v.slope:.3g}, curvature {v.curvature:.3g}) "
+                      f"that the line search could not confirm above the noise {v.noise:.3g}")
+    return Ending(c.reason, descent=DescentCertificate(d, c.order, c.test, c.neuron, v.slope, v.curvature, v.step,
+                                                       v.decrease, v.loss_before, v.loss_after, v.validity_radius))
+
+
+def rerun_factors(sided: list[tuple[str, float]], unsided: list[tuple[str, float]]) -> tuple[float, ...]:
+    """The tolerance factors (x10, x0.1) under which some decision could flip. A decision ``|x| <= t``
+    flips under factor ``f`` exactly when ``|x| / t`` lies between 1 and ``f`` (ends included, with room
+    for the rounding of ``f t``). ``sided``: each the ratio nearest to 1 on its side of 1; ``unsided``:
+    nearest over both sides (as :class:`~sospcheck.margins.Margins` keeps them), so one in the band
+    may hide another on the other side: either factor."""
+    out = []
+    for _, factor in FRAGILITY_FACTORS:
+        lo, hi = sorted((1.0, factor))
+        if (any(lo * (1 - 1e-9) <= r <= hi * (1 + 1e-9) for _, r in sided)
+                or any(1 / FRAGILITY_FACTOR * (1 - 1e-9) <= r <= FRAGILITY_FACTOR * (1 + 1e-9) for _, r in unsided)):
+            out.append(factor)
+    return tuple(out)
+
+
+@dataclass
+class Analysis:
+    """One run of the steps: the result, and the tolerance factors its margins say could change it."""
+
+    result: CheckResult
+    factors: tuple[float, ...]
+
+
+def _analyze(problem: Problem, tol: Tolerances, bud: Budget, seed: int, engine: tuple, progress=None) -> Analysis:
+    """Steps 1-4 and the verification once, each step a function returning its record (DESIGN.md section 3)."""
+    clock = _Clock(progress)
+    st = start(problem, tol)
+    clock.lap("forward")
+    first = so = None
+    ending = interpolation_ending(st.pt)
+    if ending is None:
+        first = first_order(st.pt, st.boundary, tol)
+        ending = first.ending
+    clock.lap("first_order")
+    candidate = first.candidate if first is not None else None
+    if ending is None and candidate is None:
+        so = second_order(second_order_test(st.pt, first.neurons, st.boundary, tol, bud, np.random.default_rng(seed),
+                                            *engine, progress=progress))
+        candidate, ending = so.candidate, so.ending
+        clock.lap("second_order")
+    if candidate is not None:
+        ending = verify(st.pt, st.boundary, candidate)
+        clock.lap("verify")
+    sided = list(st.margins) + (list(first.margins) if first is not None else [])
+    unsided = so.outcome.margins if so is not None else []
+    result = _result(problem, st, first, so, ending, tol, bud, clock.timings)
+    result.margins = sided + list(unsided)
+    return Analysis(result, rerun_factors(sided, unsided))
+
+
+def _result(problem: Problem, st: Start, first: FirstOrder | None, so: SecondOrder | None, ending: Ending,
+            tol: Tolerances, bud: Budget, timings: dict) -> CheckResult:
+    """Classification: the verdict's record, per-neuron decisions and what was established."""
+    outcome = so.outcome if so is not None else None
+    quotient = outcome.quotient if outcome is not None else None
+    neurons = first.neurons if first is not None else None
+    records = neuron_records(st.boundary.sum(axis=0), neurons, first is not None and first.rays_examined,
+                             ending.descent.neuron if ending.descent is not None else None, quotient)
+    stats = Stats(m=problem.m, p=problem.net.n_params, neurons=records)
+    if first is not None:
+        stats.output_gradient_norm, stats.output_gradient_scale = first.output.norm, first.output.scale
+    if outcome is not None:
+        stats.qps, stats.solver, stats.quotient = outcome.records, outcome.solver, quotient
+        stats.n_icqp_planned, stats.n_params_reduced = outcome.n_icqp_planned, outcome.n_params_reduced
+        stats.hessian_products, stats.hessian_norm, stats.eig_tol = outcome.products, outcome.hessian_norm, outcome.eig_tol
+    established = list(first.established) if first is not None else [
+        f"outputs interpolate the targets to rounding ({INTERPOLATION_ULPS:g} eps relative; loss >= 0, zero at "
+        "the targets)"]
+    if so is not None:
+        established += so.established
+    return CheckResult(ending.reason, st.pt.value, ending.descent, stats, tol, bud, timings, established,
+                       reason=ending.detail, net=problem.net, weight_decay=problem.weight_decay)
+
+
+def neuron_records(M_k: np.ndarray, neurons: list[NeuronTest] | None, rays_examined: bool, descent_neuron: int | None,
+                   quotient: Quotient | None) -> list[NeuronRecord]:
+    """Per hidden neuron, its numbers and what decided it (the first that applies: the descent moves it,
+    quotiented dead or zero-output, not Clarke stationary, Assumption 2, no kink, the rays)."""
+    if neurons is None:
+        return [NeuronRecord(k, int(M)) for k, M in enumerate(M_k)]
+    dead = set(quotient.dead_neurons) if quotient is not None else set()
+    zero = set(quotient.zero_output_neurons) if quotient is not None else set()
+    records = []
+    for nt in neurons:
+        L, K = (nt.n_flat, nt.n_both_flat) if rays_examined else (None, None)
+        decided = next(d for d, applies in (
+            (Decision.DESCENT, nt.k == descent_neuron), (Decision.DEAD, nt.k in dead),
+            (Decision.ZERO_OUTPUT, nt.k in zero), (Decision.NOT_STATIONARY, not nt.stationary),
+            (Decision.ASSUMPTION2, nt.M > 0 and not nt.assumption2), (Decision.DIFFERENTIABLE, nt.M == 0),
+            (Decision.STATIONARY, not rays_examined), (Decision.RAYS_ASCEND, L == 0), (Decision.FLAT_RAYS, True),
+        ) if applies)
+        records.append(NeuronRecord(nt.k, nt.M, decided, L, K, nt.rank, nt.assumption2, nt.residual, nt.scale))
+    return records

@@ -59,9 +59,7 @@ class Reason(str, Enum):
     SINGULAR_UNRESOLVED = "singular_unresolved"
     COPOSITIVITY_UNDECIDED = "copositivity_undecided"
     SCHUR_INACCURATE = "schur_inaccurate"
-
-    def __str__(self) -> str:
-        return self.value
+    SECOND_ORDER_UNDECIDED = "second_order_undecided"
 
     @property
     def verdict(self) -> Verdict:
@@ -108,6 +106,7 @@ REASON_MESSAGES: dict[Reason, str] = {
     Reason.COPOSITIVITY_UNDECIDED: _SECOND_ORDER_UNDECIDED + "a Schur complement's copositivity (budget or solver)",
     Reason.SCHUR_INACCURATE: _SECOND_ORDER_UNDECIDED + "a copositivity witness loses its negative curvature "
                              "once recomputed (inaccurate Schur complement)",
+    Reason.SECOND_ORDER_UNDECIDED: _SECOND_ORDER_UNDECIDED + "see the reason",
 }
 
 
