@@ -331,7 +331,7 @@ _SECOND_ORDER_CAUSES = (
     ("ICQPs exceed budget", Reason.ICQP_BUDGET),
     ("flat-ray constraints are linearly dependent", Reason.DEPENDENT_FLAT_RAYS),
     ("ECQP eigenvalue not computed", Reason.EIGENVALUE_FAILED),
-    ("singular", Reason.SINGULAR_UNRESOLVED),
+    ("Qww is (nearly) singular", Reason.SINGULAR_UNRESOLVED),
     ("copositivity of a", Reason.COPOSITIVITY_UNDECIDED),
     ("copositivity witness", Reason.SCHUR_INACCURATE),
 )
@@ -387,13 +387,11 @@ def rerun_factors(sided: list[tuple[str, float]], unsided: list[tuple[str, float
     for the rounding of ``f t``). ``sided``: each the ratio nearest to 1 on its side of 1; ``unsided``:
     nearest over both sides (as :class:`~sospcheck.margins.Margins` keeps them), so one in the band
     may hide another on the other side: either factor."""
-    out = []
-    for _, factor in FRAGILITY_FACTORS:
-        lo, hi = sorted((1.0, factor))
-        if (any(lo * (1 - 1e-9) <= r <= hi * (1 + 1e-9) for _, r in sided)
-                or any(1 / FRAGILITY_FACTOR * (1 - 1e-9) <= r <= FRAGILITY_FACTOR * (1 + 1e-9) for _, r in unsided)):
-            out.append(factor)
-    return tuple(out)
+    def within(lo: float, hi: float, margins: list) -> bool:
+        return any(lo * (1 - 1e-9) <= r <= hi * (1 + 1e-9) for _, r in margins)
+
+    either = within(1 / FRAGILITY_FACTOR, FRAGILITY_FACTOR, unsided)
+    return tuple(f for _, f in FRAGILITY_FACTORS if either or within(*sorted((1.0, f)), sided))
 
 
 @dataclass
