@@ -252,7 +252,7 @@ class SecondOrder:
     established: tuple = ()
 
 
-def start(problem: Problem, tol: Tolerances) -> Start:
+def forward_and_boundary(problem: Problem, tol: Tolerances) -> Start:
     """One forward pass and the boundary pairs ``|N_ik| <= boundary |Z_k| max|xbar|`` (DESIGN.md section 1)."""
     pt = problem.point()
     boundary = boundary_mask(pt.fwd.N, pt.net.Z, pt.fwd.Xbar, tol.boundary)
@@ -277,32 +277,45 @@ def first_order(pt: Point, boundary: np.ndarray, tol: Tolerances) -> FirstOrder:
     ol = output_layer_test(pt, tol)
     margins.add("output-layer gradient", ol.ratio, 1.0)
     if not ol.stationary:
-        G_b2 = None if ol.G_b2 is None else -ol.G_b2
-        candidate = Candidate(Direction.output(pt.net, -ol.G_W2, G_b2), 1, "output-layer gradient",
-                              Reason.OUTPUT_LAYER_DESCENT)
-        return FirstOrder(ol, candidate=candidate, margins=tuple(margins.items()))
+        return FirstOrder(ol, candidate=output_candidate(pt.net, ol), margins=tuple(margins.items()))
     established = ["output layer stationary"]
     neurons = neuron_tests(pt, boundary, tol)
     record_sides(margins, "neuron subgradient |vt_k|", [nt.residual_ratio for nt in neurons])
-    moving = [nt for nt in neurons if not nt.stationary]
-    if moving:
-        nt = max(moving, key=lambda n: n.residual / n.scale)
-        dZ = np.zeros_like(pt.net.Z)
-        dZ[nt.k] = -nt.vt
-        candidate = (Candidate(Direction.hidden(pt.net, dZ), 1, "neuron gradient", Reason.NEURON_GRADIENT_DESCENT, nt.k)
-                     if nt.M == 0 else
-                     Candidate(Direction.hidden(pt.net, dZ), 1, "Clarke subgradient (BVLS)", Reason.CLARKE_DESCENT, nt.k))
+    candidate = clarke_candidate(pt.net, neurons)
+    if candidate is not None:
         return FirstOrder(ol, neurons, candidate=candidate, established=tuple(established),
                           margins=tuple(margins.items()))
     established.append("Clarke stationary")
-    candidate, ending = _rays(pt, neurons, tol, margins)
+    candidate, ending = ray_step(pt, neurons, tol, margins)
     if candidate is None and ending is None:
         established.append("no descent along extreme rays" if boundary.any() else "differentiable: gradient zero")
     return FirstOrder(ol, neurons, True, candidate, ending, tuple(established), tuple(margins.items()))
 
 
-def _rays(pt: Point, neurons: list[NeuronTest], tol: Tolerances, margins: Margins) -> tuple:
-    """Step 3: the steepest descending extreme ray, or Assumption 2's failure where rays cannot decide."""
+def output_candidate(net: TwoLayerNet, ol: OutputLayerTest) -> Candidate:
+    """Step 1 failed: the negative output-layer gradient descends."""
+    G_b2 = None if ol.G_b2 is None else -ol.G_b2
+    return Candidate(Direction.output(net, -ol.G_W2, G_b2), 1, "output-layer gradient", Reason.OUTPUT_LAYER_DESCENT)
+
+
+def clarke_candidate(net: TwoLayerNet, neurons: list[NeuronTest]) -> Candidate | None:
+    """Step 2: ``-vt_k`` of the neuron farthest (relative to its scale) from Clarke stationarity; None
+    when every neuron is stationary."""
+    moving = [nt for nt in neurons if not nt.stationary]
+    if not moving:
+        return None
+    nt = max(moving, key=lambda n: n.residual / n.scale)
+    dZ = np.zeros_like(net.Z)
+    dZ[nt.k] = -nt.vt
+    if nt.M == 0:
+        return Candidate(Direction.hidden(net, dZ), 1, "neuron gradient", Reason.NEURON_GRADIENT_DESCENT, nt.k)
+    return Candidate(Direction.hidden(net, dZ), 1, "Clarke subgradient (BVLS)", Reason.CLARKE_DESCENT, nt.k)
+
+
+def ray_step(pt: Point, neurons: list[NeuronTest], tol: Tolerances,
+             margins: Margins) -> tuple[Candidate | None, Ending | None]:
+    """Step 3: the steepest descending extreme ray, or Assumption 2's failure where rays cannot decide;
+    the zero-output and flat-ray decisions' margins go to ``margins``."""
     net = pt.net
     zero_output = zero_output_mask(net, pt.weight_decay, tol.a_zero)
     if pt.weight_decay == 0:
@@ -405,7 +418,7 @@ class Analysis:
 def _analyze(problem: Problem, tol: Tolerances, bud: Budget, seed: int, engine: tuple, progress=None) -> Analysis:
     """Steps 1-4 and the verification once, each step a function returning its record (DESIGN.md section 3)."""
     clock = _Clock(progress)
-    st = start(problem, tol)
+    st = forward_and_boundary(problem, tol)
     clock.lap("forward")
     first = so = None
     ending = interpolation_ending(st.pt)
