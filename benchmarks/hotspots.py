@@ -3,14 +3,15 @@
     .venv/bin/python benchmarks/hotspots.py
 
 1. Matrix-free ECQP at a benign point: Hessian products ARPACK needs (``eigsh(which="SA")`` on the
-   solver's shifted projected operator, as ``_ProjectedSubspace.min_eig`` calls it, and with a larger
-   ``ncv``) against the full-reorthogonalised Lanczos run that ``_negative_ritz_vector`` already does
+   solver's shifted projected operator, as ``ProjectedSubspace.min_eig`` calls it, and with a larger
+   ``ncv``) against the full-reorthogonalised Lanczos run that ``lanczos_min`` already does
    (its smallest Ritz value and residual bound), with the dense solver's exact value as reference.
 2. Dense reduced Hessian: ``HessianOperator.dense()`` (n products) against the Gram matrix of the
    per-sample Jacobian (``dsyrk``) plus the block-diagonal cross term, squared loss, dy = 1.
 
-Uses private pieces of ``sospcheck.second_order`` (``_Problem``, ``_constraint_blocks``, the two
-subspace classes) the way ``second_order_test`` builds them: it may need updating when they change.
+Builds the pieces ``second_order_test`` builds (``quotient.reduce``, ``reduced.ReducedProblem``,
+``reduced.constraint_blocks``, the two ``subspace`` solvers) through their public interfaces; products
+are read off the operator's own counter (``HessianOperator.products``).
 """
 
 from __future__ import annotations
@@ -27,18 +28,9 @@ from scipy.linalg.blas import dsyrk  # noqa: E402
 from scipy.sparse.linalg import ArpackNoConvergence, eigsh  # noqa: E402
 
 from sospcheck import operators  # noqa: E402
-from sospcheck import second_order as so  # noqa: E402
-
-_COUNT = [0]
-_matmat = operators.HessianOperator.matmat
-
-
-def _counting(self, Theta, *a, **kw):
-    _COUNT[0] += Theta.shape[1]
-    return _matmat(self, Theta, *a, **kw)
-
-
-operators.HessianOperator.matmat = _counting
+from sospcheck.quotient import reduce, span_coordinates  # noqa: E402
+from sospcheck.reduced import ReducedProblem, constraint_blocks  # noqa: E402
+from sospcheck.subspace import DenseSubspace, ProjectedSubspace  # noqa: E402
 
 
 def subspaces(inst: dict):
@@ -46,13 +38,13 @@ def subspaces(inst: dict):
     net, X, Y = inst["net"], inst["X"], inst["Y"]
     pieces = common.first_order_pieces(net, X, Y)
     pt = pieces.pt
-    V = so.data_span(pt.fwd.Xbar, pieces.tol.rank)
-    Xr = pt.fwd.Xbar @ V
-    layout = so.Layout(net.dy, net.dh, V.shape[1], net.has_b2)
-    keep = np.ones(layout.n, bool)
-    prob = so._Problem(pt, V, Xr, layout, np.flatnonzero(keep), net.slope(pt.fwd.N).astype(float), [])
-    blocks = so._constraint_blocks(prob, pieces.neurons, keep, net.Z @ V, [], 0.0)
-    return so._DenseSubspace(prob, blocks), so._ProjectedSubspace(prob, blocks)
+    # nothing dead or zero-output at these points; the bias shifts and inactive directions are found as
+    # the check finds them
+    red = reduce(pt, pieces.neurons, pieces.boundary, span_coordinates(pt, pieces.tol.rank), [], [], pieces.tol.rank)
+    dense_prob = ReducedProblem.of(pt, red, pieces.boundary)
+    mf_prob = ReducedProblem.of(pt, red, pieces.boundary)
+    return (DenseSubspace(dense_prob, constraint_blocks(dense_prob, pieces.neurons, red)),
+            ProjectedSubspace(mf_prob, constraint_blocks(mf_prob, pieces.neurons, red)))
 
 
 def lanczos_ritz(apply, v0: np.ndarray, steps: int) -> tuple[float, float]:
@@ -78,7 +70,7 @@ def lanczos_ritz(apply, v0: np.ndarray, steps: int) -> tuple[float, float]:
 
 def ecqp_products(m: int, dx: int, dh: int) -> None:
     dense, mf = subspaces(common.stationary_instance(m, dx, dh))
-    lam_exact = dense.min_eig(0.0)[0]
+    lam_exact = dense.min_eig(0.0).value
     n = mf.n
     print(f"\n[1] planted minimum m={m} dx={dx} dh={dh}: n = {n}, ECQP dim {mf.dim}, exact lambda_min {lam_exact:.10g}, "
           f"|H| {dense.hessian_norm:.4g}")
@@ -86,18 +78,18 @@ def ecqp_products(m: int, dx: int, dh: int) -> None:
     for label, kw in (("ARPACK tol 1e-8, ncv 20 (library)", dict(tol=1e-8)),
                       ("ARPACK tol 1e-12, ncv 20 (library)", dict(tol=1e-12)),
                       ("ARPACK tol 1e-8, ncv 64", dict(tol=1e-8, ncv=min(n, 64)))):
-        _COUNT[0] = 0
+        before = mf.products
         t0 = time.perf_counter()
         try:
             lam = f"{eigsh(mf.op, k=1, which='SA', v0=v0, maxiter=max(1000, 20 * n), **kw)[0][0]:.10g}"
         except ArpackNoConvergence:
             lam = "did not converge"
-        print(f"    {label:36s}: {lam:>18s}  {_COUNT[0]:6d} products  {time.perf_counter() - t0:6.2f} s")
-    _COUNT[0] = 0
+        print(f"    {label:36s}: {lam:>18s}  {mf.products - before:6d} products  {time.perf_counter() - t0:6.2f} s")
+    before = mf.products
     t0 = time.perf_counter()
     steps = min(n, 300)
-    theta, res = lanczos_ritz(lambda x: mf._op(x)[:, 0], v0, steps)
-    print(f"    {'Lanczos, ' + str(steps) + ' steps (already run)':36s}: {theta:18.10g}  {_COUNT[0]:6d} products  "
+    theta, res = lanczos_ritz(lambda x: mf.apply(x)[:, 0], v0, steps)
+    print(f"    {'Lanczos, ' + str(steps) + ' steps (already run)':36s}: {theta:18.10g}  {mf.products - before:6d} products  "
           f"{time.perf_counter() - t0:6.2f} s  residual bound {res:.2g}")
 
 

@@ -105,3 +105,19 @@ def test_dense_from_the_jacobian_gram_equals_dense_from_products(loss, dy, lam, 
     for keep in (None, np.sort(rng.choice(n, n - 5, replace=False))):
         cols = np.arange(n) if keep is None else keep
         np.testing.assert_allclose(op.dense(keep), op._dense_by_products(cols, 7), rtol=1e-12, atol=1e-12)
+
+
+def test_products_are_counted_per_column_and_shared_with_other_slopes():
+    rng = np.random.default_rng(5)
+    m, dx, dh = 7, 2, 3
+    net = TwoLayerNet(rng.standard_normal((dh, dx)), rng.standard_normal(dh), rng.standard_normal((1, dh)), [0.0])
+    L = get_loss("squared")
+    X = rng.standard_normal((m, dx))
+    pt = evaluate_point(net, X, L.prepare(rng.standard_normal(m), 1), L, 1.0, 0.0)
+    op = HessianOperator(pt.fwd.O, pt.fwd.Xbar, net.W2, pt.r, pt.Hl, net.slope(pt.fwd.N), identity_hessian=True)
+    n = op.layout.n
+    op.matmat(np.ones((n, 3)))
+    other = op.with_slopes(np.ones((m, dh)))
+    other.matmat(np.ones((n, 2)))
+    op.dense()  # formed from the Gram matrix of the Jacobian: no products
+    assert op.products == other.products == 5

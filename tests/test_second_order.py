@@ -5,7 +5,7 @@ import pytest
 
 import cases
 from sospcheck import TwoLayerNet, check
-from sospcheck.second_order import _lanczos_min
+from sospcheck.subspace import lanczos_min
 
 
 def test_lanczos_min_converges_to_a_clustered_zero_eigenvalue():
@@ -15,7 +15,7 @@ def test_lanczos_min_converges_to_a_clustered_zero_eigenvalue():
     ev = np.concatenate([np.full(5, 1e-13), rng.uniform(0.5, 2.0, n - 5)])
     Qm, _ = np.linalg.qr(rng.standard_normal((n, n)))
     A = (Qm * ev) @ Qm.T
-    kind, theta, y = _lanczos_min(lambda x: A @ x, rng.standard_normal(n), 1e-9, max_steps=300)
+    kind, theta, y = lanczos_min(lambda x: A @ x, rng.standard_normal(n), 1e-9, max_steps=300)
     assert kind == "converged" and abs(theta) <= 1e-10
     assert np.linalg.norm(A @ y - theta * y) <= 1e-10
 
@@ -23,7 +23,7 @@ def test_lanczos_min_converges_to_a_clustered_zero_eigenvalue():
 def test_lanczos_min_stops_at_the_first_negative_ritz_vector():
     rng = np.random.default_rng(1)
     A = np.diag(np.concatenate([[-1.0], rng.uniform(1, 2, 99)]))
-    kind, rq, y = _lanczos_min(lambda x: A @ x, rng.standard_normal(100), 1e-9, max_steps=100)
+    kind, rq, y = lanczos_min(lambda x: A @ x, rng.standard_normal(100), 1e-9, max_steps=100)
     assert kind == "negative" and rq < -1e-9 and abs(y @ A @ y - rq) < 1e-12
 
 

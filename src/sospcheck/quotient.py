@@ -1,10 +1,40 @@
-"""What the second-order test quotients out: exactly flat directions (DESIGN.md section 4)."""
+"""What the second-order test quotients out: exactly flat directions (DESIGN.md section 4).
+
+Coordinates ``theta`` (see :mod:`sospcheck.operators`) restricted to the kept blocks: ``v_k``
+outside the data span, dead neurons (``s_minus = 0`` and every ``N_ik < 0``), and ``nu_k`` of
+zero-output neurons whose map ``g`` vanishes (:mod:`sospcheck.zero_output`).
+
+Inactive directions (ReLU, ``s_minus = 0``): moving ``nu_k`` orthogonally to the points where
+neuron ``k`` is active or on its kink changes only pre-activations that are negative and stay
+negative nearby, so no output moves, here or at any nearby point: a translation invariance,
+quotiented by the rows ``f . nu_k = 0`` for a basis of that orthogonal complement. A dead neuron is
+the extreme case (all of ``nu_k``, and then ``u_k`` too). The rank of those points is computed
+when they are fewer than the span dimension, or when the SVD is cheap (``n_act rho^2 <= 5e7``);
+more points in general position span everything.
+
+Bias shifts: a neuron with no boundary point and one slope ``s`` on all data (always active, or
+always inactive under a leaky ReLU) is affine on a neighbourhood, so shifting its pre-activation
+by a constant ``c`` (``nu_k = nu_c``, ``Xr nu_c = 1``) and ``b2`` by ``-s w_k c`` leaves every
+output unchanged, at this point and at every nearby one. Like the rescaling symmetry these
+curves foliate a neighbourhood, and the loss is constant on each, so the test runs on the slice
+``nu_c . nu_k = 0`` (one more row of the neuron's block; a transversal slice as long as it is
+independent of the rescaling row, which is checked). Without this slice the ECQP reports the
+exact flat direction as T2 and a minimum is only certified as ``sosp``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Quotient"]
+import numpy as np
+
+from .first_order import NeuronTest
+from .geometry import data_span
+from .operators import Layout
+from .point import Point
+
+__all__ = ["Quotient", "SpanCoordinates", "Reduction", "span_coordinates", "dead_neurons", "bias_shift_rows",
+           "inactive_rows", "reduce"]
 
 
 @dataclass(frozen=True)
@@ -46,3 +76,129 @@ class Quotient:
                 f"{self.dead_neurons}, zero-output neurons {self.zero_output_neurons}, "
                 f"bias shifts of affine neurons {self.bias_shift_neurons}, inactive directions "
                 f"(neuron: dims) {inactive}")
+
+
+@dataclass(frozen=True)
+class SpanCoordinates:
+    """``nu_k = V' Z_k``-coordinates: ``V`` (d x rho) a basis of the data span (all of ``R^d`` under
+    weight decay, which is not flat outside it), ``Xr = Xbar V``, ``Zr = Z V`` and the layout of ``theta``."""
+
+    V: np.ndarray
+    Xr: np.ndarray
+    Zr: np.ndarray
+    layout: Layout
+
+    @property
+    def full_dim(self) -> int:
+        return int(self.V.shape[0])
+
+    def partial_quotient(self, dead: list[int], zero: list[int]) -> Quotient:
+        """The quotient known before the bias shifts and inactive directions are looked for."""
+        return Quotient(int(self.V.shape[1]), self.full_dim, list(dead), list(zero))
+
+
+def span_coordinates(pt: Point, rank_tol: float) -> SpanCoordinates:
+    """The data-span coordinates of the point (DESIGN.md section 4)."""
+    net, Xbar = pt.net, pt.fwd.Xbar
+    V = data_span(Xbar, rank_tol) if pt.weight_decay == 0 else np.eye(Xbar.shape[1])
+    return SpanCoordinates(V, Xbar @ V, net.Z @ V, Layout(net.dy, net.dh, V.shape[1], net.has_b2))
+
+
+def dead_neurons(pt: Point, neurons: list[NeuronTest]) -> list[int]:
+    """ReLU neurons off on every point with no kink point: ``u_k`` and ``nu_k`` are exactly flat."""
+    net, N = pt.net, pt.fwd.N
+    if pt.weight_decay != 0 or net.s_minus != 0:
+        return []
+    return [nt.k for nt in neurons if nt.M == 0 and np.all(N[:, nt.k] < 0)]
+
+
+def bias_shift_rows(pt: Point, Xr: np.ndarray, neurons: list[NeuronTest], removed: set[int],
+                    rank_tol: float) -> dict[int, np.ndarray]:
+    """Per neuron with an exact bias-shift flat curve (module docstring), the slice row on ``(u_k, nu_k)``.
+
+    Needs ``b2``, no weight decay, a constant function in the data span (``Xr nu_c = 1``), and a
+    neuron whose ``nu_k`` is kept (not in ``removed``), with no boundary point and one slope ``> 0``
+    on all data.
+    """
+    net, N = pt.net, pt.fwd.N
+    if pt.weight_decay != 0 or not net.has_b2 or Xr.shape[0] == 0:
+        return {}
+    ones = np.ones(Xr.shape[0])
+    nu_c = np.linalg.lstsq(Xr, ones, rcond=None)[0]
+    if np.linalg.norm(Xr @ nu_c - ones) > max(rank_tol, 1e-10) * np.sqrt(Xr.shape[0]):
+        return {}
+    rows = {}
+    for nt in neurons:
+        k = nt.k
+        if nt.M or k in removed:
+            continue
+        signs = np.unique(np.sign(N[:, k]))
+        if signs.size != 1 or signs[0] == 0 or (signs[0] < 0 and net.s_minus == 0):
+            continue
+        rows[k] = np.concatenate([np.zeros(net.dy), nu_c])
+    return rows
+
+
+_INACTIVE_RANK_FLOPS = 5e7
+
+
+def inactive_rows(pt: Point, boundary: np.ndarray, Xr: np.ndarray, neurons: list[NeuronTest], removed: set[int],
+                  rank_tol: float) -> dict[int, np.ndarray]:
+    """Per ReLU neuron whose active (or kink) points do not span the ``rho`` dimensions: an
+    orthonormal basis (rows) of the ``nu_k`` directions orthogonal to them, exactly flat (module docstring)."""
+    net, N = pt.net, pt.fwd.N
+    rho = Xr.shape[1]
+    if pt.weight_decay != 0 or net.s_minus != 0:
+        return {}
+    rows = {}
+    for nt in neurons:
+        k = nt.k
+        if k in removed:
+            continue
+        act = (N[:, k] >= 0) | boundary[:, k]  # the check's kink points count as active
+        n_act = int(act.sum())
+        # n_act >= rho points are rank deficient only when not in general position; the rank test
+        # is then skipped on large problems (no quotient: at worst `sosp` instead of a certificate)
+        if n_act == 0 or (n_act >= rho and n_act * rho * rho > _INACTIVE_RANK_FLOPS):
+            continue
+        _, sv, Vt = np.linalg.svd(Xr[act], full_matrices=n_act < rho)  # Vt: rho x rho either way
+        rank = int(np.sum(sv > max(rank_tol, 1e-12) * max(sv[0], 1e-300)))
+        if rank < rho:
+            rows[k] = Vt[rank:]
+    return rows
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """The coordinates kept (``keep``, indices into ``theta``), what was quotiented, and the slice rows
+    the constraint blocks add: ``shift_rows`` (on ``(u_k, nu_k)``) and ``inactive_rows`` (on ``nu_k``)."""
+
+    coords: SpanCoordinates
+    keep: np.ndarray
+    quotient: Quotient
+    shift_rows: dict[int, np.ndarray]
+    inactive_rows: dict[int, np.ndarray]
+
+    @property
+    def kept_mask(self) -> np.ndarray:
+        mask = np.zeros(self.coords.layout.n, bool)
+        mask[self.keep] = True
+        return mask
+
+
+def reduce(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray, coords: SpanCoordinates,
+           dead: list[int], zero: list[int], rank_tol: float) -> Reduction:
+    """Remove the dead blocks and the ``nu_k`` of zero-output neurons, then find the bias shifts and
+    inactive directions of the neurons left."""
+    layout = coords.layout
+    keep = np.ones(layout.n, bool)
+    for k in dead:
+        keep[layout.u_index(k)] = keep[layout.nu_index(k)] = False
+    for k in zero:
+        keep[layout.nu_index(k)] = False
+    removed = set(dead) | set(zero)
+    shift = bias_shift_rows(pt, coords.Xr, neurons, removed, rank_tol)
+    inactive = inactive_rows(pt, boundary, coords.Xr, neurons, removed, rank_tol)
+    quotient = Quotient(int(coords.V.shape[1]), coords.full_dim, list(dead), list(zero), sorted(shift),
+                        {k: int(F.shape[0]) for k, F in inactive.items()})
+    return Reduction(coords, np.flatnonzero(keep), quotient, shift, inactive)
