@@ -252,7 +252,7 @@ class Stats:
             "output_gradient_norm": self.output_gradient_norm, "output_gradient_scale": self.output_gradient_scale,
             "n_icqp_planned": self.n_icqp_planned, "n_params_reduced": self.n_params_reduced,
             "hessian_products": self.hessian_products, "hessian_norm": self.hessian_norm, "eig_tol": self.eig_tol,
-            "quotient": self.quotient.to_dict() if self.quotient else {}, "near_zero": self.near_zero,
+            "quotient": self.quotient.to_dict() if self.quotient is not None else {}, "near_zero": self.near_zero,
             "solver": self.solver, "n_qp": self.n_qp, "qps": [q.to_dict() for q in self.qps],
         })
 
