@@ -423,7 +423,8 @@ def test_fragility_reruns_only_the_factor_a_margin_could_flip(monkeypatch):
     module = importlib.import_module("sospcheck.check")
     calls = []
     analyze = module._analyze
-    monkeypatch.setattr(module, "_analyze", lambda problem, tol, *a, **k: calls.append(tol) or analyze(problem, tol, *a, **k))
+    monkeypatch.setattr(module, "_analyze",
+                        lambda problem, tol, *a, **k: calls.append(tol) or analyze(problem, tol, *a, **k))
     r = check(*cases.convex_kink_minimum())
     assert len(calls) == 1 and not r.marginal() and r.fragility == {"tolerances_x10": "local_minimum",
                                                                      "tolerances_x0.1": "local_minimum"}

@@ -456,7 +456,8 @@ def _result(problem: Problem, st: Start, first: FirstOrder | None, so: SecondOrd
     if outcome is not None:
         stats.qps, stats.solver, stats.quotient = outcome.records, outcome.solver, quotient
         stats.n_icqp_planned, stats.n_params_reduced = outcome.n_icqp_planned, outcome.n_params_reduced
-        stats.hessian_products, stats.hessian_norm, stats.eig_tol = outcome.products, outcome.hessian_norm, outcome.eig_tol
+        stats.hessian_products = outcome.products
+        stats.hessian_norm, stats.eig_tol = outcome.hessian_norm, outcome.eig_tol
     established = list(first.established) if first is not None else [
         f"outputs interpolate the targets to rounding ({INTERPOLATION_ULPS:g} eps relative; loss >= 0, zero at "
         "the targets)"]
