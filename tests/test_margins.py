@@ -6,14 +6,11 @@ import numpy as np
 import pytest
 
 import cases
+import pieces
 from instances import random_kink_instance
 from sospcheck import Tolerances, TwoLayerNet, check
-from sospcheck.check import validate_inputs
-from sospcheck.first_order import neuron_tests, output_layer_test
-from sospcheck.geometry import boundary_mask
 from sospcheck.margins import Margins, any_in_band, margin_ratio
 from sospcheck.options import Budget
-from sospcheck.point import evaluate_point
 from sospcheck.second_order import Outcome, second_order_test
 
 
@@ -31,20 +28,13 @@ def test_margin_ratio_and_one_sided_decisions():
     assert any_in_band([("x", 10.0)]) and not any_in_band([("x", 10.5), ("y", 0.09)])
 
 
-def _pieces(net, X, Y, loss="squared", weight_decay=0.0, tol=Tolerances()):
-    X, Yp, lossobj, weight, lam = validate_inputs(net, X, Y, loss, "sum", weight_decay)
-    pt = evaluate_point(net, X, Yp, lossobj, weight, lam)
-    boundary = boundary_mask(pt.fwd.N, net.Z, pt.fwd.Xbar, tol.boundary)
-    return pt, boundary, output_layer_test(pt, tol), neuron_tests(pt, boundary, tol)
-
-
 def _decision(so):
     return (so.outcome, so.inconclusive is None, so.source)
 
 
-def _first_order_key(pieces):
-    """Every first-order decision the fragility probe's tolerances enter (the other helper's margins)."""
-    _, boundary, ol, neurons = pieces
+def _first_order_key(first):
+    """Every first-order decision the fragility probe's tolerances enter (recorded outside the second order)."""
+    _, boundary, ol, neurons = first
     return (boundary.tobytes(), ol.stationary,
             tuple((nt.stationary, nt.flat_plus.tobytes(), nt.flat_minus.tobytes()) for nt in neurons))
 
@@ -70,8 +60,8 @@ def test_no_margin_in_band_means_the_same_second_order_decision_at_10x_and_01x(s
     tol, bud = Tolerances(), Budget()
     robust = flagged = reached = 0
     for net, X, Y, loss, lam in _instances():
-        pieces = _pieces(net, X, Y, loss, lam, tol)
-        pt, boundary, ol, neurons = pieces
+        first = pieces.first_order(net, X, Y, loss, lam, tol)
+        pt, boundary, ol, neurons = first
         if not ol.stationary or not all(nt.stationary for nt in neurons):
             continue
         reached += 1
@@ -92,11 +82,11 @@ def test_no_margin_in_band_means_the_same_verdict_of_check():
     tol, bud = Tolerances(), Budget()
     compared = 0
     for net, X, Y, loss, lam in _instances()[:40]:
-        pieces = _pieces(net, X, Y, loss, lam, tol)
-        pt, boundary, ol, neurons = pieces
+        first = pieces.first_order(net, X, Y, loss, lam, tol)
+        pt, boundary, ol, neurons = first
         if not ol.stationary or not all(nt.stationary for nt in neurons):
             continue
-        if any(_first_order_key(_pieces(net, X, Y, loss, lam, tol.scaled(f))) != _first_order_key(pieces)
+        if any(_first_order_key(pieces.first_order(net, X, Y, loss, lam, tol.scaled(f))) != _first_order_key(first)
                for f in (10.0, 0.1)):
             continue
         so = second_order_test(pt, neurons, boundary, tol, bud, np.random.default_rng(0))
@@ -114,7 +104,7 @@ def test_an_eigenvalue_within_the_factor_is_flagged_and_does_flip():
     # a strict minimum whose smallest critical eigenvalue is set at 3x the eigen tolerance: the
     # margin is 3, and at 10x tolerances the same eigenvalue counts as zero (sosp)
     net, X, Y = cases.convex_kink_minimum()
-    pt, boundary, _, neurons = _pieces(net, X, Y)
+    pt, boundary, _, neurons = pieces.first_order(net, X, Y)
     so = second_order_test(pt, neurons, boundary, Tolerances(), Budget())
     ecqp = next(q for q in so.records if q.kind == "ECQP")
     assert so.outcome == Outcome.POSITIVE and ecqp.min_eig > 0
@@ -127,7 +117,7 @@ def test_an_eigenvalue_within_the_factor_is_flagged_and_does_flip():
 
 def test_products_are_counted():
     net, X, Y = cases.icqp_copositivity_saddle()
-    pt, boundary, _, neurons = _pieces(net, X, Y)
+    pt, boundary, _, neurons = pieces.first_order(net, X, Y)
     dense = second_order_test(pt, neurons, boundary, Tolerances(), Budget(), solver="dense")
     free = second_order_test(pt, neurons, boundary, Tolerances(), Budget(), solver="matrix_free")
     assert dense.outcome == free.outcome == Outcome.NEGATIVE

@@ -5,13 +5,11 @@ import json
 import numpy as np
 
 import cases
+import pieces
 from sospcheck import check
-from sospcheck.first_order import neuron_tests
-from sospcheck.geometry import boundary_mask
 from sospcheck.losses import get_loss
-from sospcheck.options import Tolerances
 from sospcheck.point import evaluate_point
-from sospcheck.quotient import Quotient, dead_neurons, reduce, span_coordinates
+from sospcheck.quotient import Quotient, span_coordinates
 
 
 def test_record_writes_the_json_dict_and_one_summary_line():
@@ -25,14 +23,7 @@ def test_record_writes_the_json_dict_and_one_summary_line():
 
 
 def _reduction(net, X, Y):
-    L = get_loss("squared")
-    tol = Tolerances()
-    pt = evaluate_point(net, X, L.prepare(Y, net.dy), L, 1.0, 0.0)
-    boundary = boundary_mask(pt.fwd.N, net.Z, pt.fwd.Xbar, tol.boundary)
-    neurons = neuron_tests(pt, boundary, tol)
-    coords = span_coordinates(pt, tol.rank)
-    dead = dead_neurons(pt, neurons)
-    return reduce(pt, neurons, boundary, coords, dead, [], tol.rank)
+    return pieces.reduction(net, X, Y)[3]
 
 
 def test_set_up_finds_each_kind_of_flat_block():

@@ -4,24 +4,14 @@ import numpy as np
 import pytest
 
 import cases
-from sospcheck.first_order import neuron_tests
-from sospcheck.geometry import boundary_mask
-from sospcheck.losses import get_loss
+import pieces
 from sospcheck.margins import Margins
-from sospcheck.options import Tolerances
-from sospcheck.point import evaluate_point
-from sospcheck.quotient import dead_neurons, reduce, span_coordinates
 from sospcheck.reduced import ReducedProblem, constraint_blocks, particular_solutions
 from sospcheck.subspace import DenseSubspace, ProjectedSubspace, SubspaceSolver, make_subspace
 
 
 def _problem(net, X, Y):
-    L = get_loss("squared")
-    tol = Tolerances()
-    pt = evaluate_point(net, X, L.prepare(Y, net.dy), L, 1.0, 0.0)
-    boundary = boundary_mask(pt.fwd.N, net.Z, pt.fwd.Xbar, tol.boundary)
-    neurons = neuron_tests(pt, boundary, tol)
-    red = reduce(pt, neurons, boundary, span_coordinates(pt, tol.rank), dead_neurons(pt, neurons), [], tol.rank)
+    pt, boundary, neurons, red = pieces.reduction(net, X, Y)
     prob = ReducedProblem.of(pt, red, boundary)
     return prob, constraint_blocks(prob, neurons, red)
 
