@@ -23,7 +23,7 @@ from rich.console import Console
 from sospcheck import check
 from sospcheck.cli import main
 from sospcheck.demo import EXAMPLES
-from sospcheck.report import Setting, render
+from sospcheck.report import render
 
 
 def write_example(ex, path: Path) -> str:
@@ -46,7 +46,7 @@ def make(out_dir: Path) -> list[Path]:
     result = check(ex.net, ex.X, ex.Y)
     console = Console(record=True, width=84, file=io.StringIO())
     console.print("$ sospcheck check --params saddle.npz --data saddle.npz --loss squared", style="bold")
-    console.print(render(result, Setting.of(result, ex.X, ex.Y)))
+    console.print(render(result))
     target = out_dir / "check-output.svg"
     console.save_svg(str(target), title="sospcheck check")
     written.append(target)

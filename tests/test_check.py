@@ -192,8 +192,9 @@ def test_assumption2_violation_is_inconclusive_not_a_guess():
     r = check(net, X, Y)
     if r.verdict == Verdict.INCONCLUSIVE:
         assert "Assumption 2" in r.reason
-    else:
-        assert r.verdict == Verdict.DESCENT  # a first-order descent was found before the question arose
+    else:  # a first-order descent was found before the question arose: it must lower the true risk
+        assert r.verdict == Verdict.DESCENT
+        assert_true_decrease(r, X, Y)
 
 
 def test_budget_past_2_to_K_is_inconclusive_with_what_was_established():
@@ -228,7 +229,7 @@ def test_fragile_flag_when_a_gradient_sits_near_the_tolerance():
 def test_result_serialises_to_json_with_schema():
     net, X, Y = cases.smooth_saddle_dy2()
     d = json.loads(check(net, X, Y).to_json())
-    assert d["schema_version"] == "1.0" and d["verdict"] == "descent"
+    assert d["schema_version"] == "2.0" and d["verdict"] == "descent"
     assert d["descent"]["order"] == 2 and d["descent"]["slope_or_curvature"] < 0
     assert d["stats"]["n_qp"] == 1 and d["stats"]["qps"][0]["outcome"] == "T3"
     assert set(d["timings"]) >= {"forward", "first_order", "second_order", "verify"}
@@ -316,3 +317,121 @@ def test_outputs_equal_to_targets_up_to_rounding_are_a_global_minimum():
     assert r.loss_value > 0
     r = check(net, X, (out.T * (1 + 1e-9)).reshape(np.shape(Y)))  # a real residual: the full test runs
     assert "floating-point precision" not in r.message
+
+
+# ---------------------------------------------------------------- reason codes, records, fragility from margins
+
+
+def test_each_branch_has_its_reason_code_and_message():
+    from sospcheck.result import REASON_MESSAGES, Reason
+
+    rng = np.random.default_rng(0)
+    net = TwoLayerNet(rng.standard_normal((3, 2)), rng.standard_normal(3), rng.standard_normal((2, 3)), np.zeros(2))
+    X, Y = rng.standard_normal((10, 2)), rng.standard_normal((10, 2))
+    clarke_X = np.array([[-1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [2.0, 1.0], [1.0, 2.0]])
+    clarke_Y = np.array([1.0, -2.0, 3.0, 4.0, 1.0])
+    runs = {
+        Reason.OUTPUT_LAYER_DESCENT: (net, X, Y),
+        Reason.CLARKE_DESCENT: (cases.refit(TwoLayerNet([[1.0, 0.0]], [0.0], [[1.0]], [0.0]), clarke_X, clarke_Y),
+                                clarke_X, clarke_Y),
+        Reason.RAY_DESCENT: cases.autograd_fooled(),
+        Reason.ECQP_DESCENT: cases.smooth_saddle_dy2(),
+        Reason.ICQP_DESCENT: cases.icqp_copositivity_saddle(),
+        Reason.ZERO_OUTPUT_DESCENT: cases.zero_output_saddle(),
+        Reason.MINIMUM: cases.convex_kink_minimum(),
+        Reason.SOSP: cases.overparameterized_interpolation(),
+    }
+    for code, (n, x, y) in runs.items():
+        r = check(n, x, y, fragility=False)
+        assert r.reason_code == code and r.verdict == code.verdict, (code, r.reason_code)
+        assert r.message == REASON_MESSAGES[code] and (r.reason is None) == r.success
+    assert all(REASON_MESSAGES[code] for code in Reason)
+    budget = check(*cases.interpolating_kink_minimum(), budget={"max_icqp": 1}, fragility=False)
+    assert budget.reason_code == Reason.ICQP_BUDGET and budget.verdict == Verdict.INCONCLUSIVE
+    assert "max_icqp" in budget.reason and budget.to_dict()["reason_code"] == "icqp_budget"
+
+
+def test_second_order_causes_map_to_their_codes():
+    from sospcheck.check import second_order
+    from sospcheck.result import Reason
+    from sospcheck.second_order import SecondOrderOutcome
+
+    for text, code in [
+        ("zero-output neuron 3: could not decide whether its kinks give descent", Reason.ZERO_OUTPUT_UNDECIDED),
+        ("2^13 = 8192 ICQPs exceed budget.max_icqp=4096", Reason.ICQP_BUDGET),
+        ("the flat-ray constraints are linearly dependent on the critical subspace; the cone reduction of step 4 "
+         "does not apply", Reason.DEPENDENT_FLAT_RAYS),
+        ("ECQP eigenvalue not computed: Lanczos did not converge", Reason.EIGENVALUE_FAILED),
+        ("Qww is (nearly) singular and the solver's null-space direction does not have negative curvature; rerun "
+         "with solver='dense'", Reason.SINGULAR_UNRESOLVED),
+        ("copositivity of a 20x20 Schur complement not decided: milp (time limit)", Reason.COPOSITIVITY_UNDECIDED),
+        ("the copositivity witness (y'Sy = -1e-12) does not give negative curvature once recomputed: the Schur "
+         "complement is inaccurate", Reason.SCHUR_INACCURATE),
+    ]:
+        step = second_order(SecondOrderOutcome(None, inconclusive=text))
+        assert step.ending.reason == code and step.ending.detail == text and step.candidate is None
+
+
+def test_neuron_records_say_what_decided_each_neuron():
+    from sospcheck.result import Decision
+
+    r = check(*cases.with_dead_neuron(*cases.convex_kink_minimum()))
+    assert [n.decided for n in r.neurons] == [Decision.RAYS_ASCEND, Decision.DEAD]
+    assert [(n.M, n.L, n.K, n.rank, n.assumption2) for n in r.neurons][0] == (1, 0, 0, 1, True)
+    ray = check(*cases.autograd_fooled())
+    assert ray.neurons[0].decided == Decision.DESCENT and ray.descent.neuron == 0
+    rng = np.random.default_rng(0)
+    net = TwoLayerNet(rng.standard_normal((3, 2)), rng.standard_normal(3), rng.standard_normal((1, 3)), [0.0])
+    early = check(net, rng.standard_normal((9, 2)), rng.standard_normal(9))
+    assert all(n.decided == Decision.NOT_REACHED and n.residual is None for n in early.neurons)
+    d = json.loads(ray.to_json())
+    assert d["neurons"][0] == {"k": 0, "M": 1, "L": 1, "K": 0, "rank": 1, "assumption2": True, "residual": 0.0,
+                               "scale": ray.neurons[0].scale, "decided": "descent"}
+
+
+def _fragility_by_reruns(net, X, Y, **kw):
+    """The fragility verdicts as they were computed before margins: every analysis re-run at x10 and x0.1."""
+    from sospcheck import Tolerances
+
+    return {name: check(net, X, Y, fragility=False, tolerances=Tolerances().scaled(f), **kw).verdict.value
+            for name, f in (("tolerances_x10", 10.0), ("tolerances_x0.1", 0.1))}
+
+
+def test_fragility_from_margins_equals_rerunning_everything():
+    from instances import random_kink_instance
+
+    rng = np.random.default_rng(11)
+    n_fragile = 0
+    for i in range(48):
+        inst = random_kink_instance(rng, "any" if i % 3 == 0 else "mixed")
+        if i % 2:  # nudge the weights so that some decisions sit near their tolerances
+            scale = 10.0 ** rng.uniform(-12, -5)
+            inst = {**inst, **{key: np.asarray(inst[key], float) + scale * rng.standard_normal(np.shape(inst[key]))
+                               * (np.abs(inst[key]) + 1) for key in ("W1", "b1", "W2", "b2") if inst[key] is not None}}
+        net = TwoLayerNet(inst["W1"], inst["b1"], inst["W2"], inst["b2"], inst["s_plus"], inst["s_minus"])
+        kw = dict(loss=inst.get("loss", "squared"), weight_decay=inst.get("weight_decay", 0.0),
+                  solver="matrix_free" if i % 5 == 4 else "auto")
+        r = check(net, inst["X"], inst["Y"], **kw)
+        assert r.fragility == _fragility_by_reruns(net, inst["X"], inst["Y"], **kw), (i, r.marginal())
+        n_fragile += r.fragile
+    assert n_fragile >= 2  # the comparison saw fragile verdicts, not only robust ones
+
+
+def test_fragility_reruns_only_the_factor_a_margin_could_flip(monkeypatch):
+    import importlib
+
+    module = importlib.import_module("sospcheck.check")
+    calls = []
+    analyze = module._analyze
+    monkeypatch.setattr(module, "_analyze",
+                        lambda problem, tol, *a, **k: calls.append(tol) or analyze(problem, tol, *a, **k))
+    r = check(*cases.convex_kink_minimum())
+    assert len(calls) == 1 and not r.marginal() and r.fragility == {"tolerances_x10": "local_minimum",
+                                                                     "tolerances_x0.1": "local_minimum"}
+    net, X, Y = cases.convex_kink_minimum()
+    scale = r.stats.output_gradient_scale
+    calls.clear()
+    r = check(net.with_weights(b2=net.b2 + 3e-8 * scale / 4), X, Y)  # output gradient 0.3x its tolerance
+    assert [t.gradient for t in calls] == [1e-7, 1e-8]  # the analysis, then x0.1 only: x10 cannot flip it
+    assert r.fragility["tolerances_x10"] == "local_minimum" and r.fragile
+    assert ("output-layer gradient", pytest.approx(0.375, rel=1e-3)) in r.marginal()

@@ -359,7 +359,6 @@ def test_pre_activations_over_the_limit_are_refused(monkeypatch):
         check(net, X, Y)
 
 
-@pytest.mark.xfail(strict=True, reason="check() calls validate_engine / validate_progress once check.py is rewritten")
 @pytest.mark.parametrize("kw,match", [(dict(backend="torch", device="nonsense"), "`device`"),
                                       (dict(progress="x"), "`progress` must be a callable")])
 def test_check_refuses_a_bad_device_or_progress_before_any_work(kw, match):

@@ -11,7 +11,6 @@ from sospcheck import Direction, TwoLayerNet, check
 from sospcheck.cli import main
 from sospcheck.demo import EXAMPLES
 from sospcheck.losses import risk
-from sospcheck.report import Setting
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -37,7 +36,7 @@ def test_slice_is_the_true_risk(lam, b1, b2):
                       rng.standard_normal((2, 4)), rng.standard_normal(2) if b2 else None, s_minus=0.1)
     X, Y = rng.standard_normal((11, 3)), rng.standard_normal((11, 2))
     r = check(net, X, Y, weight_decay=lam, fragility=False)
-    st = Setting.of(r, X, Y)
+    st = r.problem(X, Y)
     e1 = random_direction(net, rng)
     e2 = random_direction(net, rng, [e1])
     assert abs(e1.vector() @ e2.vector()) < 1e-12 and abs(e2.norm() - 1) < 1e-12
@@ -54,7 +53,7 @@ def test_descent_figure_draws_the_certificate():
     ex = EXAMPLES[2]
     r = check(ex.net, ex.X, ex.Y)
     calls = []
-    fig = figure(r, Setting.of(r, ex.X, ex.Y), grid=9, progress=lambda *a: calls.append(a))
+    fig = figure(r, r.problem(ex.X, ex.Y), grid=9, progress=lambda *a: calls.append(a))
     line, slice_, bars = fig.axes[:3]  # fig.axes[3] is the slice's colorbar
     d = r.descent
     assert "returned direction (order 2, ICQP)" in line.get_title()
@@ -80,7 +79,7 @@ def test_figure_without_direction_uses_random_directions_and_says_so():
 
     ex = EXAMPLES[1]
     r = check(ex.net, ex.X, ex.Y)
-    fig = figure(r, Setting.of(r, ex.X, ex.Y), grid=7, n_line=31)
+    fig = figure(r, r.problem(ex.X, ex.Y), grid=7, n_line=31)
     assert "no descent direction (local_minimum)" in fig.axes[0].get_title()
     assert "random directions" in fig.axes[0].get_title() and "random" in fig.axes[1].get_title()
     assert "nowhere below R(z)" in fig.axes[1].get_title()

@@ -61,3 +61,13 @@ def test_trial_steps_from_N_plus_tT_match_full_forward_passes():
         for t in (0.0, 1e-3, 0.7):
             full = pt.risk_at(net.perturbed(d, t))
             assert abs(along(t) - full) <= 1e-12 * abs(full), (loss, t)
+
+
+def test_noise_margin_is_relative_to_the_whole_risk():
+    net, X, Y = cases.autograd_fooled()
+    L = get_loss("squared")
+    for lam in (0.0, 0.7):
+        pt = evaluate_point(net, X, L.prepare(Y, net.dy), L, 1.0, lam)
+        B = boundary_mask(pt.fwd.N, net.Z, pt.fwd.Xbar, 1e-9)
+        v = verify_descent(pt, Direction.from_blocks(np.array([[0.0, 1.0]]), np.zeros((1, 1)), np.zeros(1)), B)
+        assert v.noise == 1e-12 * abs(pt.value) + 1e-300 and v.loss_before == pt.value

@@ -1,34 +1,38 @@
 """SOSP-CHECK end to end: model -> boundary geometry -> first order -> second order -> verification -> result.
 
-DESIGN.md section 3; every returned direction is verified on the true risk (section 4).
+DESIGN.md section 3; every returned direction is verified on the true risk (section 4). Each step is a
+function that returns a small record; :func:`_analyze` runs them once, recording every thresholded
+decision's margin, and the fragility probe (section 6) re-runs the analysis only at a tolerance scaling
+that some margin says could flip a decision.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import math
 import time
 
 import numpy as np
 
-from .first_order import neuron_tests, output_layer_test
+from .first_order import (NeuronTest, OutputLayerTest, neuron_tests, output_layer_test, ratios, record_sides,
+                          steepest_ray)
 from .geometry import boundary_mask
-from .losses import Loss, get_loss, reduction_weight
-from .model import Direction, TwoLayerNet, as_float_array
+from .margins import FRAGILITY_FACTOR, Margins
+from .model import Direction, TwoLayerNet
 from .nearby import near_zero_neurons, zero_neurons
 from .options import Budget, Tolerances
-from .point import evaluate_point
-from .result import CheckResult, DescentCertificate, Stats, Verdict
-from .second_order import Outcome, second_order_test
+from .point import Point, Problem
+from .quotient import Quotient
+from .result import CheckResult, Decision, DescentCertificate, NeuronRecord, Reason, Stats, Verdict
+from .second_order import Outcome, SecondOrderOutcome, second_order_test
 from .snap import snap_to_kinks
-from .validation import validate_inputs
+from .validation import validate_engine, validate_inputs, validate_progress
 from .verify import verify_descent
 from .zero_output import zero_output_mask
 
 __all__ = ["check", "validate_inputs"]
-
-
 
 
 def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight_decay: float = 0.0,
@@ -44,7 +48,8 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
         reduction: "sum" or "mean". weight_decay: ``lam`` in ``+ lam/2 |z|^2``.
         tolerances: :class:`Tolerances` (or a dict of its fields). budget: :class:`Budget`.
         snap: first move near-boundary points onto their kinks and refit the output layer.
-        fragility: re-run the decisions with all tolerances x10 and /10 and flag a flipping verdict.
+        fragility: the verdicts with all tolerances x10 and /10, and a flag when one differs; the
+            analysis is re-run only at a scaling that some decision's margin could flip.
         snap_tol: the near-boundary threshold for ``snap`` (relative, like ``tolerances.boundary``).
         seed: for the few random probes (zero-output neurons).
         solver: second-order solver, "dense", "matrix_free" (Hessian products only), or "auto"
@@ -59,49 +64,58 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
         :class:`CheckResult`.
     """
     X, Yp, lossobj, weight, lam = validate_inputs(net, X, Y, loss, reduction, weight_decay)
-    if solver not in ("auto", "dense", "matrix_free"):
-        raise ValueError(f"`solver` must be 'auto', 'dense' or 'matrix_free', got {solver!r}")
-    if backend not in ("numpy", "torch"):
-        raise ValueError(f"`backend` must be 'numpy' or 'torch', got {backend!r}")
-    if backend == "torch":
-        try:
-            import torch  # noqa: F401
-        except ImportError as exc:
-            raise ValueError("`backend='torch'` needs PyTorch: pip install 'sospcheck[torch]'") from exc
+    validate_engine(solver, backend, device)
+    validate_progress(progress)
     engine = (solver, backend, device)
-    report = progress or (lambda phase, done, total=None: None)
+    notify = progress or (lambda phase, done, total=None: None)
     tol = Tolerances.from_any(tolerances)
     bud = Budget.from_any(budget)
+    problem = Problem(net, X, Yp, lossobj, weight, lam)
     snap_info = None
     t0 = time.perf_counter()
     if snap:
         if not (isinstance(snap_tol, (int, float)) and math.isfinite(snap_tol) and snap_tol >= 0):
             raise ValueError(f"`snap_tol` must be a finite number >= 0, got {snap_tol!r}")
         net, snap_info = snap_to_kinks(net, X, Yp, lossobj, weight, lam, snap_tol)
-        report("snap", 1, 1)
+        problem = problem.at(net)
+        notify("snap", 1, 1)
     t_snap = time.perf_counter() - t0
-    result = _analyze(net, X, Yp, lossobj, weight, lam, tol, bud, seed, engine, progress)
+    analysis = _analyze(problem, tol, bud, seed, engine, progress)
+    result = analysis.result
     if snap:
         result.timings = {"snap": t_snap, **result.timings}
     result.snap = snap_info
     result.loss, result.reduction = lossobj.name, reduction
     near = near_zero_neurons(net, X, Yp, tol.near_zero)
     if near:
-        report("near-zero neurons: check with them zeroed", 0, 1)
-        zeroed = zero_neurons(net, near)
-        probe = _analyze(zeroed, X, Yp, lossobj, weight, lam, tol, bud, seed, engine)
+        notify("near-zero neurons: check with them zeroed", 0, 1)
+        probe = _analyze(problem.at(zero_neurons(net, near)), tol, bud, seed, engine).result
         result.stats.near_zero = {"neurons": near, "loss_change_if_zeroed": probe.loss_value - result.loss_value,
                                   "verdict_if_zeroed": probe.verdict.value}
     if fragility:
         t1 = time.perf_counter()
-        for j, (name, factor) in enumerate((("tolerances_x10", 10.0), ("tolerances_x0.1", 0.1))):
-            report("fragility re-runs", j, 2)
-            probe = _analyze(net, X, Yp, lossobj, weight, lam, tol.scaled(factor), bud, seed, engine)
-            result.fragility[name] = probe.verdict.value
-        report("fragility re-runs", 2, 2)
+        result.fragility = fragility_verdicts(
+            result.verdict, analysis.factors,
+            lambda factor: _analyze(problem, tol.scaled(factor), bud, seed, engine).result.verdict, notify)
         result.fragile = any(v != result.verdict.value for v in result.fragility.values())
         result.timings["fragility"] = time.perf_counter() - t1
     return result
+
+
+FRAGILITY_FACTORS = (("tolerances_x10", FRAGILITY_FACTOR), ("tolerances_x0.1", 1.0 / FRAGILITY_FACTOR))
+
+
+def fragility_verdicts(verdict: Verdict, factors: tuple[float, ...], rerun: Callable[[float], Verdict],
+                       notify: Callable[[str, int, int | None], None]) -> dict[str, str]:
+    """The verdict with every tolerance x10 and x0.1 (DESIGN.md section 6): ``rerun(factor)`` for the
+    ``factors`` whose scaling some decision's margin could flip; for the others every decision, hence
+    the verdict, stays as it is, and nothing is re-run."""
+    out = {}
+    for j, (name, factor) in enumerate(FRAGILITY_FACTORS):
+        notify("fragility re-runs", j, len(FRAGILITY_FACTORS))
+        out[name] = (rerun(factor) if factor in factors else verdict).value
+    notify("fragility re-runs", len(FRAGILITY_FACTORS), len(FRAGILITY_FACTORS))
+    return out
 
 
 _PHASES = ("forward", "first_order", "second_order", "verify")
@@ -114,128 +128,189 @@ def interpolates(out: np.ndarray, Y: np.ndarray) -> bool:
     return bool(np.all(np.abs(out - Y) <= INTERPOLATION_ULPS * np.finfo(float).eps * (np.abs(out) + np.abs(Y))))
 
 
-def _analyze(net, X, Yp, lossobj, weight, lam, tol: Tolerances, bud: Budget, seed: int, engine: tuple,
-             progress=None) -> CheckResult:
-    timings: dict = {}
-    clock = time.perf_counter()
+class _Clock:
+    """Wall time per phase, and ``progress`` told as each phase completes."""
 
-    def lap(name):
-        nonlocal clock
+    def __init__(self, progress=None):
+        self.timings: dict[str, float] = {}
+        self.progress = progress
+        self.clock = time.perf_counter()
+
+    def lap(self, name: str) -> None:
         now = time.perf_counter()
-        timings[name] = timings.get(name, 0.0) + now - clock
-        clock = now
-        if progress is not None:
-            progress("check phases (forward, first order, second order, verify)", _PHASES.index(name) + 1,
-                     len(_PHASES))
+        self.timings[name] = self.timings.get(name, 0.0) + now - self.clock
+        self.clock = now
+        if self.progress is not None:
+            self.progress("check phases (forward, first order, second order, verify)", _PHASES.index(name) + 1,
+                          len(_PHASES))
 
-    pt = evaluate_point(net, X, Yp, lossobj, weight, lam)
-    boundary = boundary_mask(pt.fwd.N, net.Z, pt.fwd.Xbar, tol.boundary)
-    M_k = boundary.sum(axis=0)
-    stats = Stats(m=X.shape[0], p=net.n_params, M=int(M_k.sum()), M_k=M_k.tolist())
-    established: list[str] = []
-    res = CheckResult(Verdict.INCONCLUSIVE, "", pt.value, None, stats, tol, bud, timings, established,
-                      net=net, weight_decay=lam)
-    lap("forward")
 
-    def descent(d: Direction, order: int, test: str, neuron=None, symmetric=False) -> CheckResult:
-        lap("first_order" if order == 1 else "second_order")
-        d = d.normalized()
-        if symmetric and pt.local_terms(d, boundary)[0] > 0:
-            d = d.scaled(-1.0)
-        v = verify_descent(pt, d, boundary)
-        lap("verify")
-        if not v.verified:
-            res.reason = (f"{test} predicted a descent direction (slope {v.slope:.3g}, curvature {v.curvature:.3g}) "
-                          f"that the line search could not confirm above the noise {v.noise:.3g}")
-            res.message = "a predicted descent direction was not verified on the true loss"
-            return res
-        res.verdict = Verdict.DESCENT
-        res.descent = DescentCertificate(d, order, test, neuron, v.slope, v.curvature, v.step, v.decrease,
-                                         v.loss_before, v.loss_after, v.validity_radius)
-        res.message = (f"order-{order} descent direction from {test}"
-                       + (f" (neuron {neuron})" if neuron is not None else "")
-                       + f", verified: the loss drops by {v.decrease:.4g} at step {v.step:.4g}")
-        return res
+@dataclass(frozen=True)
+class Candidate:
+    """A predicted descent direction, before verification; ``symmetric``: ``+-direction`` are equally
+    good to second order (the ECQP), take the one with ``first(d) <= 0``."""
 
-    # A nonnegative loss at outputs equal to the targets up to rounding is at its global minimum;
-    # the relative gradient tests would only measure rounding noise there. (Exactly equal outputs
-    # have r = 0 exactly, and the tests below decide them without noise.)
-    if lam == 0 and lossobj.zero_at_targets and np.any(pt.r) and interpolates(pt.fwd.out, Yp):
-        res.verdict = Verdict.LOCAL_MINIMUM
-        res.message = ("global minimum to floating-point precision: every output equals its target up to rounding "
-                       f"({INTERPOLATION_ULPS:g} eps relative) and the loss is nonnegative with minimum 0 there")
-        established.append("outputs interpolate the targets to rounding (loss >= 0, zero at the targets)")
-        lap("first_order")
-        return res
+    direction: Direction
+    order: int
+    test: str
+    reason: Reason
+    neuron: int | None = None
+    symmetric: bool = False
 
-    # Step 1: output layer
+
+@dataclass(frozen=True)
+class Ending:
+    """How a step ended the analysis: the reason code, the details of an inconclusive one, the certificate
+    of a verified descent."""
+
+    reason: Reason
+    detail: str | None = None
+    descent: DescentCertificate | None = None
+
+
+@dataclass(frozen=True)
+class Start:
+    """The point, its boundary pairs and the margins of the boundary decisions."""
+
+    pt: Point
+    boundary: np.ndarray
+    margins: list
+
+
+@dataclass(frozen=True)
+class FirstOrder:
+    """Steps 1-3: the tests that ran (``neurons`` None before step 2; ``rays_examined`` after step 3), a
+    predicted descent or an ending (both None: on to the second order), what they established, margins."""
+
+    output: OutputLayerTest
+    neurons: list[NeuronTest] | None = None
+    rays_examined: bool = False
+    candidate: Candidate | None = None
+    ending: Ending | None = None
+    established: tuple = ()
+    margins: tuple = ()
+
+
+@dataclass(frozen=True)
+class SecondOrder:
+    """Step 4 read off: a predicted descent, or an ending with what it established."""
+
+    outcome: SecondOrderOutcome
+    candidate: Candidate | None = None
+    ending: Ending | None = None
+    established: tuple = ()
+
+
+def forward_and_boundary(problem: Problem, tol: Tolerances) -> Start:
+    """One forward pass and the boundary pairs ``|N_ik| <= boundary |Z_k| max|xbar|`` (DESIGN.md section 1)."""
+    pt = problem.point()
+    boundary = boundary_mask(pt.fwd.N, pt.net.Z, pt.fwd.Xbar, tol.boundary)
+    threshold = tol.boundary * np.linalg.norm(pt.net.Z, axis=1) * np.max(np.linalg.norm(pt.fwd.Xbar, axis=1))
+    margins = Margins()
+    record_sides(margins, "boundary |N_ik|", ratios(pt.fwd.N, threshold[None, :]))
+    return Start(pt, boundary, margins.items())
+
+
+def interpolation_ending(pt: Point) -> Ending | None:
+    """A nonnegative loss at outputs equal to the targets up to rounding is at its global minimum; the
+    relative gradient tests would only measure rounding noise there. (Exactly equal outputs have
+    ``r = 0`` exactly, and the tests decide them without noise.)"""
+    if pt.weight_decay == 0 and pt.loss.zero_at_targets and np.any(pt.r) and interpolates(pt.fwd.out, pt.Y):
+        return Ending(Reason.INTERPOLATION)
+    return None
+
+
+def first_order(pt: Point, boundary: np.ndarray, tol: Tolerances) -> FirstOrder:
+    """Steps 1-3 (DESIGN.md section 3): the output-layer gradient, one BVLS per neuron, the extreme rays."""
+    margins = Margins()
     ol = output_layer_test(pt, tol)
-    stats.output_gradient_norm, stats.output_gradient_scale = ol.norm, ol.scale
+    margins.add("output-layer gradient", ol.ratio, 1.0)
     if not ol.stationary:
-        G_b2 = None if ol.G_b2 is None else -ol.G_b2
-        return descent(Direction.output(net, -ol.G_W2, G_b2), 1, "output-layer gradient")
-    established.append("output layer stationary")
-
-    # Step 2: Clarke stationarity, one BVLS per neuron
+        return FirstOrder(ol, candidate=output_candidate(pt.net, ol), margins=tuple(margins.items()))
+    established = ["output layer stationary"]
     neurons = neuron_tests(pt, boundary, tol)
-    stats.bvls_residual = [nt.residual for nt in neurons]
-    stats.bvls_scale = [nt.scale for nt in neurons]
-    stats.assumption2 = [nt.assumption2 for nt in neurons]
-    moving = [nt for nt in neurons if not nt.stationary]
-    if moving:
-        nt = max(moving, key=lambda n: n.residual / n.scale)
-        dZ = np.zeros_like(net.Z)
-        dZ[nt.k] = -nt.vt
-        test = "neuron gradient" if nt.M == 0 else "Clarke subgradient (BVLS)"
-        return descent(Direction.hidden(net, dZ), 1, test, nt.k)
+    record_sides(margins, "neuron subgradient |vt_k|", [nt.residual_ratio for nt in neurons])
+    candidate = clarke_candidate(pt.net, neurons)
+    if candidate is not None:
+        return FirstOrder(ol, neurons, candidate=candidate, established=tuple(established),
+                          margins=tuple(margins.items()))
     established.append("Clarke stationary")
+    candidate, ending = ray_step(pt, neurons, tol, margins)
+    if candidate is None and ending is None:
+        established.append("no descent along extreme rays" if boundary.any() else "differentiable: gradient zero")
+    return FirstOrder(ol, neurons, True, candidate, ending, tuple(established), tuple(margins.items()))
 
-    # Step 3: one-sided derivatives along the extreme rays +-vhat_i
-    zero_output = zero_output_mask(net, lam, tol.a_zero)
-    best = None
-    for nt, zo in zip(neurons, zero_output):
-        if nt.M == 0 or not nt.assumption2 or zo:
-            continue
-        norms = np.linalg.norm(nt.rays, axis=0)
-        for sign, slopes, flat in ((1.0, nt.slope_plus, nt.flat_plus), (-1.0, nt.slope_minus, nt.flat_minus)):
-            rate = np.where(flat, 0.0, slopes / norms)
-            j = int(np.argmin(rate))
-            if rate[j] < 0 and (best is None or rate[j] < best[0]):
-                best = (rate[j], nt.k, sign * nt.rays[:, j])
-    stats.L = int(sum(nt.n_flat for nt in neurons))
-    stats.K = int(sum(nt.n_both_flat for nt in neurons))
-    if best is not None:
+
+def output_candidate(net: TwoLayerNet, ol: OutputLayerTest) -> Candidate:
+    """Step 1 failed: the negative output-layer gradient descends."""
+    G_b2 = None if ol.G_b2 is None else -ol.G_b2
+    return Candidate(Direction.output(net, -ol.G_W2, G_b2), 1, "output-layer gradient", Reason.OUTPUT_LAYER_DESCENT)
+
+
+def clarke_candidate(net: TwoLayerNet, neurons: list[NeuronTest]) -> Candidate | None:
+    """Step 2: ``-vt_k`` of the neuron farthest (relative to its scale) from Clarke stationarity; None
+    when every neuron is stationary."""
+    moving = [nt for nt in neurons if not nt.stationary]
+    if not moving:
+        return None
+    nt = max(moving, key=lambda n: n.residual / n.scale)
+    dZ = np.zeros_like(net.Z)
+    dZ[nt.k] = -nt.vt
+    if nt.M == 0:
+        return Candidate(Direction.hidden(net, dZ), 1, "neuron gradient", Reason.NEURON_GRADIENT_DESCENT, nt.k)
+    return Candidate(Direction.hidden(net, dZ), 1, "Clarke subgradient (BVLS)", Reason.CLARKE_DESCENT, nt.k)
+
+
+def ray_step(pt: Point, neurons: list[NeuronTest], tol: Tolerances,
+             margins: Margins) -> tuple[Candidate | None, Ending | None]:
+    """Step 3: the steepest descending extreme ray, or Assumption 2's failure where rays cannot decide;
+    the zero-output and flat-ray decisions' margins go to ``margins``."""
+    net = pt.net
+    zero_output = zero_output_mask(net, pt.weight_decay, tol.a_zero)
+    if pt.weight_decay == 0:
+        record_sides(margins, "zero output |w_k|",
+                     ratios(np.linalg.norm(net.W2, axis=0), tol.a_zero * np.linalg.norm(net.W2)))
+    flat = np.hstack([nt.flat_ratios for nt in neurons])
+    for name, row in zip(("flat ray |a_ik|", "flat ray |s*_i - s_plus|", "flat ray |s*_i - s_minus|"), flat):
+        record_sides(margins, name, row)
+    ray = steepest_ray(neurons, zero_output)
+    if ray is not None:
         dZ = np.zeros_like(net.Z)
-        dZ[best[1]] = best[2]
-        return descent(Direction.hidden(net, dZ), 1, "extreme ray", best[1])
-    bad = [nt.k for nt, zo in zip(neurons, zero_output) if nt.M and not nt.assumption2 and not zo]
+        dZ[ray.k] = ray.direction
+        return Candidate(Direction.hidden(net, dZ), 1, "extreme ray", Reason.RAY_DESCENT, ray.k), None
+    bad = [nt.k for nt in neurons if nt.M and not nt.assumption2 and not zero_output[nt.k]]
     if bad:
-        lap("first_order")
-        res.reason = (f"Assumption 2 fails for neuron(s) {bad}: their boundary vectors xbar_i are linearly dependent "
-                      f"(rank {[neurons[k].rank for k in bad]} < M_k {[neurons[k].M for k in bad]}), so the extreme "
-                      "rays and cone reduction do not apply; no first-order descent was found elsewhere")
-        res.message = "not decided: " + res.reason.split(":")[0]
-        return res
-    established.append("no descent along extreme rays" if stats.M else "differentiable: gradient zero")
-    lap("first_order")
+        detail = (f"Assumption 2 fails for neuron(s) {bad}: their boundary vectors xbar_i are linearly dependent "
+                  f"(rank {[neurons[k].rank for k in bad]} < M_k {[neurons[k].M for k in bad]}), so the extreme "
+                  "rays and cone reduction do not apply; no first-order descent was found elsewhere")
+        return None, Ending(Reason.ASSUMPTION2, detail)
+    return None, None
 
-    # Step 4: second order on the critical cone
-    so = second_order_test(pt, neurons, boundary, tol, bud, np.random.default_rng(seed), *engine, progress=progress)
-    stats.solver = so.solver
-    stats.qps = so.records
-    stats.n_icqp_planned = so.n_icqp_planned
-    stats.n_params_reduced = so.n_params_reduced
-    stats.hessian_norm, stats.eig_tol = so.hessian_norm, so.eig_tol
-    stats.quotient = so.quotient
+
+# Step 4's inconclusive causes, as second_order_test words them, and their codes.
+_SECOND_ORDER_CAUSES = (
+    ("zero-output neuron", Reason.ZERO_OUTPUT_UNDECIDED),
+    ("ICQPs exceed budget", Reason.ICQP_BUDGET),
+    ("flat-ray constraints are linearly dependent", Reason.DEPENDENT_FLAT_RAYS),
+    ("ECQP eigenvalue not computed", Reason.EIGENVALUE_FAILED),
+    ("Qww is (nearly) singular", Reason.SINGULAR_UNRESOLVED),
+    ("copositivity of a", Reason.COPOSITIVITY_UNDECIDED),
+    ("copositivity witness", Reason.SCHUR_INACCURATE),
+)
+_SECOND_ORDER_DESCENT = {"ECQP": Reason.ECQP_DESCENT, "ICQP": Reason.ICQP_DESCENT,
+                         "zero_output": Reason.ZERO_OUTPUT_DESCENT}
+
+
+def second_order(so: SecondOrderOutcome) -> SecondOrder:
+    """Step 4's outcome read off (DESIGN.md section 3): T3 a predicted descent, T1 a minimum, T2 an SOSP."""
     if so.inconclusive:
-        lap("second_order")
-        res.reason = so.inconclusive
-        res.message = "first-order stationary; second order not decided (see reason)"
-        return res
+        reason = next((r for phrase, r in _SECOND_ORDER_CAUSES if phrase in so.inconclusive),
+                      Reason.SECOND_ORDER_UNDECIDED)
+        return SecondOrder(so, ending=Ending(reason, so.inconclusive))
     if so.outcome == Outcome.NEGATIVE:
-        return descent(so.direction, 2, so.source, symmetric=so.source == "ECQP")
-    lap("second_order")
-    quot = so.quotient
+        return SecondOrder(so, Candidate(so.direction, 2, so.source, _SECOND_ORDER_DESCENT[so.source],
+                                         symmetric=so.source == "ECQP"))
+    quot, established = so.quotient, []
     if quot.zero_output_neurons:
         established.append(f"zero-output neuron(s) {quot.zero_output_neurons}: no descent of order <= 2 (g == 0)")
     if quot.inactive_directions:
@@ -250,12 +325,113 @@ def _analyze(net, X, Yp, lossobj, weight, lam, tol: Tolerances, bud: Budget, see
     n_icqp = sum(q.kind == "ICQP" for q in so.records)
     if n_icqp:
         established.append(f"{n_icqp} ICQP(s) without negative curvature")
-    if so.outcome == Outcome.ZERO:
-        res.verdict = Verdict.SOSP
-        res.message = ("second-order stationary: no descent of order 1 or 2, but some critical direction has zero "
-                       "curvature, so a local minimum is not certified")
-    else:
-        res.verdict = Verdict.LOCAL_MINIMUM
-        res.message = ("local minimum: first-order stationary with no descent ray, and the second-order form is "
-                       "positive on the critical cone (strict modulo the rescaling symmetry and exactly flat directions)")
-    return res
+    reason = Reason.SOSP if so.outcome == Outcome.ZERO else Reason.MINIMUM
+    return SecondOrder(so, ending=Ending(reason), established=tuple(established))
+
+
+def verify(pt: Point, boundary: np.ndarray, c: Candidate) -> Ending:
+    """Section 4: a predicted descent counts only once the line search lowers the true risk."""
+    d = c.direction.normalized()
+    if c.symmetric and pt.local_terms(d, boundary)[0] > 0:
+        d = d.scaled(-1.0)
+    v = verify_descent(pt, d, boundary)
+    if not v.verified:
+        return Ending(Reason.UNVERIFIED_DESCENT,
+                      f"{c.test} predicted a descent direction (slope {v.slope:.3g}, curvature {v.curvature:.3g}) "
+                      f"that the line search could not confirm above the noise {v.noise:.3g}")
+    return Ending(c.reason, descent=DescentCertificate(d, c.order, c.test, c.neuron, v.slope, v.curvature, v.step,
+                                                       v.decrease, v.loss_before, v.loss_after, v.validity_radius))
+
+
+def rerun_factors(sided: list[tuple[str, float]], unsided: list[tuple[str, float]]) -> tuple[float, ...]:
+    """The tolerance factors (x10, x0.1) under which some decision could flip. A decision ``|x| <= t``
+    flips under factor ``f`` exactly when ``|x| / t`` lies between 1 and ``f`` (ends included, with room
+    for the rounding of ``f t``). ``sided``: each the ratio nearest to 1 on its side of 1; ``unsided``:
+    nearest over both sides (as :class:`~sospcheck.margins.Margins` keeps them), so one in the band
+    may hide another on the other side: either factor."""
+    def within(lo: float, hi: float, margins: list) -> bool:
+        return any(lo * (1 - 1e-9) <= r <= hi * (1 + 1e-9) for _, r in margins)
+
+    either = within(1 / FRAGILITY_FACTOR, FRAGILITY_FACTOR, unsided)
+    return tuple(f for _, f in FRAGILITY_FACTORS if either or within(*sorted((1.0, f)), sided))
+
+
+@dataclass
+class Analysis:
+    """One run of the steps: the result, and the tolerance factors its margins say could change it."""
+
+    result: CheckResult
+    factors: tuple[float, ...]
+
+
+def _analyze(problem: Problem, tol: Tolerances, bud: Budget, seed: int, engine: tuple, progress=None) -> Analysis:
+    """Steps 1-4 and the verification once, each step a function returning its record (DESIGN.md section 3)."""
+    clock = _Clock(progress)
+    st = forward_and_boundary(problem, tol)
+    clock.lap("forward")
+    first = so = None
+    ending = interpolation_ending(st.pt)
+    if ending is None:
+        first = first_order(st.pt, st.boundary, tol)
+        ending = first.ending
+    clock.lap("first_order")
+    candidate = first.candidate if first is not None else None
+    if ending is None and candidate is None:
+        so = second_order(second_order_test(st.pt, first.neurons, st.boundary, tol, bud, np.random.default_rng(seed),
+                                            *engine, progress=progress))
+        candidate, ending = so.candidate, so.ending
+        clock.lap("second_order")
+    if candidate is not None:
+        ending = verify(st.pt, st.boundary, candidate)
+        clock.lap("verify")
+    sided = list(st.margins) + (list(first.margins) if first is not None else [])
+    unsided = so.outcome.margins if so is not None else []
+    result = _result(problem, st, first, so, ending, tol, bud, clock.timings)
+    result.margins = sided + list(unsided)
+    return Analysis(result, rerun_factors(sided, unsided))
+
+
+def _result(problem: Problem, st: Start, first: FirstOrder | None, so: SecondOrder | None, ending: Ending,
+            tol: Tolerances, bud: Budget, timings: dict) -> CheckResult:
+    """Classification: the verdict's record, per-neuron decisions and what was established."""
+    outcome = so.outcome if so is not None else None
+    quotient = outcome.quotient if outcome is not None else None
+    neurons = first.neurons if first is not None else None
+    records = neuron_records(st.boundary.sum(axis=0), neurons, first is not None and first.rays_examined,
+                             ending.descent.neuron if ending.descent is not None else None, quotient)
+    stats = Stats(m=problem.m, p=problem.net.n_params, neurons=records)
+    if first is not None:
+        stats.output_gradient_norm, stats.output_gradient_scale = first.output.norm, first.output.scale
+    if outcome is not None:
+        stats.qps, stats.solver, stats.quotient = outcome.records, outcome.solver, quotient
+        stats.n_icqp_planned, stats.n_params_reduced = outcome.n_icqp_planned, outcome.n_params_reduced
+        stats.hessian_products = outcome.products
+        stats.hessian_norm, stats.eig_tol = outcome.hessian_norm, outcome.eig_tol
+    established = list(first.established) if first is not None else [
+        f"outputs interpolate the targets to rounding ({INTERPOLATION_ULPS:g} eps relative; loss >= 0, zero at "
+        "the targets)"]
+    if so is not None:
+        established += so.established
+    return CheckResult(ending.reason, st.pt.value, ending.descent, stats, tol, bud, timings, established,
+                       reason=ending.detail, net=problem.net, weight_decay=problem.weight_decay)
+
+
+def neuron_records(M_k: np.ndarray, neurons: list[NeuronTest] | None, rays_examined: bool, descent_neuron: int | None,
+                   quotient: Quotient | None) -> list[NeuronRecord]:
+    """Per hidden neuron, its numbers and what decided it (the first that applies: the descent moves it,
+    quotiented dead or zero-output, not Clarke stationary, Assumption 2, no kink, the rays)."""
+    if neurons is None:
+        return [NeuronRecord(k, int(M)) for k, M in enumerate(M_k)]
+    dead = set(quotient.dead_neurons) if quotient is not None else set()
+    zero = set(quotient.zero_output_neurons) if quotient is not None else set()
+    records = []
+    for nt in neurons:
+        L, K = (nt.n_flat, nt.n_both_flat) if rays_examined else (None, None)
+        decided = next(d for d, applies in (
+            (Decision.DESCENT, nt.k == descent_neuron), (Decision.DEAD, nt.k in dead),
+            (Decision.ZERO_OUTPUT, nt.k in zero), (Decision.NOT_STATIONARY, not nt.stationary),
+            (Decision.ASSUMPTION2, nt.M > 0 and not nt.assumption2), (Decision.DIFFERENTIABLE, nt.M == 0),
+            (Decision.STATIONARY, not rays_examined), (Decision.RAYS_ASCEND, L == 0), (Decision.FLAT_RAYS, True),
+        ) if applies)
+        records.append(NeuronRecord(nt.k, nt.M, decided, L, K, nt.rank, nt.assumption2, nt.residual, nt.scale))
+    return records

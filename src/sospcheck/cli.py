@@ -167,9 +167,8 @@ def _check(args, display: ProgressDisplay):
 
 def _plot(result, X, Y, path: str, display: ProgressDisplay, seed: int = 0, grid: int = 41) -> None:
     from .plot import plot_result
-    from .report import Setting
 
-    plot_result(result, Setting.of(result, X, Y), path, seed=seed, grid=grid, progress=display)
+    plot_result(result, result.problem(X, Y), path, seed=seed, grid=grid, progress=display)
 
 
 def _run_check(args) -> int:
@@ -183,9 +182,9 @@ def _run_check(args) -> int:
     elif args.quiet:
         print(result.verdict.value)
     else:
-        from .report import Setting, render
+        from .report import render
 
-        Console().print(render(result, Setting.of(result, X, Y)))
+        Console().print(render(result))
     if args.json and not to_stdout:
         with open(args.json, "w") as f:
             f.write(result.to_json(indent=2))
@@ -223,7 +222,7 @@ def _run_schema() -> int:
 
 def _run_demo() -> int:
     from .demo import EXAMPLES
-    from .report import Setting, render
+    from .report import render
     from .smooth import smooth_view
 
     console = Console()
@@ -232,7 +231,7 @@ def _run_demo() -> int:
         console.print(Text(ex.story))
         console.print(Text(smooth_view(ex.net, ex.X, ex.Y).describe(), style="italic"))
         result = check(ex.net, ex.X, ex.Y)
-        console.print(render(result, Setting.of(result, ex.X, ex.Y)))
+        console.print(render(result))
         if result.verdict.value != ex.expected:
             print(f"UNEXPECTED: the embedded example expects {ex.expected}", file=sys.stderr)
             return 1

@@ -1,4 +1,8 @@
-"""First-order tests: output-layer gradient, per-neuron Clarke stationarity, extreme-ray slopes (DESIGN.md section 3, steps 1-3)."""
+"""First-order tests: output-layer gradient, per-neuron Clarke stationarity, extreme-ray slopes (DESIGN.md section 3, steps 1-3).
+
+Each thresholded decision also records its margin ratio ``|value| / threshold`` (:mod:`sospcheck.margins`),
+from which the check tells whether a 10x tolerance change could flip it.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,34 @@ import numpy as np
 from scipy.optimize import lsq_linear
 
 from .geometry import ray_directions
+from .margins import Margins
 from .options import Tolerances
 from .point import Point
 
-__all__ = ["OutputLayerTest", "NeuronTest", "output_layer_test", "neuron_tests"]
+__all__ = ["OutputLayerTest", "NeuronTest", "Ray", "output_layer_test", "neuron_tests", "steepest_ray", "ratios",
+           "record_sides"]
+
+
+def ratios(x, t) -> np.ndarray:
+    """``|x| / t`` elementwise; 0 where ``x = 0`` and inf where only ``t = 0``: no positive scaling of a
+    zero threshold flips ``|x| <= t`` (as :func:`sospcheck.margins.margin_ratio`)."""
+    x = np.abs(np.asarray(x, float))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(x == 0, 0.0, x / np.asarray(t, float))
+
+
+def record_sides(margins: Margins, name: str, ratio) -> None:
+    """Record the ratio nearest to 1 on each side of 1 (decided ``<= threshold``, and not): one entry per
+    side, so that each also tells which way, x10 or x0.1, its decisions could flip."""
+    ratio = np.ravel(ratio)
+    if ratio.size == 0:
+        return
+    within = float(np.max(np.where(ratio <= 1.0, ratio, -np.inf)))
+    beyond = float(np.min(np.where(ratio > 1.0, ratio, np.inf)))
+    if within >= 0:
+        margins.add(f"{name} (within)", within, 1.0)
+    if beyond < np.inf:
+        margins.add(f"{name} (beyond)", beyond, 1.0)
 
 
 @dataclass(frozen=True)
@@ -23,6 +51,7 @@ class OutputLayerTest:
     norm: float
     scale: float
     stationary: bool
+    ratio: float  # norm / (gradient tolerance * scale)
 
 
 def output_layer_test(pt: Point, tol: Tolerances) -> OutputLayerTest:
@@ -37,7 +66,8 @@ def output_layer_test(pt: Point, tol: Tolerances) -> OutputLayerTest:
             G_b2 = G_b2 + pt.weight_decay * net.b2
         scale += pt.weight_decay * np.sqrt(np.sum(net.W2**2) + (np.sum(net.b2**2) if net.has_b2 else 0.0))
     norm = float(np.sqrt(np.sum(G_W2**2) + (np.sum(G_b2**2) if net.has_b2 else 0.0)))
-    return OutputLayerTest(G_W2, G_b2, norm, float(scale), bool(norm <= tol.gradient * scale))
+    return OutputLayerTest(G_W2, G_b2, norm, float(scale), bool(norm <= tol.gradient * scale),
+                           float(ratios(norm, tol.gradient * scale)[()]))
 
 
 @dataclass(frozen=True)
@@ -62,6 +92,8 @@ class NeuronTest:
     slope_minus: np.ndarray
     flat_plus: np.ndarray
     flat_minus: np.ndarray
+    residual_ratio: float
+    flat_ratios: np.ndarray
 
     @property
     def M(self) -> int:
@@ -123,7 +155,36 @@ def _neuron_test(pt: Point, k: int, boundary_k: np.ndarray, c: np.ndarray, scale
     s_gap = tol.s_bound * abs(net.s_plus - net.s_minus)
     flat_plus = a_zero | (np.abs(s_star - net.s_plus) <= s_gap)
     flat_minus = a_zero | (np.abs(s_star - net.s_minus) <= s_gap)
+    flat_ratios = np.vstack([ratios(aB, tol.a_zero * w_scale), ratios(s_star - net.s_plus, s_gap),
+                             ratios(s_star - net.s_minus, s_gap)])
     return NeuronTest(
         k, idx, s_star, vt, residual, scale, bool(residual <= tol.gradient * scale), rank, rays,
-        slope_plus, slope_minus, flat_plus, flat_minus,
+        slope_plus, slope_minus, flat_plus, flat_minus, float(ratios(residual, tol.gradient * scale)[()]), flat_ratios,
     )
+
+
+@dataclass(frozen=True)
+class Ray:
+    """Step 3's steepest descending extreme ray: moving ``Z_k`` along ``direction`` (a column of ``+-D_k``)
+    lowers the loss at ``rate < 0`` per unit length."""
+
+    k: int
+    rate: float
+    direction: np.ndarray
+
+
+def steepest_ray(neurons: list[NeuronTest], skip: np.ndarray | list | None = None) -> Ray | None:
+    """Step 3: over the neurons with kinks, Assumption 2 and not ``skip`` (e.g. zero-output neurons), the
+    ray ``+-vhat_j`` with the most negative one-sided slope per unit length (flat rays count as 0);
+    None when no ray descends."""
+    best = None
+    for nt in neurons:
+        if nt.M == 0 or not nt.assumption2 or (skip is not None and skip[nt.k]):
+            continue
+        norms = np.linalg.norm(nt.rays, axis=0)
+        for sign, slopes, flat in ((1.0, nt.slope_plus, nt.flat_plus), (-1.0, nt.slope_minus, nt.flat_minus)):
+            rate = np.where(flat, 0.0, slopes / norms)
+            j = int(np.argmin(rate))
+            if rate[j] < 0 and (best is None or rate[j] < best.rate):
+                best = Ray(nt.k, float(rate[j]), sign * nt.rays[:, j])
+    return best

@@ -16,7 +16,8 @@ import numpy as np
 
 from .geometry import boundary_mask, validity_radius
 from .model import Direction, TwoLayerNet
-from .report import Setting, neuron_rows
+from .point import Problem
+from .report import neuron_rows
 from .result import CheckResult
 
 __all__ = ["SUFFIXES", "MAX_GRID", "require_matplotlib", "check_output_path", "check_grid", "Slice", "random_direction", "figure",
@@ -76,10 +77,10 @@ class Slice:
     are recomputed per point.
     """
 
-    def __init__(self, setting: Setting, directions: list[Direction]):
-        net = setting.net
-        Xbar = net.augment(setting.X)
-        self.setting, self.net = setting, net
+    def __init__(self, problem: Problem, directions: list[Direction]):
+        net = problem.net
+        Xbar = net.augment(problem.X)
+        self.problem, self.net = problem, net
         self.N0 = Xbar @ net.Z.T
         self.T = [Xbar @ d.Z.T for d in directions]
         self.dW2 = [d.W2 for d in directions]
@@ -88,7 +89,7 @@ class Slice:
         self.v = [d.vector() for d in directions]
 
     def __call__(self, *c: float) -> float:
-        net, st = self.net, self.setting
+        net, st = self.net, self.problem
         N = self.N0.copy()
         for ci, T in zip(c, self.T):
             N += ci * T
@@ -119,9 +120,9 @@ def _scan(f: Callable[[float], float], ts, phase: str, progress: Progress | None
 class _Local:
     """The one-sided local model and validity radius along ``+-d`` at ``z``."""
 
-    def __init__(self, setting: Setting, tol_boundary: float):
-        self.pt = setting.point()
-        self.boundary = boundary_mask(self.pt.fwd.N, setting.net.Z, self.pt.fwd.Xbar, tol_boundary)
+    def __init__(self, problem: Problem, tol_boundary: float):
+        self.pt = problem.point()
+        self.boundary = boundary_mask(self.pt.fwd.N, problem.net.Z, self.pt.fwd.Xbar, tol_boundary)
 
     def terms(self, d: Direction) -> tuple[float, float, float]:
         """``(slope, curvature, validity radius)`` along the unit direction ``d``."""
@@ -189,13 +190,13 @@ def _half_width(local: _Local, xi: Direction, rise: float, cap: float) -> float:
     return max(min(widths), 1e-12 * cap)
 
 
-def _line_random(ax, result: CheckResult, local: _Local, dirs: list[Direction], setting: Setting, T: float,
+def _line_random(ax, result: CheckResult, local: _Local, dirs: list[Direction], problem: Problem, T: float,
                  n: int, progress) -> None:
     ts = np.linspace(-T, T, n)
     colors = ("#1565c0", "#6a1b9a", "#00897b")
     allv = []
     for j, (u, c) in enumerate(zip(dirs, colors)):
-        true = _scan(Slice(setting, [u]), ts, f"loss along random direction {j + 1}", progress)
+        true = _scan(Slice(problem, [u]), ts, f"loss along random direction {j + 1}", progress)
         allv.append(true)
         ax.plot(ts, true, color=c, lw=2.0, label=f"true R along random u{j + 1}")
         ax.plot(ts, local.model(u, ts), color=c, lw=1.2, ls="--", alpha=0.8)
@@ -238,8 +239,8 @@ def _slice_panel(fig, ax, sl: Slice, R0: float, span_t, span_s, grid: int, progr
     ax.set_title(labels[2] + ("   (blue: below R(z))" if lo < 0 else "   (nowhere below R(z))"), fontsize=10)
 
 
-def _boundary_panel(ax, result: CheckResult, setting: Setting) -> None:
-    rows = neuron_rows(result, setting)
+def _boundary_panel(ax, result: CheckResult) -> None:
+    rows = neuron_rows(result)
     s = result.stats
     k = np.arange(len(rows))
     M = np.array([r.M for r in rows])
@@ -284,11 +285,11 @@ def _suptitle(result: CheckResult) -> str:
     return text
 
 
-def figure(result: CheckResult, setting: Setting, seed: int = 0, grid: int = 41, n_line: int = 241,
+def figure(result: CheckResult, problem: Problem, seed: int = 0, grid: int = 41, n_line: int = 241,
            progress: Progress | None = None):
     """Three panels: the loss along the returned direction (or random ones), a 2-D slice, the boundary counts.
 
-    ``setting``: the point and data the result is about (:meth:`Setting.of`). ``seed``: the random
+    ``problem``: the risk the result is about (:meth:`CheckResult.problem`). ``seed``: the random
     directions. ``grid``: points per side of the slice. Returns a ``matplotlib.figure.Figure``.
     """
     require_matplotlib()
@@ -296,8 +297,8 @@ def figure(result: CheckResult, setting: Setting, seed: int = 0, grid: int = 41,
 
     check_grid(grid)
     rng = np.random.default_rng(seed)
-    net = setting.net
-    local = _Local(setting, result.tolerances.boundary)
+    net = problem.net
+    local = _Local(problem, result.tolerances.boundary)
     fig = Figure(figsize=(17, 5.2), layout="constrained")
     axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.15, 1.0, 0.85]})
     R0 = local.pt.value
@@ -310,9 +311,9 @@ def figure(result: CheckResult, setting: Setting, seed: int = 0, grid: int = 41,
         if math.isfinite(radius) and radius < 10.0 * T:
             hi = max(hi, 1.25 * radius)
         span = (-T, hi)
-        rise = _line_descent(axes[0], result, local, Slice(setting, [d]), span, n_line, progress)
+        rise = _line_descent(axes[0], result, local, Slice(problem, [d]), span, n_line, progress)
         half = _half_width(local, xi, rise, 0.5 * (span[1] - span[0]))
-        _slice_panel(fig, axes[1], Slice(setting, [d, xi]), R0, span, (-half, half), grid, progress,
+        _slice_panel(fig, axes[1], Slice(problem, [d, xi]), R0, span, (-half, half), grid, progress,
                      ("t along η (descent direction)", "s along ξ (random, orthogonal to η)",
                       "R(z + t·η + s·ξ) − R(z)"), step)
     else:
@@ -323,11 +324,11 @@ def figure(result: CheckResult, setting: Setting, seed: int = 0, grid: int = 41,
         znorm = net.as_direction().norm()
         T = float(np.median(radii)) if radii else 0.25 * max(znorm, 1.0)
         T = min(T, max(znorm, 1e-3)) if znorm > 0 else T
-        _line_random(axes[0], result, local, us, setting, T, n_line, progress)
-        _slice_panel(fig, axes[1], Slice(setting, us[:2]), R0, (-T, T), (-T, T), grid, progress,
+        _line_random(axes[0], result, local, us, problem, T, n_line, progress)
+        _slice_panel(fig, axes[1], Slice(problem, us[:2]), R0, (-T, T), (-T, T), grid, progress,
                      ("t along u1 (random)", "s along u2 (random, orthogonal to u1)",
                       "no direction returned: slice along 2 random directions"))
-    _boundary_panel(axes[2], result, setting)
+    _boundary_panel(axes[2], result)
     fig.suptitle(_suptitle(result), color=_COLORS.get(result.verdict.value, "black"), fontsize=12,
                  fontweight="bold")
     return fig
@@ -339,8 +340,8 @@ def save_figure(fig, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def plot_result(result: CheckResult, setting: Setting, path: str, seed: int = 0, grid: int = 41,
+def plot_result(result: CheckResult, problem: Problem, path: str, seed: int = 0, grid: int = 41,
                 progress: Progress | None = None) -> None:
     """:func:`figure` written to ``path`` (``.png``, ``.svg`` or ``.pdf``)."""
     check_output_path(path, "the output path")
-    save_figure(figure(result, setting, seed=seed, grid=grid, progress=progress), path)
+    save_figure(figure(result, problem, seed=seed, grid=grid, progress=progress), path)

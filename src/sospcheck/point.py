@@ -7,19 +7,23 @@ exactly ``t dY1 + t^2 dY2`` with the kink slopes chosen by the sign of ``t_ik``;
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .losses import Loss, risk, weight_norm_sq
 from .model import Direction, Forward, TwoLayerNet, forward
 
-__all__ = ["Point", "evaluate_point"]
+__all__ = ["Problem", "Point", "evaluate_point"]
 
 
 @dataclass(frozen=True)
-class Point:
-    """Everything the tests need about ``z``; ``r`` and ``Hl`` already include the reduction weight."""
+class Problem:
+    """The risk ``R(z) = weight sum_i l(f(x_i; z), y_i) + weight_decay/2 |z|^2`` at the weights ``net``.
+
+    ``Y`` is prepared for ``loss`` and ``weight`` is the reduction's (1, or 1/m for "mean"); build it
+    from raw inputs with :func:`sospcheck.check.validate_inputs` or :meth:`CheckResult.problem`.
+    """
 
     net: TwoLayerNet
     X: np.ndarray
@@ -27,18 +31,46 @@ class Point:
     loss: Loss
     weight: float
     weight_decay: float
+
+    @property
+    def m(self) -> int:
+        return self.X.shape[0]
+
+    def at(self, net: TwoLayerNet) -> "Problem":
+        """The same data and loss at other weights."""
+        return replace(self, net=net)
+
+    def risk_at(self, net: TwoLayerNet) -> float:
+        """``R`` at the weights ``net`` (one forward pass)."""
+        return risk(net, self.X, self.Y, self.loss, self.weight, self.weight_decay)
+
+    def point(self) -> "Point":
+        """One pass over the data: ``R(z)``, residuals and the local model at ``z = net``."""
+        return _evaluate(self)
+
+
+@dataclass(frozen=True)
+class Point:
+    """Everything the tests need about ``z``; ``r`` and ``Hl`` already include the reduction weight.
+    The problem's fields read through (``pt.net``, ``pt.X``, ...)."""
+
+    problem: Problem
     fwd: Forward
     r: np.ndarray  # (m, dy) weight * grad l_i
     Hl: np.ndarray  # (m, dy, dy) weight * Hess l_i
     a: np.ndarray  # (m, dh) a_ik = w_k . r_i
     value: float
 
-    @property
-    def m(self) -> int:
-        return self.X.shape[0]
+    net = property(lambda self: self.problem.net)
+    X = property(lambda self: self.problem.X)
+    Y = property(lambda self: self.problem.Y)
+    loss = property(lambda self: self.problem.loss)
+    weight = property(lambda self: self.problem.weight)
+    weight_decay = property(lambda self: self.problem.weight_decay)
+    m = property(lambda self: self.problem.m)
 
     def risk_at(self, net: TwoLayerNet) -> float:
-        return risk(net, self.X, self.Y, self.loss, self.weight, self.weight_decay)
+        return self.problem.risk_at(net)
 
     def kink_slopes(self, T: np.ndarray, boundary: np.ndarray) -> np.ndarray:
         """``J_ik``: ``h'(N_ik)`` off the kink; on it, the one-sided slope chosen by ``sign(T_ik)``."""
@@ -66,7 +98,13 @@ class Point:
 
 
 def evaluate_point(net: TwoLayerNet, X: np.ndarray, Y: np.ndarray, loss: Loss, weight: float, weight_decay: float) -> Point:
-    """One pass over the data: outputs, ``r_i``, ``H_i``, ``a_ik`` and the risk."""
+    """One pass over the data: outputs, ``r_i``, ``H_i``, ``a_ik`` and the risk (:meth:`Problem.point`)."""
+    return _evaluate(Problem(net, X, Y, loss, weight, weight_decay))
+
+
+def _evaluate(problem: Problem) -> Point:
+    net, X, Y, loss, weight, weight_decay = (problem.net, problem.X, problem.Y, problem.loss, problem.weight,
+                                             problem.weight_decay)
     fwd = forward(net, X)
     m, dy = fwd.out.shape
     r = weight * np.asarray(loss.grad(fwd.out, Y), dtype=float)
@@ -80,4 +118,4 @@ def evaluate_point(net: TwoLayerNet, X: np.ndarray, Y: np.ndarray, loss: Loss, w
         raise ValueError(f"loss `{loss.name}` is not finite at this point")
     if weight_decay:
         value += 0.5 * weight_decay * weight_norm_sq(net)
-    return Point(net, X, Y, loss, weight, weight_decay, fwd, r, Hl, r @ net.W2, value)
+    return Point(problem, fwd, r, Hl, r @ net.W2, value)

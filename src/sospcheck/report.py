@@ -9,23 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 from rich import box
 from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .validation import validate_inputs
-from .first_order import neuron_tests
-from .geometry import boundary_mask
-from .losses import Loss
-from .model import TwoLayerNet
-from .point import Point, evaluate_point
-from .result import SCHEMA_VERSION, CheckResult
-from .second_order import QPRecord
+from .result import SCHEMA_VERSION, CheckResult, Decision, NeuronRecord, Reason
+from .second_order import Outcome
 
-__all__ = ["Setting", "NeuronRow", "neuron_rows", "render", "REPORT_SCHEMA", "VERDICT_STYLE"]
+__all__ = ["NeuronRow", "neuron_rows", "render", "REPORT_SCHEMA", "VERDICT_STYLE"]
 
 VERDICT_STYLE = {"local_minimum": "green", "sosp": "yellow", "descent": "cyan", "inconclusive": "magenta"}
 _OUTCOME = {"T1": "T1 positive", "T2": "T2 zero", "T3": "T3 negative"}
@@ -34,41 +27,19 @@ _TOLERANCE_SCALE = {
     "s_bound": "|s_plus - s_minus|", "eigen": "|H|_2", "rank": "largest singular value",
     "near_zero": "RMS outputs + targets",
 }
-
-
-@dataclass(frozen=True)
-class Setting:
-    """The point ``z`` and the data a result was computed for (what tables and plots re-evaluate).
-
-    ``net`` is ``result.net`` (the snapped weights after ``--snap``), ``Y`` is prepared for ``loss``.
-    """
-
-    net: TwoLayerNet
-    X: np.ndarray
-    Y: np.ndarray
-    loss: Loss
-    weight: float
-    weight_decay: float
-
-    @classmethod
-    def of(cls, result: CheckResult, X, Y, loss=None) -> "Setting":
-        """From a result and the raw data; ``loss`` defaults to ``result.loss`` (a built-in name)."""
-        if result.net is None:
-            raise ValueError("`result.net` is None: the result does not record the point it was computed at")
-        X, Yp, lossobj, weight, lam = validate_inputs(result.net, X, Y, loss or result.loss, result.reduction,
-                                                      result.weight_decay)
-        return cls(result.net, X, Yp, lossobj, weight, lam)
-
-    def point(self) -> Point:
-        """One pass over the data: ``R(z)``, residuals and the local model at ``z``."""
-        return evaluate_point(self.net, self.X, self.Y, self.loss, self.weight, self.weight_decay)
+_DECIDED = {
+    Decision.NOT_REACHED: "not reached", Decision.DEAD: "dead (flat, quotiented)",
+    Decision.ZERO_OUTPUT: "zero output (closed form)", Decision.NOT_STATIONARY: "not Clarke stationary",
+    Decision.ASSUMPTION2: "Assumption 2 fails", Decision.DIFFERENTIABLE: "differentiable, grad 0",
+    Decision.STATIONARY: "Clarke stationary", Decision.RAYS_ASCEND: "stationary, rays ascend",
+}
 
 
 @dataclass(frozen=True)
 class NeuronRow:
-    """One hidden neuron: ``M`` pairs on its kink, of which ``flat`` have a flat ray and ``both_flat``
-    are flat both ways (None when the check did not get that far), ``|vt_k|`` and its scale, and what
-    decided it."""
+    """One hidden neuron as the table shows it: ``M`` pairs on its kink, of which ``flat`` have a flat ray
+    and ``both_flat`` are flat both ways (None when the check did not get that far), ``|vt_k|`` and its
+    scale, and what decided it, in words."""
 
     k: int
     M: int
@@ -80,55 +51,18 @@ class NeuronRow:
     decided: str
 
 
-def _flat_counts(result: CheckResult, setting: Setting | None) -> tuple[list | None, list | None]:
-    """Per-neuron ``L_k``, ``K_k``: from ``stats`` if it has them, else recomputed (steps 2-3 only)."""
-    s = result.stats
-    if getattr(s, "L_k", None) is not None and getattr(s, "K_k", None) is not None:
-        return list(s.L_k), list(s.K_k)
-    if setting is None or "Clarke stationary" not in result.established:
-        return None, None
-    pt = setting.point()
-    boundary = boundary_mask(pt.fwd.N, setting.net.Z, pt.fwd.Xbar, result.tolerances.boundary)
-    tests = neuron_tests(pt, boundary, result.tolerances)
-    return [nt.n_flat for nt in tests], [nt.n_both_flat for nt in tests]
+def _decided(rec: NeuronRecord, result: CheckResult) -> str:
+    if rec.decided == Decision.DESCENT:
+        return f"descent: {result.descent.test}"
+    if rec.decided == Decision.FLAT_RAYS:
+        return f"{rec.L} flat ray{'s' if rec.L > 1 else ''} -> 2nd order"
+    return _DECIDED[rec.decided]
 
 
-def neuron_rows(result: CheckResult, setting: Setting | None = None) -> list[NeuronRow]:
-    """One row per hidden neuron; ``setting`` lets the flat-ray counts be recomputed when ``stats`` lacks them."""
-    s = result.stats
-    flat, both = _flat_counts(result, setting)
-    quot = s.quotient
-    dead, zero = (set(quot.dead_neurons), set(quot.zero_output_neurons)) if quot is not None else (set(), set())
-    rows = []
-    for k, M in enumerate(s.M_k):
-        res = s.bvls_residual[k] if k < len(s.bvls_residual) else None
-        scale = s.bvls_scale[k] if k < len(s.bvls_scale) else None
-        a2 = s.assumption2[k] if k < len(s.assumption2) else None
-        L_k = flat[k] if flat is not None else None
-        K_k = both[k] if both is not None else None
-        d = result.descent
-        if d is not None and d.neuron == k:
-            decided = f"descent: {d.test}"
-        elif res is None:
-            decided = "not reached"
-        elif k in dead:
-            decided = "dead (flat, quotiented)"
-        elif k in zero:
-            decided = "zero output (closed form)"
-        elif res > result.tolerances.gradient * scale:
-            decided = "not Clarke stationary"
-        elif M and a2 is False:
-            decided = "Assumption 2 fails"
-        elif M == 0:
-            decided = "differentiable, grad 0"
-        elif L_k is None:
-            decided = "Clarke stationary"
-        elif L_k == 0:
-            decided = "stationary, rays ascend"
-        else:
-            decided = f"{L_k} flat ray{'s' if L_k > 1 else ''} -> 2nd order"
-        rows.append(NeuronRow(k, int(M), L_k, K_k, res, scale, a2, decided))
-    return rows
+def neuron_rows(result: CheckResult) -> list[NeuronRow]:
+    """One row per hidden neuron, read off the result's :class:`~sospcheck.result.NeuronRecord` s."""
+    return [NeuronRow(r.k, r.M, r.L, r.K, r.residual, r.scale, r.assumption2, _decided(r, result))
+            for r in result.neurons]
 
 
 def _g(x, spec: str = ".3g") -> str:
@@ -143,6 +77,7 @@ def _verdict_panel(result: CheckResult) -> Panel:
     body = Text()
     body.append("verdict: ", style="bold")
     body.append(v, style=f"bold {style}")
+    body.append(f" ({result.reason_code.value})", style="dim")
     if result.fragile:
         body.append("  FRAGILE: flips under a 10x tolerance change", style="bold red")
     body.append("\n" + result.message)
@@ -155,12 +90,8 @@ def _verdict_panel(result: CheckResult) -> Panel:
     body.append(f"\ndata m = {s.m}, parameters p = {s.p}")
     body.append(f"\nkinks: M = {s.M} pairs on a kink, L = {s.L} with a flat ray, K = {s.K} flat both ways")
     if result.descent:
-        d = result.descent
-        what = f"slope {d.slope:.4g}" if d.order == 1 else f"curvature {d.curvature:.4g}"
         body.append("\ndescent: ", style="bold")
-        body.append(f"order {d.order} from {d.test}" + (f" (neuron {d.neuron})" if d.neuron is not None else "")
-                    + f", {what}; verified: R drops by {d.decrease:.4g} at step {d.step:.4g} "
-                    f"(model exact below {d.validity_radius:.4g})")
+        body.append(result.descent.description)
     return Panel(body, title="sospcheck", title_align="left", border_style=style, box=box.ROUNDED)
 
 
@@ -186,7 +117,7 @@ def _neuron_table(rows: list[NeuronRow], max_rows: int) -> Table:
 
 def _second_order(result: CheckResult, max_rows: int):
     s = result.stats
-    qps = [q for q in s.qps if isinstance(q, QPRecord)]
+    qps = s.qps
     if not qps:
         decided_early = result.descent is not None and result.descent.order == 1
         why = "not needed: a first-order descent was found" if decided_early else "not reached"
@@ -197,12 +128,13 @@ def _second_order(result: CheckResult, max_rows: int):
         t.add_column(name, justify="left" if name in ("QP", "signs", "Schur S", "outcome") else "right",
                      no_wrap=name != "signs")
     for q in qps[:max_rows]:
-        style = {"T3": "cyan", "T2": "yellow", "T1": "green"}.get(q.outcome, "")
+        style = {Outcome.NEGATIVE: "cyan", Outcome.ZERO: "yellow", Outcome.POSITIVE: "green"}.get(q.outcome, "")
         t.add_row(q.kind, str(list(q.signs)) if q.signs else "", str(q.n_vars), f"{q.n_eq}/{q.n_ineq}",
                   _g(q.min_eig), (q.copositivity or "").replace("_", " "),
-                  Text(_OUTCOME.get(q.outcome, q.outcome), style=style))
+                  Text(_OUTCOME.get(Outcome(q.outcome).value), style=style))
     t.caption = (f"solver {s.solver or '-'}, {s.n_params_reduced} reduced parameters, ICQPs planned "
-                 f"{s.n_icqp_planned}, |H| = {s.hessian_norm:.3g}, eigen tolerance {s.eig_tol:.3g}"
+                 f"{s.n_icqp_planned}, {s.hessian_products} Hessian-vector products, |H| = {s.hessian_norm:.3g}, "
+                 f"eigen tolerance {s.eig_tol:.3g}"
                  + (f"; {len(qps) - max_rows} more QP(s) not shown" if len(qps) > max_rows else ""))
     return t
 
@@ -231,12 +163,13 @@ def _tolerances(result: CheckResult) -> Table:
     return t
 
 
-def render(result: CheckResult, setting: Setting | None = None, max_neurons: int = 20, max_qps: int = 12) -> Group:
-    """The whole report as one ``rich`` renderable (print it with ``rich.console.Console().print``)."""
+def render(result: CheckResult, max_neurons: int = 20, max_qps: int = 12) -> Group:
+    """The whole report as one ``rich`` renderable (print it with ``rich.console.Console().print``), drawn
+    from the result alone."""
     timing = "time: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in result.timings.items())
     parts = [_verdict_panel(result)]
-    if result.stats.M_k:
-        parts.append(_neuron_table(neuron_rows(result, setting), max_neurons))
+    if result.neurons:
+        parts.append(_neuron_table(neuron_rows(result), max_neurons))
     budget = "budget: " + ", ".join(f"{k} {v:g}" for k, v in result.budget.to_dict().items())
     parts += [_second_order(result, max_qps), _notes(result), Text(""), _tolerances(result), Text(budget),
               Text(timing, style="dim")]
@@ -274,15 +207,14 @@ _DESCENT = {
 }
 _STATS = {
     "type": "object", "additionalProperties": False,
-    "required": ["m", "p", "M", "M_k", "L", "K", "output_gradient_norm", "output_gradient_scale", "bvls_residual",
-                 "bvls_scale", "assumption2", "n_icqp_planned", "n_params_reduced", "hessian_norm", "eig_tol",
-                 "quotient", "near_zero", "solver", "n_qp", "qps"],
+    "required": ["m", "p", "M", "L", "K", "output_gradient_norm", "output_gradient_scale", "n_icqp_planned",
+                 "n_params_reduced", "hessian_products", "hessian_norm", "eig_tol", "quotient", "near_zero", "solver",
+                 "n_qp", "qps"],
     "properties": {
-        "m": _INT, "p": _INT, "M": _INT, "M_k": {"type": "array", "items": _INT}, "L": _INT, "K": _INT,
+        "m": _INT, "p": _INT, "M": _INT, "L": _INT, "K": _INT,
         "output_gradient_norm": _NUM, "output_gradient_scale": _NUM,
-        "bvls_residual": {"type": "array", "items": _NUM}, "bvls_scale": {"type": "array", "items": _NUM},
-        "assumption2": {"type": "array", "items": {"type": "boolean"}},
-        "n_icqp_planned": _INT, "n_params_reduced": _INT, "hessian_norm": _NUM, "eig_tol": _NUM,
+        "n_icqp_planned": _INT, "n_params_reduced": _INT, "hessian_products": _INT, "hessian_norm": _NUM,
+        "eig_tol": _NUM,
         "quotient": {"type": "object", "properties": {
             "data_span_dim": _INT, "full_dim": _INT, "dead_neurons": {"type": "array", "items": _INT},
             "zero_output_neurons": {"type": "array", "items": _INT},
@@ -295,6 +227,22 @@ _STATS = {
     },
 }
 _VERDICT = {"enum": ["local_minimum", "sosp", "descent", "inconclusive"]}
+_INT_OR_NULL = {"type": ["integer", "null"], "minimum": 0}
+_NEURON = {
+    "type": "object", "additionalProperties": False,
+    "required": ["k", "M", "L", "K", "rank", "assumption2", "residual", "scale", "decided"],
+    "description": "null: the check ended before the step that computes the field",
+    "properties": {
+        "k": _INT, "M": _INT, "L": _INT_OR_NULL, "K": _INT_OR_NULL, "rank": _INT_OR_NULL,
+        "assumption2": {"type": ["boolean", "null"]}, "residual": _NUM, "scale": _NUM,
+        "decided": {"enum": [d.value for d in Decision]},
+    },
+}
+_MARGIN = {
+    "type": "object", "additionalProperties": False, "required": ["decision", "ratio"],
+    "properties": {"decision": {"type": "string"},
+                   "ratio": {**_NUM, "minimum": 0, "description": "|value| / threshold; null when infinite"}},
+}
 
 REPORT_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -302,20 +250,23 @@ REPORT_SCHEMA = {
     "title": f"sospcheck report, schema version {SCHEMA_VERSION} (CheckResult.to_dict())",
     "description": "Non-finite numbers are written as null. A field added or removed bumps schema_version.",
     "type": "object", "additionalProperties": False,
-    "required": ["schema_version", "verdict", "message", "reason", "loss_value", "loss", "reduction", "weight_decay",
-                 "descent", "stats", "tolerances", "budget", "timings", "established", "fragile", "fragility", "snap",
-                 "activation"],
+    "required": ["schema_version", "verdict", "reason_code", "message", "reason", "loss_value", "loss", "reduction",
+                 "weight_decay", "descent", "stats", "neurons", "tolerances", "budget", "timings", "established",
+                 "margins", "fragile", "fragility", "snap", "activation"],
     "properties": {
-        "schema_version": {"const": SCHEMA_VERSION}, "verdict": _VERDICT, "message": {"type": "string"},
+        "schema_version": {"const": SCHEMA_VERSION}, "verdict": _VERDICT,
+        "reason_code": {"enum": [r.value for r in Reason]}, "message": {"type": "string"},
         "reason": {"type": ["string", "null"]}, "loss_value": _NUM, "loss": {"type": "string"},
         "reduction": {"enum": ["sum", "mean"]}, "weight_decay": {"type": "number", "minimum": 0},
         "descent": {"oneOf": [{"type": "null"}, _DESCENT]}, "stats": _STATS,
+        "neurons": {"type": "array", "items": _NEURON},
         "tolerances": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0},
                        "required": ["boundary", "gradient", "a_zero", "s_bound", "eigen", "rank"]},
         "budget": {"type": "object", "additionalProperties": {"type": "number", "exclusiveMinimum": 0},
                    "required": ["max_icqp", "max_copositive_subsets", "milp_time_limit", "max_dense_params"]},
         "timings": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0}},
-        "established": {"type": "array", "items": {"type": "string"}}, "fragile": {"type": "boolean"},
+        "established": {"type": "array", "items": {"type": "string"}},
+        "margins": {"type": "array", "items": _MARGIN}, "fragile": {"type": "boolean"},
         "fragility": {"type": "object", "additionalProperties": _VERDICT},
         "snap": {"oneOf": [{"type": "null"}, {"type": "object", "required": [
             "n_pairs", "per_neuron", "dZ_norm", "dW2_norm", "loss_before", "loss_after", "tol"]}]},

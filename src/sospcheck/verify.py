@@ -60,7 +60,8 @@ def verify_descent(pt: Point, d: Direction, boundary: np.ndarray, max_halvings: 
 
     Stops once a verified decrease has been found and halving ``t`` only makes it smaller. The
     trial steps reuse ``N + t T``; the chosen step is then confirmed by a full forward pass.
-    ``noise`` is a floating-point margin: ``1e-12 |R(z)|`` plus the weight-decay term's rounding.
+    ``noise = 1e-12 |R(z)| + 1e-300`` is the floating-point margin a decrease must exceed: relative to
+    the whole risk (the weight-decay term included), and positive even where ``R(z) = 0``.
     """
     d = d.normalized()
     R0 = pt.value
