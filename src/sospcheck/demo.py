@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -11,8 +11,9 @@ from .model import TwoLayerNet
 __all__ = ["Example", "EXAMPLES"]
 
 
-@dataclass(frozen=True)
-class Example:
+class Example(NamedTuple):
+    """One embedded example: the point, its data, and the verdict the check must give (``expected``)."""
+
     title: str
     story: str
     net: TwoLayerNet

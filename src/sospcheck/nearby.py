@@ -27,13 +27,14 @@ and needs NumPy and SciPy only; the check and the escape loop (:mod:`sospcheck.e
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.linalg import null_space
 
 from .losses import Loss, risk
 from .model import TwoLayerNet, forward
+from .options import Options
 from .snap import refit_output_layer, snap_to_kinks
 
 __all__ = ["Nearby", "near_zero_neurons", "zero_neurons", "with_hidden", "merge_duplicates", "polish",
@@ -44,7 +45,7 @@ _QUADRATIC = ("squared", "mse")
 
 
 @dataclass(frozen=True)
-class Nearby:
+class Nearby(Options):
     """Thresholds of the nearby kink point (module docstring).
 
     zero_tol: a neuron is set to zero when ``s_hi |w_k| |Z_k| max|xbar| <= zero_tol * (rms(outputs)
@@ -67,25 +68,8 @@ class Nearby:
     polish_max_size: int = 2_000_000
     refit_rcond: float = 1e-9
 
-    def __post_init__(self):
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"`{f.name}` must be a finite number >= 0, got {v!r}")
-
-    @classmethod
-    def from_any(cls, value) -> "Nearby":
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, dict):
-            unknown = set(value) - {f.name for f in fields(cls)}
-            if unknown:
-                known = [f.name for f in fields(cls)]
-                raise ValueError(f"`nearby` has unknown key(s) {sorted(unknown)}; known: {known}")
-            return replace(cls(), **value)
-        raise TypeError(f"`nearby` must be a Nearby, a dict or None, got {type(value).__name__}")
+    argument = "nearby"
+    label = ""
 
 
 def near_zero_neurons(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, tol: float, *,
