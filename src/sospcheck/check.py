@@ -30,7 +30,7 @@ from .second_order import Outcome, SecondOrderOutcome, second_order_test
 from .snap import snap_to_kinks
 from .validation import validate_engine, validate_inputs, validate_progress
 from .verify import verify_descent
-from .zero_output import zero_output_mask
+from .zero_output import zero_output_mask, zero_output_ratios
 
 __all__ = ["check", "validate_inputs"]
 
@@ -230,7 +230,10 @@ def first_order(pt: Point, boundary: np.ndarray, tol: Tolerances) -> FirstOrder:
     established = ["output layer stationary"]
     neurons = neuron_tests(pt, boundary, tol)
     record_sides(margins, "neuron subgradient |vt_k|", [nt.residual_ratio for nt in neurons])
-    candidate = clarke_candidate(pt.net, neurons)
+    zero_output = zero_output_ratios(pt, tol.a_zero)
+    if pt.weight_decay == 0:
+        record_sides(margins, "zero output |w_k|", zero_output)
+    candidate = clarke_candidate(pt.net, neurons, zero_output <= 1.0)
     if candidate is not None:
         return FirstOrder(ol, neurons, candidate=candidate, established=tuple(established),
                           margins=tuple(margins.items()))
@@ -247,10 +250,11 @@ def output_candidate(net: TwoLayerNet, ol: OutputLayerTest) -> Candidate:
     return Candidate(Direction.output(net, -ol.G_W2, G_b2), 1, "output-layer gradient", Reason.OUTPUT_LAYER_DESCENT)
 
 
-def clarke_candidate(net: TwoLayerNet, neurons: list[NeuronTest]) -> Candidate | None:
+def clarke_candidate(net: TwoLayerNet, neurons: list[NeuronTest], zero_output: np.ndarray) -> Candidate | None:
     """Step 2: ``-vt_k`` of the neuron farthest (relative to its scale) from Clarke stationarity; None
-    when every neuron is stationary."""
-    moving = [nt for nt in neurons if not nt.stationary]
+    when every neuron is stationary. Zero-output neurons are left to the second order: their slopes
+    are proportional to ``w_k``, rounding noise in the loss (:func:`sospcheck.zero_output.zero_output_ratios`)."""
+    moving = [nt for nt in neurons if not nt.stationary and not zero_output[nt.k]]
     if not moving:
         return None
     nt = max(moving, key=lambda n: n.residual / n.scale)
@@ -266,10 +270,7 @@ def ray_step(pt: Point, neurons: list[NeuronTest], tol: Tolerances,
     """Step 3: the steepest descending extreme ray, or Assumption 2's failure where rays cannot decide;
     the zero-output and flat-ray decisions' margins go to ``margins``."""
     net = pt.net
-    zero_output = zero_output_mask(net, pt.weight_decay, tol.a_zero)
-    if pt.weight_decay == 0:
-        record_sides(margins, "zero output |w_k|",
-                     ratios(np.linalg.norm(net.W2, axis=0), tol.a_zero * np.linalg.norm(net.W2)))
+    zero_output = zero_output_mask(pt, tol.a_zero)
     flat = np.hstack([nt.flat_ratios for nt in neurons])
     for name, row in zip(("flat ray |a_ik|", "flat ray |s*_i - s_plus|", "flat ray |s*_i - s_minus|"), flat):
         record_sides(margins, name, row)

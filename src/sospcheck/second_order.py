@@ -28,7 +28,7 @@ from .point import Point
 from .quotient import Quotient, SpanCoordinates, dead_neurons, reduce, span_coordinates
 from .reduced import Block, ReducedProblem, constraint_blocks, particular_solutions
 from .subspace import MinEig, SubspaceSolver, make_subspace
-from .zero_output import zero_output_mask, zero_output_ratios, zero_output_test
+from .zero_output import zero_output_ratios, zero_output_test
 
 __all__ = ["Outcome", "QPRecord", "SecondOrderOutcome", "second_order_test"]
 
@@ -167,7 +167,8 @@ def _zero_output_neurons(pt: Point, neurons: list[NeuronTest], boundary: np.ndar
     net, lam = pt.net, pt.weight_decay
     if lam != 0:
         return [], [], None, None
-    mask, ratios = zero_output_mask(net, lam, tol.a_zero), zero_output_ratios(net, lam, tol.a_zero)
+    ratios = zero_output_ratios(pt, tol.a_zero)
+    mask = ratios <= 1.0
     g_tol = tol.gradient * max(net.s_plus, net.s_minus) * np.linalg.norm(pt.r) * np.linalg.norm(coords.Xr)
     flat, dead = [], set(dead)
     for nt in neurons:

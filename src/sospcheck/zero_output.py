@@ -45,23 +45,32 @@ class ZeroOutputTest:
     margins: list = field(default_factory=list)
 
 
-def zero_output_ratios(net, weight_decay: float, a_zero: float) -> np.ndarray:
-    """Per neuron ``|w_k| / (a_zero |W2|)``, the margin of the zero-output test (:mod:`sospcheck.margins`);
-    0 where ``w_k = 0`` exactly and inf where the test cannot hold (nonzero ``w_k`` with a zero threshold).
-    With weight decay no neuron is treated as zero-output: all inf."""
+def zero_output_ratios(pt, a_zero: float) -> np.ndarray:
+    """Per neuron the margin of the zero-output test (:mod:`sospcheck.margins`): the smaller of
+    ``|w_k| / (a_zero |W2|)`` and ``c_k / (a_zero (|out| + |Y|))``, where ``c_k = s_hi |w_k| |Z_k|
+    max_i |xbar_i| sqrt(m)`` bounds the neuron's whole output contribution. The second test catches an
+    output layer that is negligible as a whole (every ``|w_k|`` tiny): its first-order slopes are then
+    rounding noise in the loss, so its kinks must be searched on both sides, as for ``w_k = 0``.
+    0 where ``w_k = 0`` exactly, inf where the test cannot hold; with weight decay all inf."""
+    net = pt.net
     col = np.linalg.norm(net.W2, axis=0)
-    if weight_decay != 0:
+    if pt.weight_decay != 0:
         return np.full(col.shape, np.inf)
-    t = a_zero * np.linalg.norm(net.W2)
+    xbar_max = float(np.max(np.linalg.norm(pt.fwd.Xbar, axis=1)))
+    contribution = max(net.s_plus, net.s_minus) * col * np.linalg.norm(net.Z, axis=1) * xbar_max * np.sqrt(pt.m)
+    output_scale = float(np.linalg.norm(pt.fwd.out) + np.linalg.norm(pt.Y))
+    return np.minimum(_ratio(col, a_zero * np.linalg.norm(net.W2)), _ratio(contribution, a_zero * output_scale))
+
+
+def _ratio(x: np.ndarray, t: float) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(col == 0, 0.0, col / t) if t > 0 else np.where(col == 0, 0.0, np.inf)
+        return np.where(x == 0, 0.0, x / t) if t > 0 else np.where(x == 0, 0.0, np.inf)
 
 
-def zero_output_mask(net, weight_decay: float, a_zero: float) -> np.ndarray:
-    """Neurons treated as having a zero output column: no weight decay and ``|w_k| <= a_zero |W2|``."""
-    if weight_decay != 0:
-        return np.zeros(net.dh, bool)
-    return np.linalg.norm(net.W2, axis=0) <= a_zero * np.linalg.norm(net.W2)
+def zero_output_mask(pt, a_zero: float) -> np.ndarray:
+    """Neurons treated as having a zero output column: no weight decay and a zero-output ratio
+    (:func:`zero_output_ratios`) of at most 1."""
+    return zero_output_ratios(pt, a_zero) <= 1.0
 
 
 def _g(nu, Xr, r, slope_off, boundary, s_plus, s_minus):
