@@ -1,0 +1,146 @@
+"""Risk differences below the rounding of the risk (DESIGN.md section 8.5).
+
+``R(z') - R(z)`` computed as the difference of two rounded totals carries an error of about
+``eps * R``, which hides any change smaller than that. Here the change is computed per sample from
+the change of the outputs ``delta_i = out'_i - out_i`` with formulas whose rounding error is
+relative to the change itself:
+
+- quadratic losses (``squared``, ``mse``): ``l(o + delta) - l(o) = r . delta + 1/2 delta' H delta``
+  exactly, ``r``, ``H`` the loss's own gradient and (constant) Hessian at ``o``;
+- ``logistic``: with ``a = -y o``, ``sigma = expit(a)`` and ``da = -y delta``,
+  ``softplus(a + da) - softplus(a) = log1p(sigma expm1(da)) = r delta + sigma expm1mx(da) + log1pmx(s)``,
+  ``s = sigma expm1(da)``, ``expm1mx(x) = e^x - 1 - x``, ``log1pmx(s) = log(1 + s) - s``;
+- ``cross_entropy``: with ``p = softmax(o)``, ``lse(o + delta) - lse(o) - y . delta = r . delta +
+  p . expm1mx(delta) + log1pmx(s)``, ``s = p . expm1(delta)``;
+- any other loss: per-sample subtraction ``l(o + delta) - l(o)``, accurate only to the rounding of
+  the per-sample values (still better than subtracting totals).
+
+``expm1mx`` and ``log1pmx`` use their Taylor series near 0, so every term is accurate relative to
+its own size; the samples' terms are summed exactly (``math.fsum``). For logistic / cross-entropy
+samples whose output moves by 1 or more the per-sample difference is taken directly: it is then
+well conditioned. :func:`output_change` gives ``delta`` accurate relative to the move of the
+weights, rather than the difference of two rounded forward passes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.special import expit, softmax
+
+from .losses import Loss
+from .model import TwoLayerNet, forward
+
+__all__ = ["loss_change", "output_change", "risk_change", "QUADRATIC_LOSSES"]
+
+#: loss names whose per-sample loss is a quadratic in the output (constant Hessian)
+QUADRATIC_LOSSES = ("squared", "mse")
+
+# Taylor coefficients: e^x - 1 - x = sum_{n>=2} x^n / n!, log(1 + s) - s = sum_{n>=2} (-1)^(n+1) s^n / n
+_EXP_COEF = [1.0 / math.factorial(n) for n in range(2, 22)]  # |x| <= 1/2: 0.5^22 / 22! < 1e-27
+_LOG_COEF = [(-1.0) ** (n + 1) / n for n in range(2, 34)]  # |s| <= 1/4: 0.25^34 / 34 < 1e-21
+_EXP_SERIES, _LOG_SERIES = 0.5, 0.25
+
+
+def _horner_tail(x: np.ndarray, coef: list[float]) -> np.ndarray:
+    """``sum_j coef[j] x^(j+2)`` by Horner's rule."""
+    acc = np.full_like(x, coef[-1])
+    for c in reversed(coef[:-1]):
+        acc = acc * x + c
+    return acc * x * x
+
+
+def expm1mx(x: np.ndarray) -> np.ndarray:
+    """``e^x - 1 - x`` accurate relative to its value (series for ``|x| <= 1/2``)."""
+    x = np.asarray(x, dtype=float)
+    small = np.abs(x) <= _EXP_SERIES
+    return np.where(small, _horner_tail(np.where(small, x, 0.0), _EXP_COEF), np.expm1(x) - x)
+
+
+def log1pmx(s: np.ndarray) -> np.ndarray:
+    """``log(1 + s) - s`` accurate relative to its value (series for ``|s| <= 1/4``), ``s > -1``."""
+    s = np.asarray(s, dtype=float)
+    small = np.abs(s) <= _LOG_SERIES
+    with np.errstate(divide="ignore", invalid="ignore"):
+        direct = np.log1p(s) - s
+    return np.where(small, _horner_tail(np.where(small, s, 0.0), _LOG_COEF), direct)
+
+
+def _per_sample_terms(loss: Loss, out: np.ndarray, delta: np.ndarray, Yp: np.ndarray) -> np.ndarray:
+    """Terms whose exact sum is ``sum_i l(out_i + delta_i) - l(out_i)`` (any shape; summed by the caller)."""
+    if loss.name in QUADRATIC_LOSSES:
+        r = np.asarray(loss.grad(out, Yp), dtype=float)
+        Hd = np.einsum("icd,id->ic", np.asarray(loss.hess(out, Yp), dtype=float), delta)
+        return np.concatenate([(r * delta).ravel(), (0.5 * delta * Hd).ravel()])
+    if loss.name == "logistic":
+        a, da = -Yp[:, 0] * out[:, 0], -Yp[:, 0] * delta[:, 0]
+        sigma = expit(a)
+        near = np.abs(da) < 1.0
+        dan = np.where(near, da, 0.0)
+        s = sigma * np.expm1(dan)
+        exact = np.logaddexp(0.0, a + da) - np.logaddexp(0.0, a)
+        terms = [np.where(near, sigma * dan, exact), np.where(near, sigma * expm1mx(dan), 0.0),
+                 np.where(near, log1pmx(s), 0.0)]
+        return np.concatenate(terms)
+    if loss.name == "cross_entropy":
+        p = softmax(out, axis=1)
+        near = np.max(np.abs(delta), axis=1) < 1.0
+        dn = np.where(near[:, None], delta, 0.0)
+        r = p - Yp
+        s = np.sum(p * np.expm1(dn), axis=1)
+        exact = loss.value(out + delta, Yp) - loss.value(out, Yp)
+        terms = [np.where(near[:, None], r * dn, 0.0).ravel(), np.where(near[:, None], p * expm1mx(dn), 0.0).ravel(),
+                 np.where(near, log1pmx(s), exact)]
+        return np.concatenate(terms)
+    return np.asarray(loss.value(out + delta, Yp), dtype=float) - np.asarray(loss.value(out, Yp), dtype=float)
+
+
+def loss_change(loss: Loss, out: np.ndarray, out_new: np.ndarray | None, Yp: np.ndarray, weight: float = 1.0, *,
+                delta: np.ndarray | None = None) -> float:
+    """``weight * sum_i [l(out_new_i, y_i) - l(out_i, y_i)]`` with an error relative to the change, not
+    to the loss (module docstring; DESIGN.md section 8.5).
+
+    Args:
+        loss: the per-sample loss (recognised by name: ``squared``/``mse``, ``logistic``,
+            ``cross_entropy``; other names fall back to per-sample subtraction).
+        out, out_new: outputs (m, dy) before and after. ``Yp``: targets prepared by ``loss.prepare``.
+        weight: the reduction weight (1 for ``sum``, ``1/m`` for ``mean``).
+        delta: ``out_new - out`` when the caller has it more accurately than the subtraction of two
+            rounded outputs (:func:`output_change`); ``out_new`` is then ignored and may be None.
+    """
+    out = np.asarray(out, dtype=float)
+    delta = np.asarray(out_new, dtype=float) - out if delta is None else np.asarray(delta, dtype=float)
+    if delta.shape != out.shape:
+        raise ValueError(f"`out_new`/`delta` must have the shape of `out` {out.shape}, got {delta.shape}")
+    return weight * math.fsum(_per_sample_terms(loss, out, delta, np.asarray(Yp, dtype=float)).tolist())
+
+
+def output_change(net: TwoLayerNet, new: TwoLayerNet, X: np.ndarray) -> np.ndarray:
+    """``out(new) - out(net)`` on the data (m, dy), accurate relative to the weights' move.
+
+    With ``T = Xbar (Z' - Z)'`` the activations change by ``h'(N) T`` where ``N`` and ``N'`` lie on
+    the same side of the kink, and by ``h(N') - h(N)`` elsewhere (there ``|N|, |N'| <= |T|``, so the
+    subtraction is exact to ``eps |T|``); then ``delta = W2' dO + (W2' - W2) O + (b2' - b2)``.
+    """
+    fwd, fwd_new = forward(net, X), forward(new, X)
+    T = fwd.Xbar @ (new.Z - net.Z).T
+    same = ((fwd.N > 0) & (fwd_new.N > 0)) | ((fwd.N < 0) & (fwd_new.N < 0))
+    dO = np.where(same, net.slope(fwd.N) * T, fwd_new.O - fwd.O)
+    delta = dO @ new.W2.T + fwd.O @ (new.W2 - net.W2).T
+    if net.has_b2:
+        delta = delta + (new.b2 - net.b2)
+    return delta
+
+
+def risk_change(net: TwoLayerNet, new: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, weight: float = 1.0,
+                weight_decay: float = 0.0) -> float:
+    """``R(new) - R(net)`` below the rounding of ``R``: :func:`loss_change` with :func:`output_change`,
+    plus ``lam (z . dz + |dz|^2 / 2)`` for weight decay (``dz = z' - z``)."""
+    out = forward(net, X).out
+    value = loss_change(loss, out, None, Yp, weight, delta=output_change(net, new, X))
+    if weight_decay:
+        z = net.as_direction().vector()
+        dz = new.as_direction().vector() - z
+        value += weight_decay * math.fsum((z * dz + 0.5 * dz * dz).tolist())
+    return value
