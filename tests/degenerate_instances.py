@@ -31,6 +31,7 @@ from fractions import Fraction
 import numpy as np
 
 from instances import _integer_vector, rational_null_space
+from oracle import Instance
 
 KINDS = ("duplicate", "collinear", "coplanar", "origin_pair", "mixed_sign", "cancelling", "leaky", "dy2",
          "several", "logistic")
@@ -48,14 +49,15 @@ def degenerate_instance(rng: np.random.Generator, kind: str = "mixed", *, max_M:
         kind = KINDS[int(rng.integers(len(KINDS)))]
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; one of {KINDS + ('mixed',)}")
-    for _ in range(max_tries):
-        inst = _try(rng, kind, max_M, planted_prob, nonneg_prob)
-        if inst is not None:
-            return inst
-    raise RuntimeError(f"no degenerate instance of kind {kind!r} in {max_tries} tries")
+    tries = (_try(rng, kind, max_M, planted_prob, nonneg_prob) for _ in range(max_tries))
+    inst = next((t for t in tries if t is not None), None)
+    if inst is None:
+        raise RuntimeError(f"no degenerate instance of kind {kind!r} in {max_tries} tries")
+    return inst
 
 
 def degenerate_instances(seed: int, n: int, kind: str = "mixed", **kw) -> list[dict]:
+    """``n`` instances from one seed (``kind="mixed"``: a kind drawn per instance)."""
     rng = np.random.default_rng(seed)
     return [degenerate_instance(rng, kind, **kw) for _ in range(n)]
 
@@ -125,7 +127,8 @@ def _geometry_for(rng, kind):
 def _try(rng, kind, max_M, planted_prob, nonneg_prob):
     geometry = _geometry_for(rng, kind)
     bias1 = geometry != "origin_pair" and not (geometry == "duplicate" and rng.random() < 0.2)
-    dx = {"collinear": 2, "coplanar": 3, "origin_pair": int(rng.choice([2, 3]))}.get(geometry, int(rng.choice([1, 2, 3])))
+    dims = {"collinear": 2, "coplanar": 3, "origin_pair": int(rng.choice([2, 3]))}
+    dx = dims.get(geometry, int(rng.choice([1, 2, 3])))
     if not bias1 and dx == 1:
         dx = 2
     dh = int(rng.choice([2, 3])) if kind == "several" else int(rng.choice([1, 2, 2, 3]))
@@ -159,11 +162,10 @@ def _try(rng, kind, max_M, planted_prob, nonneg_prob):
                 W1[k] = _kink_basis(anchor)[0] if np.any(anchor) else W1[k]
         elif bias1:
             b1[k] = -W1[k] @ X[int(rng.integers(m))] if rng.random() < 0.6 else float(rng.integers(-3, 4))
-    Xb = np.hstack([X, np.ones((m, 1))]) if bias1 else X
-    Z = np.hstack([W1, b1[:, None]]) if bias1 else W1
-    if np.any(np.all(Z == 0, axis=1)):
+    kinks = Instance(W1, b1, np.zeros((1, dh)), None, X, np.zeros(m))  # the oracle's xbar_i, Z and N
+    Xb, N = kinks.Xb, kinks.N
+    if np.any(np.all(kinks.Z == 0, axis=1)):
         return None
-    N = Xb @ Z.T
     B = N == 0
     M = int(B.sum())
     degenerate = [k for k in range(dh) if B[:, k].any() and np.linalg.matrix_rank(Xb[B[:, k]]) < B[:, k].sum()]

@@ -154,7 +154,8 @@ def test_face_lattice_equals_exhaustive_and_satisfies_euler(name):
     # Euler relation of a complete fan with lineality space L: sum (-1)^dim = (-1)^d
     assert sum((-1) ** int(k) for k in faces.dims) == (-1) ** hp.d
     cells = enumerate_cells(rows)
-    assert {tuple(s) for s in faces.signs[faces.dims == hp.d].astype(int)} == {tuple(s) for s in cells.signs.astype(int)}
+    full = faces.signs[faces.dims == hp.d].astype(int)
+    assert {tuple(s) for s in full} == {tuple(s) for s in cells.signs.astype(int)}
     # faces of one cell = the faces of the lattice below it
     for sigma in cells.signs[:: max(1, cells.n_cells // 6)]:
         mine = enumerate_faces(hp, cell=sigma)
@@ -177,3 +178,19 @@ def test_a_miscounted_arrangement_still_stops_at_the_budget(monkeypatch):
     monkeypatch.setattr(arr, "count_cells", lambda U, tol: (4, True))  # a wrong "exact" count
     cells = arr.enumerate_cells(np.random.default_rng(4).standard_normal((6, 3)), max_cells=20)
     assert cells.status == OVER_BUDGET and cells.count == 21 and not cells.count_exact
+
+
+def test_cone_projection_falls_back_to_bvls_when_nnls_stalls(monkeypatch):
+    import sospcheck.arrangement as arr
+
+    rng = np.random.default_rng(6)
+    walls, x = rng.standard_normal((5, 3)), rng.standard_normal(3)
+    p = arr.cone_projection(walls, x)
+    assert np.all(walls @ p >= -1e-12) and abs(p @ (x - p)) <= 1e-12  # in C, and x - p is orthogonal to it
+
+    def stalled(*args, **kw):
+        raise RuntimeError("Maximum number of iterations reached.")
+
+    monkeypatch.setattr(arr, "nnls", stalled)
+    np.testing.assert_allclose(arr.cone_projection(walls, x), p, atol=1e-10)
+    np.testing.assert_allclose(arr.cone_projection(np.zeros((0, 3)), x), x)

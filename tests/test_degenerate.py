@@ -101,6 +101,18 @@ def test_first_order_is_the_exact_minimum_of_f_over_unit_directions(mode, Xk, a,
         assert np.sign(Xk @ v).astype(int).tolist() == res.cell.tolist() or np.any(np.abs(Xk @ v) < 1e-12)
     else:
         assert sampled_min >= -res.threshold - 1e-12
+        # stationary: every g_sigma = W' lam with lam >= 0, and f_k vanishes on the walls lam holds
+        walls = res.cells.signs[:, :, None] * res.cells.hyperplanes.normals[None]
+        G = cell_gradients(Xk, a, c, sp, sm, res.cells.row_signs())
+        assert np.all(res.multipliers >= 0)
+        np.testing.assert_allclose(np.einsum("cjd,cj->cd", walls, res.multipliers), G, atol=1e-9 * res.scale)
+        for W, lam, p in zip(walls, res.multipliers, res.cells.points):
+            held = lam > 1e-9
+            # a point of the critical face: the cell's interior point projected onto the held walls, if still in C
+            if held.any():
+                v = p - np.linalg.pinv(W[held]) @ (W[held] @ p)
+                if np.all(W @ v >= -1e-12):
+                    assert abs(kink_terms(Xk, a, c, sp, sm, v)) <= 1e-9 * res.scale * max(1.0, np.linalg.norm(v))
     # the textbook LP over every sign vector of the rows agrees on the sign
     lp = lp_min_over_all_sign_vectors(Xk, a, c, sp, sm)
     assert (lp < -1e-9) == (res.status == DESCENT), (lp, res.message)
@@ -238,7 +250,8 @@ def test_generator_builds_exact_degenerate_kinks_of_every_kind():
         if k == "origin_pair":
             assert inst["b1"] is None
         if k in ("mixed_sign", "cancelling"):  # a duplicated kink point of neuron 0 with a of both signs
-            out = np.where(N > 0, 1.0, inst["s_minus"]) * N @ inst["W2"].T + (inst["b2"] if inst["b2"] is not None else 0)
+            b2 = inst["b2"] if inst["b2"] is not None else 0.0
+            out = (np.where(N > 0, 1.0, inst["s_minus"]) * N) @ inst["W2"].T + b2
             a = (out - inst["Y"].reshape(out.shape)) @ inst["W2"][:, 0]
             on = np.flatnonzero(N[:, 0] == 0)
             pairs = [(i, j) for i in on for j in on if i < j and np.array_equal(inst["X"][i], inst["X"][j])]

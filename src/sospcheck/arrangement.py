@@ -33,7 +33,8 @@ from scipy.linalg import null_space
 from scipy.optimize import linprog, lsq_linear, nnls
 
 __all__ = ["COMPLETE", "OVER_BUDGET", "DEFAULT_MAX_CELLS", "DEFAULT_MAX_FACES", "MARGIN", "RANK_TOL",
-           "Hyperplanes", "Cells", "Faces", "group_hyperplanes", "region_bound", "count_cells", "cone_projection",
+           "Hyperplanes", "Cells", "Faces", "group_hyperplanes", "region_bound", "count_cells", "polar_multipliers",
+           "cone_projection",
            "enumerate_cells", "enumerate_faces"]
 
 COMPLETE = "complete"
@@ -237,20 +238,25 @@ def count_cells(U: np.ndarray, tol: float = RANK_TOL) -> tuple[int, bool]:
     return bound, False
 
 
+def polar_multipliers(walls: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``lam* = argmin_{lam >= 0} |walls' lam + x|`` (NNLS): ``-walls' lam*`` is the projection of ``x``
+    onto the polar cone of ``C = {y : walls_j . y >= 0}``."""
+    if walls.shape[0] == 0:
+        return np.zeros(0)
+    try:
+        return nnls(walls.T, -x, maxiter=50 * walls.shape[0])[0]
+    except RuntimeError:  # NNLS stalled: the bounded-variable solver answers the same problem
+        return lsq_linear(walls.T, -x, bounds=(0.0, np.inf), method="bvls").x
+
+
 def cone_projection(walls: np.ndarray, x: np.ndarray) -> np.ndarray:
     """``P_C(x)``, the Euclidean projection onto the cone ``C = {y : walls_j . y >= 0}``.
 
     Moreau: ``x = P_C(x) + P_{C*}(x)`` with the polar cone ``C* = {-walls' lam : lam >= 0}``, so
-    ``P_C(x) = x + walls' lam*`` with ``lam* = argmin_{lam >= 0} |walls' lam + x|`` (NNLS). Its norm is
-    ``max {x . y : y in C, |y| <= 1}`` (0 iff ``x`` is in the polar cone).
+    ``P_C(x) = x + walls' lam*`` (:func:`polar_multipliers`). Its norm is ``max {x . y : y in C,
+    |y| <= 1}`` (0 iff ``x`` is in the polar cone).
     """
-    if walls.shape[0] == 0:
-        return np.array(x, dtype=float)
-    try:
-        lam = nnls(walls.T, -x, maxiter=50 * walls.shape[0])[0]
-    except RuntimeError:  # NNLS stalled: the bounded-variable solver answers the same problem
-        lam = lsq_linear(walls.T, -x, bounds=(0.0, np.inf), method="bvls").x
-    return x + walls.T @ lam
+    return x + walls.T @ polar_multipliers(walls, x)
 
 
 def _max_margin(U: np.ndarray, sigma: np.ndarray, B: np.ndarray | None = None) -> tuple[np.ndarray, float]:

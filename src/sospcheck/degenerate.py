@@ -6,9 +6,10 @@ Neuron ``k``'s share of the first-order change of the risk, for a change ``v`` o
 
 positively homogeneous and linear, ``f_k(v) = g_sigma . v`` with ``g_sigma = c_k + sum_i a_ik s_{sigma_i}
 xbar_i``, on the closure of each cell ``sigma`` of the arrangement ``{xbar_i . v = 0}``. The steepest
-slope over unit ``v`` in the closed cell ``C_sigma`` is ``-|P_C(-g_sigma)|`` (Moreau: one
-nonnegative least squares over the cell's walls, :func:`sospcheck.arrangement.cone_projection`), so ``f_k`` has a descent iff some cell has
-``P_C(-g_sigma) != 0``; the cells come from :func:`sospcheck.arrangement.enumerate_cells`.
+slope over unit ``v`` in the closed cell ``C_sigma`` is ``-|P_C(-g_sigma)|`` (Moreau: one nonnegative
+least squares over the cell's walls, :func:`sospcheck.arrangement.polar_multipliers`), so ``f_k`` has a
+descent iff some cell has ``P_C(-g_sigma) != 0``; the cells come from
+:func:`sospcheck.arrangement.enumerate_cells`.
 The risk's first-order term is a sum of the output-layer part and the ``f_k`` of every neuron, each in
 its own variables, so this is decided neuron by neuron.
 """
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .arrangement import DEFAULT_MAX_CELLS, MARGIN, OVER_BUDGET, RANK_TOL, Cells, cone_projection, enumerate_cells
+from .arrangement import DEFAULT_MAX_CELLS, MARGIN, OVER_BUDGET, RANK_TOL, Cells, enumerate_cells, polar_multipliers
 from .options import Tolerances
 
 __all__ = ["DESCENT", "STATIONARY", "OVER_BUDGET", "DegenerateFirstOrder", "CellProduct", "kink_terms",
@@ -57,7 +58,10 @@ class DegenerateFirstOrder:
     most negative value found, in ``[-threshold, 0]``) or ``"over budget"`` (``cells.count`` cells exceed
     ``cells.max_cells``; nothing decided). threshold = ``tol * scale``. cell: the sign of
     ``xbar_i . v`` (M,) on the deciding cell. cell_slopes (n_cells,): ``-|P_C(-g_sigma)|`` per cell, the
-    steepest slope over its closure; cells with slope 0 carry the critical cone of the second order.
+    steepest slope over its closure. multipliers (n_cells, n): ``lam >= 0`` with ``P_C(-g_sigma) =
+    W' lam - g_sigma`` (``W``: the cell's walls ``sigma_j n_j``); at a stationary neuron ``g_sigma =
+    W' lam``, and the critical directions of the cell are the ``v`` in it with ``W_j . v = 0`` for every
+    ``j`` with ``lam_j > 0`` (DESIGN.md section 9: what the second order needs).
     """
 
     status: str
@@ -68,6 +72,7 @@ class DegenerateFirstOrder:
     scale: float
     cell: np.ndarray | None
     cell_slopes: np.ndarray
+    multipliers: np.ndarray
     cells: Cells
     rank: int
     M: int
@@ -119,7 +124,7 @@ def degenerate_first_order(Xk, a, c, s_plus: float = 1.0, s_minus: float = 0.0, 
             the Lipschitz constant of ``f_k``. The check passes ``NeuronTest.scale``
             (``s_hi |a_k| |Xbar|`` + decay, an upper bound of it) so that this test and the Clarke test
             share their threshold.
-        max_cells: budget on the arrangement's cells, counted before any LP.
+        max_cells: budget on the arrangement's cells, counted before anything is solved.
         rank_tol, margin: see :func:`sospcheck.arrangement.enumerate_cells`.
 
     Returns:
@@ -133,13 +138,15 @@ def degenerate_first_order(Xk, a, c, s_plus: float = 1.0, s_minus: float = 0.0, 
     rank = cells.hyperplanes.rank
     base = dict(threshold=threshold, scale=float(scale), cells=cells, rank=rank, M=Xk.shape[0])
     if cells.status == OVER_BUDGET:
-        return DegenerateFirstOrder(OVER_BUDGET, cells.message, None, None, cell=None,
-                                    cell_slopes=np.zeros(0), **base)
+        return DegenerateFirstOrder(OVER_BUDGET, cells.message, None, None, cell=None, cell_slopes=np.zeros(0),
+                                    multipliers=np.zeros((0, cells.hyperplanes.n)), **base)
     hp = cells.hyperplanes
     row_signs = cells.row_signs()
     G = cell_gradients(Xk, a, c, s_plus, s_minus, row_signs)
-    # steepest unit direction in each closed cell: P_C(-g_sigma) / |P_C(-g_sigma)|, slope -|P_C(-g_sigma)|
-    steps = np.array([cone_projection(sig[:, None] * hp.normals, -g) for sig, g in zip(cells.signs, G)])
+    # steepest unit direction in each closed cell: P_C(-g) = W' lam - g, slope -|P_C(-g)|
+    walls = cells.signs[:, :, None] * hp.normals[None, :, :]
+    lams = np.array([polar_multipliers(W, -g) for W, g in zip(walls, G)]).reshape(len(G), hp.n)
+    steps = np.einsum("cjd,cj->cd", walls, lams) - G
     norms = np.linalg.norm(steps, axis=1)
     units = steps / np.where(norms > 0, norms, 1.0)[:, None]
     # the verdict rests on f_k itself at the candidate directions, not on the cell model
@@ -148,11 +155,12 @@ def degenerate_first_order(Xk, a, c, s_plus: float = 1.0, s_minus: float = 0.0, 
     if exact[j] < -threshold:
         return DegenerateFirstOrder(
             DESCENT, f"first-order descent in cell {j} of {cells.n_cells}: slope {exact[j]:.4g} < -{threshold:.3g}",
-            units[j], float(exact[j]), cell=row_signs[j], cell_slopes=-norms, **base)
+            units[j], float(exact[j]), cell=row_signs[j], cell_slopes=-norms, multipliers=lams, **base)
     steepest = 0.0 - float(norms.max(initial=0.0))  # 0.0 - x: never -0.0
     return DegenerateFirstOrder(
         STATIONARY, f"no first-order descent in any of the {cells.n_cells} cells (steepest slope "
-        f"{steepest:.3g}, threshold {threshold:.3g})", None, steepest, cell=None, cell_slopes=-norms, **base)
+        f"{steepest:.3g}, threshold {threshold:.3g})", None, steepest, cell=None, cell_slopes=-norms,
+        multipliers=lams, **base)
 
 
 def degenerate_neuron(pt, nt, tol: Tolerances, max_cells: int = DEFAULT_MAX_CELLS) -> DegenerateFirstOrder:
