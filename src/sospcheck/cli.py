@@ -8,6 +8,7 @@ check ran (whatever the verdict), 2 with one line ``sospcheck: error: ...`` on b
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import sys
 from contextlib import contextmanager
@@ -153,6 +154,9 @@ def _output_targets(args) -> None:
 
 def _check(args, display: ProgressDisplay):
     """Load, validate and run the check; returns ``(result, X, Y)``."""
+    for option, value in (("--s-plus", args.s_plus), ("--s-minus", args.s_minus)):
+        if value is not None and not math.isfinite(value):
+            raise InputError(f"{option} must be a finite number, got {value!r}")
     with display.phase("reading --params"):
         net = load_params(args.params, args.no_bias1, args.no_bias2, s_plus=args.s_plus, s_minus=args.s_minus)
     with display.phase("reading --data"):

@@ -125,6 +125,22 @@ def check_writable(path: str, option: str) -> None:
         os.unlink(full)
 
 
+def check_writable_folder(path: str, option: str) -> None:
+    """Fail now, naming ``option``, when ``path`` cannot serve as an output folder: an existing
+    non-folder, or a folder (or, when it is still to be made, its nearest existing parent) that
+    cannot be written."""
+    full = os.path.abspath(path)
+    if os.path.lexists(full) and not os.path.isdir(full):
+        raise InputError(f"{option} {path!r} exists and is not a folder")
+    existing = full
+    while not os.path.isdir(existing):
+        if os.path.lexists(existing):
+            raise InputError(f"{option} {path!r}: {existing!r} is not a folder")
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {path!r}: the folder {existing!r} cannot be written")
+
+
 def _open_npz(path: str, what: str) -> zipfile.ZipFile:
     _regular_file(path, what)
     try:
