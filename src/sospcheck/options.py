@@ -81,7 +81,10 @@ class Tolerances(Options):
     boundary: pair (i, k) is on the kink if ``|N_ik| <= boundary * |Z_k| * max_i |xbar_i|``.
     gradient: a gradient (output layer, or a neuron's min-norm subgradient) is zero if its norm is
         at most ``gradient`` times its natural scale (``|r| |[O 1]|``, resp. ``s_hi |a_k| |Xbar|``).
-    a_zero: ``a_ik = w_k . r_i`` is zero if ``|a_ik| <= a_zero * |w_k| * max_i |r_i|``.
+    a_zero: ``a_ik = w_k . r_i`` is zero if ``|a_ik| <= a_zero * |w_k| * max_i |r_i|``; a neuron's
+        output column counts as zero if ``|w_k| <= a_zero * |W2|`` or its whole output contribution
+        ``s_hi |w_k| |Z_k| max|xbar| sqrt(m) <= a_zero * (|outputs| + |targets|)`` (then both sides of
+        its kinks are searched, as for ``w_k = 0``).
     s_bound: ``s*_i`` sits at a bound if within ``s_bound * |s_plus - s_minus|`` of it.
     eigen: an eigenvalue (or copositivity value) is zero if at most ``eigen * |H|_2`` in size.
     rank: singular values below ``rank`` times the largest count as zero (data span, Assumption 2).

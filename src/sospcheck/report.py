@@ -23,7 +23,7 @@ __all__ = ["NeuronRow", "neuron_rows", "render", "REPORT_SCHEMA", "VERDICT_STYLE
 VERDICT_STYLE = {"local_minimum": "green", "sosp": "yellow", "descent": "cyan", "inconclusive": "magenta"}
 _OUTCOME = {"T1": "T1 positive", "T2": "T2 zero", "T3": "T3 negative"}
 _TOLERANCE_SCALE = {
-    "boundary": "|Z_k| max|xbar|", "gradient": "natural gradient scale", "a_zero": "|w_k| max|r_i|",
+    "boundary": "|Z_k| max|xbar|", "gradient": "natural gradient scale", "a_zero": "|w_k| max|r_i|; |W2|, |out|+|Y|",
     "s_bound": "|s_plus - s_minus|", "eigen": "|H|_2", "rank": "largest singular value",
     "near_zero": "RMS outputs + targets",
 }
