@@ -28,7 +28,8 @@ Method (``M`` = number of boundary pairs ``(i, k)`` with ``N_ik == 0``, exact fo
    ``tau in {-1, 0, +1}^M`` (0 = held at the kink): ``3^M`` faces.
 
 Scales (all thresholds relative, ``tol`` is the only knob):
-- first-order LP value: ``tol * max(1, max|g_sigma|)`` (``|eta|_inf <= 1``);
+- first-order LP value: ``tol * max(1, max|g_sigma|)`` (``|eta|_inf <= 1``); the same threshold on
+  ``max|Q' g_sigma|`` says the row ``g_sigma . eta = 0`` is void (float instances: rounding noise);
 - eigenvalues of ``H`` on a face: ``tol * max(1, max|H_sigma|)`` (orthonormal bases, so the
   eigenvalues of the restriction are bounded by ``||H||``);
 - the LP "does span E meet the cone": optimum of ``sum_j (G E c)_j`` over ``G E c >= 0``,
@@ -234,8 +235,9 @@ def allowed_basis(inst: Instance, tol: float = 1e-8):
         ReLU (s_minus = 0) to the span of the points with N_ik >= 0 (the others stay inactive);
     (b) dead neuron (s_minus == 0 and N_ik < 0 for all i): the whole (u_k, v_k) block goes;
     (c) w_k == 0 and ``E_k(sigma) = sum_i J_ik(sigma) r_i xbar_i'`` vanishes on the row space of
-        Xbar for every sign pattern of neuron k's boundary pairs: v_k goes (it then enters neither
-        g, H nor any other block);
+        Xbar for every realizable sign pattern of neuron k's boundary pairs (some ``v`` with
+        ``sigma_i xbar_i . v > 0``, one LP each: dependent ``xbar_i`` rule some patterns out): v_k goes
+        (it then enters neither g, H nor any other block);
     then the symmetry rows ``-w_k . u_k + Z_k . v_k = 0`` of the surviving neurons with v_k kept,
     and (d) for a neuron that is affine on the data (no boundary pair, one slope > 0) when b2 is a
     parameter and some c has ``Xbar c = 1``: moving z_k by t c and b2 by -t s w_k keeps every
@@ -260,6 +262,8 @@ def allowed_basis(inst: Instance, tol: float = 1e-8):
             Bk = [i for (i, kk) in inst.pairs if kk == k]
             flat_v = True
             for signs in product((1, -1), repeat=len(Bk)):
+                if not _realizable(np.array(signs, float)[:, None] * inst.Xb[Bk]):
+                    continue
                 Jk = np.where(inst.N[:, k] > 0, inst.sp, inst.sm).astype(float)
                 for i, s in zip(Bk, signs):
                     Jk[i] = inst.sp if s > 0 else inst.sm
@@ -307,6 +311,20 @@ def allowed_basis(inst: Instance, tol: float = 1e-8):
         Kn = null_space(A) if A.size else np.eye(T0.shape[1])
         return T0 @ Kn, info
     return T0, info
+
+
+def _realizable(S: np.ndarray) -> bool:
+    """Is ``{v : S v > 0 on the nonzero rows}`` nonempty? Max margin ``t`` with ``S v >= t``, ``|v|_inf <= 1``,
+    beyond ``LP_POS`` (rows scaled to unit length; a zero row has ``t = 0`` whatever its sign, and
+    ``r_i xbar_i' = 0`` in ``E_k``)."""
+    norms = np.linalg.norm(S, axis=1)
+    G = S[norms > 0] / norms[norms > 0, None]
+    if not len(G):
+        return True
+    q = S.shape[1]
+    res = linprog(np.r_[np.zeros(q), -1.0], A_ub=np.c_[-G, np.ones(len(G))], b_ub=np.zeros(len(G)),
+                  bounds=[(-1, 1)] * q + [(None, 1)], method="highs")
+    return res.status == 0 and -res.fun > LP_POS
 
 
 # --------------------------------------------------------------------------------- cone vs. span
@@ -407,7 +425,12 @@ def oracle_check(W1, b1, W2, b2, X, Y, loss="squared", s_plus=1.0, s_minus=0.0, 
     def projected(sigma):
         if sigma not in proj:
             g, H, _ = piece(sigma)
-            proj[sigma] = (Q.T @ g, Q.T @ H @ Q, max(1.0, np.abs(H).max()))
+            gS = Q.T @ g
+            # a gradient that is zero to the first-order test's tolerance is no constraint: kept as a
+            # row, its rounding noise (inexact instances) would remove a random direction from V
+            if np.abs(gS).max(initial=0.0) <= tol * max(1.0, np.abs(g).max()):
+                gS = np.zeros_like(gS)
+            proj[sigma] = (gS, Q.T @ H @ Q, max(1.0, np.abs(H).max()))
         return proj[sigma]
 
     zero = None

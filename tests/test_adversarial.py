@@ -22,6 +22,9 @@ def probe_minimum(net, X, Y, rng, n_dirs=400, radii=(1e-1, 1e-2, 1e-3, 1e-4)):
         d = Direction.zeros_like(net)
         parts, off = [], 0
         for a in (d.W1, d.b1, d.W2, d.b2):
+            if a is None:  # a network without that bias
+                parts.append(None)
+                continue
             parts.append(v[off:off + a.size].reshape(a.shape))
             off += a.size
         return Direction(*parts)
@@ -30,7 +33,7 @@ def probe_minimum(net, X, Y, rng, n_dirs=400, radii=(1e-1, 1e-2, 1e-3, 1e-4)):
     for _ in range(n_dirs):
         v = rng.standard_normal(n)
         if rng.random() < 0.5:  # keep the kink points on their kinks, the hardest directions
-            v[: net.W1.size + net.dh] *= rng.random() < 0.5
+            v[: net.W1.size + (net.dh if net.has_b1 else 0)] *= rng.random() < 0.5
         v /= np.linalg.norm(v)
         for t in radii:
             d = from_vec(t * v)

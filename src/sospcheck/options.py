@@ -122,12 +122,16 @@ class Budget(Options):
     milp_time_limit: seconds for one such mixed-integer program.
     max_dense_params: largest reduced parameter count for which ``solver="auto"`` forms the dense
         reduced Hessian; larger problems use Hessian-vector products (Lanczos, CG).
+    max_cells: most cells of one degenerate neuron's kink arrangement (first order), and most
+        combinations of one critical face per degenerate neuron (second order), counted before
+        anything is solved (DESIGN.md section 9); the default fits every neuron with ``M_k <= 12``.
     """
 
     max_icqp: int = 4096
     max_copositive_subsets: int = 2**14
     milp_time_limit: float = 60.0
     max_dense_params: int = 6000
+    max_cells: int = 4096
 
     argument = "budget"
     label = "budget"

@@ -3,6 +3,8 @@ of the critical cone (DESIGN.md section 3, step 4).
 
 Constraints: ``A theta = 0`` holds the symmetry rows ``-w_k . u_k + Z_k . v_k = 0`` (no weight
 decay) and ``t_ik = 0`` for non-flat boundary pairs; the ``L`` flat pairs give ``sigma_ik t_ik >= 0``.
+A neuron whose boundary vectors are dependent (Assumption 2 fails) holds all its pairs here; its
+critical faces add their generators per ICQP (:mod:`sospcheck.degenerate_second`).
 Every row acts on one neuron's ``(u_k, nu_k)``: the constraints are block diagonal, so projections
 are local.
 """
@@ -126,7 +128,7 @@ def _neuron_rows(prob: ReducedProblem, nt: NeuronTest, kept: np.ndarray, nu_kept
         for j, i in enumerate(nt.boundary):
             row = np.concatenate([np.zeros(layout.dy), prob.Xr[i]])[kept]
             fp, fm = bool(nt.flat_plus[j]), bool(nt.flat_minus[j])
-            if fp or fm:
+            if nt.assumption2 and (fp or fm):
                 flat_rows.append(row)
                 flat.append((int(i), tuple(s for s, f in ((1, fp), (-1, fm)) if f)))
             else:
