@@ -227,8 +227,13 @@ class Instance:
 
 
 # ------------------------------------------------------------------------------ allowed subspace
-def allowed_basis(inst: Instance, tol: float = 1e-8):
+def allowed_basis(inst: Instance, tol: float = 1e-8, extra_rows: np.ndarray | None = None, no_shift=()):
     """Orthonormal basis (p x q) of the allowed second-order directions S, and what was removed.
+
+    ``extra_rows`` (rows in theta coordinates): further slice rows, e.g. the flat directions shared by
+    several neurons that a checker claims; ``no_shift``: neurons whose bias-shift row (d) those rows
+    replace. Without them the oracle quotients nothing shared, so it can only report ``sosp`` where
+    such directions are flat.
 
     weight_decay > 0: S = everything. Otherwise, starting from all coordinates:
     (a) v_k is restricted to the row space of Xbar (other components change no t_ik), and for a
@@ -291,7 +296,7 @@ def allowed_basis(inst: Instance, tol: float = 1e-8):
         row[zk] = inst.Z[k]
         sym.append(row)
         slopes = np.where(inst.N[:, k] > 0, inst.sp, np.where(inst.N[:, k] < 0, inst.sm, 0.0))
-        if len(inst.ib2()) and inst.m and np.all(slopes == slopes[0]) and slopes[0] > 0:
+        if len(inst.ib2()) and inst.m and np.all(slopes == slopes[0]) and slopes[0] > 0 and k not in no_shift:
             c = np.linalg.lstsq(inst.Xb, np.ones(inst.m), rcond=None)[0]
             if np.allclose(inst.Xb @ c, 1.0, atol=1e-12):
                 row = np.zeros(p)
@@ -304,6 +309,8 @@ def allowed_basis(inst: Instance, tol: float = 1e-8):
     if not cols:
         return np.zeros((p, 0)), info
     T0 = np.array(cols).T  # orthonormal columns (disjoint supports, R orthonormal)
+    if extra_rows is not None:
+        sym.extend(np.atleast_2d(extra_rows))
     if sym:
         A = np.array(sym) @ T0
         # a row that vanishes on the kept coordinates (up to rounding) constrains nothing
@@ -383,9 +390,10 @@ def flat_counts(inst: Instance, tol: float = 1e-8):
 
 
 def oracle_check(W1, b1, W2, b2, X, Y, loss="squared", s_plus=1.0, s_minus=0.0, weight_decay=0.0,
-                 tol=1e-8) -> OracleResult:
+                 tol=1e-8, extra_rows=None, no_shift=()) -> OracleResult:
     """Brute-force verdict. Also accepts the older positional form ``(..., Y, s_plus, s_minus,
-    weight_decay)`` (squared loss) used by ``tests/test_oracle.py``: a non-string 7th argument."""
+    weight_decay)`` (squared loss) used by ``tests/test_oracle.py``: a non-string 7th argument.
+    ``extra_rows``, ``no_shift``: see :func:`allowed_basis`."""
     if not isinstance(loss, str):  # legacy positional call
         loss, s_plus, s_minus, weight_decay = "squared", loss, s_plus, s_minus
     inst = Instance(W1, b1, W2, b2, X, Y, s_plus, s_minus, weight_decay, loss)
@@ -416,7 +424,7 @@ def oracle_check(W1, b1, W2, b2, X, Y, loss="squared", s_plus=1.0, s_minus=0.0, 
                                 n_lps=n_lps)
 
     # ---- second order: faces tau in {-1, 0, +1}^M of the critical cones, inside S
-    Q, info = allowed_basis(inst, tol)
+    Q, info = allowed_basis(inst, tol, extra_rows, no_shift)
     L, K = flat_counts(inst, tol)
     base = dict(n_regions=2**M, M=M, dim_S=Q.shape[1], L=L, K=K, removed=info)
     TS = T @ Q

@@ -15,7 +15,8 @@ from sospcheck.quotient import Quotient, span_coordinates
 def test_record_writes_the_json_dict_and_one_summary_line():
     q = Quotient(3, 4, [1], [], [0], {2: 5})
     assert q.to_dict() == {"data_span_dim": 3, "full_dim": 4, "dead_neurons": [1], "zero_output_neurons": [],
-                           "bias_shift_neurons": [0], "inactive_directions": {"2": 5}}
+                           "bias_shift_neurons": [0], "inactive_directions": {"2": 5}, "affine_groups": [],
+                           "pattern_groups": [], "duplicate_groups": [], "shared_dims": []}
     assert json.loads(json.dumps(q.to_dict())) == q.to_dict()
     assert q.nontrivial and not Quotient(4, 4).nontrivial and Quotient(3, 4).nontrivial
     assert q.summary_line() == ("quotiented: data span 3/4 dims, dead neurons [1], zero-output neurons [], bias shifts "

@@ -364,6 +364,10 @@ def second_order(so: SecondOrderOutcome) -> SecondOrder:
     if quot.bias_shift_neurons:
         established.append(f"affine neuron(s) {quot.bias_shift_neurons}: bias shift against b2 is exactly "
                            "flat (quotiented)")
+    for kind, groups in (("affine", quot.affine_groups), ("same-pattern", quot.pattern_groups),
+                         ("duplicate", quot.duplicate_groups)):
+        if groups:
+            established.append(f"{kind} neuron group(s) {groups}: the flat directions they share are quotiented")
     ecqp = next((q for q in so.records if q.kind == "ECQP"), None)
     if ecqp is not None:
         established.append(f"ECQP {ecqp.outcome}")

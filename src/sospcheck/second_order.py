@@ -63,6 +63,11 @@ class QPRecord:
     copositivity: str | None = None
     copositivity_value: float | None = None
     detail: str = ""
+    # for the certified radius (sospcheck.radius), not reported: the accuracy of min_eig, and of an ICQP
+    # its Schur complement S and |My - Mw Qww^+ Mw' H My|_2 (its cone is {(My - ...) y + Mw w : y >= 0})
+    min_eig_accuracy: float = field(default=0.0, repr=False)
+    schur: np.ndarray | None = field(default=None, repr=False)
+    particular_norm: float | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         return {
@@ -132,7 +137,7 @@ def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray
     if decided is not None:  # only the neurons before the deciding one were examined
         quot = coords.partial_quotient([k for k in dead if k < k_stop], zero)
         return _outcome(decided, records, quot, margins)
-    red = reduce(pt, neurons, boundary, coords, dead, zero, tol.rank)
+    red = reduce(pt, neurons, boundary, coords, dead, zero, tol.rank, tol)
     prob = ReducedProblem.of(pt, red, boundary, backend, device)
     blocks = constraint_blocks(prob, neurons, red)
     L = len(prob.flat_pairs)
@@ -240,7 +245,8 @@ def _ecqp(sub: SubspaceSolver, prob: ReducedProblem, blocks: list[Block], eig_to
     L = len(prob.flat_pairs)
     n_eq = int(sum(b.A.shape[0] for b in blocks))
     eig = sub.min_eig(eig_tol)
-    rec = QPRecord("ECQP", Outcome.POSITIVE, sub.dim, n_eq=n_eq + L, min_eig=eig.value, detail=eig.detail)
+    rec = QPRecord("ECQP", Outcome.POSITIVE, sub.dim, n_eq=n_eq + L, min_eig=eig.value, detail=eig.detail,
+                   min_eig_accuracy=eig.accuracy)
     if eig.failed:
         return rec, eig, _undecided(f"ECQP eigenvalue not computed: {eig.failed}")
     if eig.value is not None:
@@ -287,7 +293,7 @@ def _icqps(sub: SubspaceSolver, prob: ReducedProblem, blocks: list[Block], ecqp:
                 continue
             rec = QPRecord("ICQP", Outcome.POSITIVE, int(My.shape[1] + sub.dim), n_eq=n_eq, n_ineq=My.shape[1],
                            signs=tuple(signs[(i, k)] for i, k, allowed in prob.flat_pairs if len(allowed) == 2),
-                           min_eig=eig.value, detail=choice.detail)
+                           min_eig=eig.value, detail=choice.detail, min_eig_accuracy=eig.accuracy)
             records.append(rec)
             decided = _icqp(sub, prob, My, choice.apply_slopes(J0), singular, rec, eig_tol, budget, margins, source)
             if decided is not None:
@@ -328,6 +334,7 @@ def _icqp(sub: SubspaceSolver, prob: ReducedProblem, My: np.ndarray, J: np.ndarr
     cop = copositivity(S, eig_tol, budget.max_copositive_subsets, budget.milp_time_limit)
     margins.extend(cop.margins)
     rec.copositivity, rec.copositivity_value = cop.status, cop.value
+    rec.schur, rec.particular_norm = S, float(np.linalg.norm(My - Xs, 2))
     if cop.status == UNKNOWN:
         return _undecided(f"copositivity of a {S.shape[0]}x{S.shape[0]} Schur complement not decided: {cop.method}")
     if cop.status == NOT:
