@@ -117,6 +117,7 @@ def test_record_and_building_blocks():
     rad = Radius(0.5, True, "x", {"a": 1.0, "b": math.inf})
     assert rad.to_dict() == {"value": 0.5, "rigorous": True, "what_is_proven": "x", "components": {"a": 1.0, "b": None}}
     assert rad.contains(0.5) and not rad.contains(0.6)
+    assert Radius.interpolation().rigorous and Radius.interpolation().to_dict()["value"] is None
     assert third_derivative_bound("squared") == 0 and third_derivative_bound("custom") is None
     # the logistic loss's third derivative sigma (1 - sigma)(1 - 2 sigma) peaks at 1 / (6 sqrt 3)
     s = np.linspace(0, 1, 100001)

@@ -239,3 +239,54 @@ def test_a_trained_like_network_with_duplicate_families_and_dead_neurons():
     assert r.verdict.value == "local_minimum", r.summary()
     assert (q.duplicate_groups, q.affine_groups, q.dead_neurons) == ([[0, 1, 2, 3]], [[4, 5]], [6, 7])
     assert oracle_of(net).verdict != "descent"
+
+
+def _trained_from_small_initialisation():
+    """Full-batch gradient descent from a 1e-3 initialisation on 1-D data (a ReLU target plus noise):
+    four of six neurons end aligned (one family), one near zero and dead. Then made exact: the family
+    merged, that network moved to an exactly stationary point of its stratum, the family split again
+    with the trained proportions (same function, same stationarity)."""
+    from sospcheck.losses import get_loss
+    from sospcheck.stratum import converge_on_stratum
+
+    rng = np.random.default_rng(0)
+    m, dh = 16, 6
+    X = np.sort(rng.uniform(-2, 2, m))[:, None]
+    Y = np.maximum(X[:, 0] - 0.3, 0) - 0.7 * np.maximum(-X[:, 0] - 0.5, 0) + 0.05 * rng.standard_normal(m)
+    Xb = np.hstack([X, np.ones((m, 1))])
+    Z, w, b2 = 1e-3 * rng.standard_normal((dh, 2)), 1e-3 * rng.standard_normal(dh), 0.0
+    for _ in range(40000):
+        N = Xb @ Z.T
+        O = np.maximum(N, 0.0)
+        r = O @ w + b2 - Y
+        w, b2, Z = w - 0.02 * (O.T @ r), b2 - 0.02 * r.sum(), Z - 0.02 * (((N > 0) * np.outer(r, w)).T @ Xb)
+    nz = np.linalg.norm(Z, axis=1)
+    fam = [k for k in range(dh) if nz[k] > 1e-2 and (Z[k] / nz[k]) @ (Z[0] / nz[0]) > 1 - 1e-4]
+    rest = [k for k in range(dh) if k not in fam]
+    e = Z[fam].sum(axis=0) / np.linalg.norm(Z[fam].sum(axis=0))
+    merged = TwoLayerNet(np.vstack([e[None, :1], Z[rest, :1]]), np.concatenate([[e[1]], Z[rest, 1]]),
+                         np.concatenate([[np.sum(nz[fam] * w[fam])], w[rest]])[None, :], [b2])
+    L = get_loss("squared")
+    z = converge_on_stratum(merged, X, L.prepare(Y, 1), L, radius=1.0).net
+    scales = nz[fam] / np.linalg.norm(nz[fam])
+    shares = w[fam] / np.sum(scales * w[fam])
+    net = TwoLayerNet(np.vstack([c * z.W1[:1] for c in scales] + [z.W1[1:]]),
+                      np.concatenate([c * z.b1[:1] for c in scales] + [z.b1[1:]]),
+                      np.concatenate([a * z.W2[0, :1] for a in shares] + [z.W2[0, 1:]])[None, :], z.b2)
+    return dict(W1=net.W1, b1=net.b1, W2=net.W2, b2=net.b2, X=X, Y=Y, s_plus=1.0, s_minus=0.0), len(fam)
+
+
+def test_a_network_trained_from_small_initialisation():
+    """The aligned family is one pattern group, the near-zero neuron dead: no descent. What is left at
+    sosp is one flat direction not quotiented yet: the two live neurons' activation patterns partition
+    the data, so raising b2 while lowering each one's bias by b2 / w_k keeps every output (a translation
+    shared by neurons with different patterns)."""
+    inst, n_family = _trained_from_small_initialisation()
+    assert n_family == 4
+    r = check_of(inst)
+    q = r.stats.quotient
+    assert r.verdict.value == "sosp" and q.pattern_groups == [[0, 1, 2, 3]] and q.dead_neurons == [5]
+    assert oracle_of(inst).verdict == "sosp"
+    net = net_of(inst)
+    on = [forward(net, inst["X"]).N[:, k] > 0 for k in (0, 4)]
+    assert np.all(on[0] ^ on[1])  # the partition behind the remaining flat direction

@@ -272,29 +272,64 @@ def linear_group_rows(pt: Point, coords: SpanCoordinates, group: list[int], nu_c
     span the rows. Only the coordinates in ``keep`` count: a zero-output member (in ``zero``, its ``nu_k``
     already removed) keeps its ``u_k``, which trades against the other members' ``nu``.
     """
-    net, lay, Zr = pt.net, coords.layout, coords.Zr
+    net, lay = pt.net, coords.layout
     S = net.slope(pt.fwd.N[:, group])
     s = S[int(np.argmax(S.min(axis=1)))]  # proportional slopes: their ratios at a point where all are > 0
-    gens = []
-    for l_pos, l in enumerate(group):
-        for k_pos, k in enumerate(group):
-            g = np.zeros(lay.n)
-            g[lay.u_index(k)] = s[l_pos] * net.W2[:, l] / s[k_pos]
-            g[lay.nu_index(l)] -= Zr[k]
-            gens.append(g)
+    W, Nu = net.W2[:, group] * s[None, :], coords.Zr[group]  # W S (dy x a) and the members' nu (a x rho)
     b2 = _b2_index(lay) if nu_c is not None else np.zeros(0, int)
-    if b2.size:
-        for k_pos, k in enumerate(group):
-            g = np.zeros(lay.n)
-            g[lay.nu_index(k)] = -nu_c
-            g[b2] = s[k_pos] * net.W2[:, k]
-            gens.append(g)
     idx = np.concatenate([lay.u_index(k) for k in group] + [lay.nu_index(k) for k in group] + [b2])
-    if keep is not None:
-        idx = idx[keep[idx]]
-    rows = _orthonormal_rows(np.array(gens)[:, idx])
+    a, dy, rho = len(group), net.dy, Nu.shape[1]
+    Ne = np.vstack([Nu, nu_c[None, :]]) if b2.size else Nu
+    p, q = np.linalg.matrix_rank(W), np.linalg.matrix_rank(Ne)
+    # the orbit has dimension a (a + t) - (a - p)(a + t - q) (t = 1 with the translations): its stabiliser is
+    # null(W S) x leftnull([nu_A; nu_c']); the fibre of the group's map, (a + t) dy... minus the rank
+    # dy q + p rho - p q of its differential; equal, the orbit tangent is that differential's kernel
+    t = 1 if b2.size else 0
+    orbit = a * (a + t) - (a - p) * (a + t - q)
+    fibre = a * (dy + rho) + t * dy - (dy * q + p * rho - p * q)
+    if not zero and orbit == fibre:
+        rows = null_space(_group_differential(W, Nu, s, nu_c if b2.size else None)).T
+    elif a * a * idx.size <= _MAX_GENERATOR_ENTRIES:
+        rows = _orthonormal_rows(_group_generators(W, Nu, s, nu_c if b2.size else None))
+    else:  # a large group at a non-generic point: not quotiented (at worst `sosp`)
+        rows = np.zeros((0, idx.size))
+    if keep is not None and not np.all(keep[idx]):
+        rows, idx = _orthonormal_rows(rows[:, keep[idx]]), idx[keep[idx]]
     own = sum(k not in zero for k in group) * (2 if b2.size else 1)  # each member's rescaling (and bias shift)
     return SharedRows(kind, list(group), idx, rows, max(rows.shape[0] - own, 0))
+
+
+_MAX_GENERATOR_ENTRIES = 2e7
+
+
+def _group_generators(W: np.ndarray, Nu: np.ndarray, s: np.ndarray, nu_c: np.ndarray | None) -> np.ndarray:
+    """The generators of :func:`linear_group_rows` as rows over ``(u_A, nu_A[, b2])``: ``X = E_lk`` gives
+    ``u_k = s_l w_l / s_k`` and ``v_l = -nu_k``; ``tau = e_k`` gives ``v_k = -nu_c`` and ``db2 = s_k w_k``
+    (``W`` holds ``s_k w_k``)."""
+    (dy, a), rho = W.shape, Nu.shape[1]
+    ar = np.arange(a)
+    Gu = np.zeros((a, a, a, dy))
+    Gu[:, ar, ar, :] = W.T[:, None, :] / s[None, :, None]  # [l, k, k] = s_l w_l / s_k
+    Gv = np.zeros((a, a, a, rho))
+    Gv[ar, :, ar, :] = -Nu[None, :, :]  # [l, k, l] = -nu_k
+    G = np.concatenate([Gu.reshape(a * a, a * dy), Gv.reshape(a * a, a * rho)], axis=1)
+    if nu_c is None:
+        return G
+    T = np.zeros((a, a * (dy + rho) + dy))
+    T[ar[:, None], a * dy + ar[:, None] * rho + np.arange(rho)[None, :]] = -nu_c
+    T[:, a * (dy + rho):] = W.T
+    return np.vstack([np.hstack([G, np.zeros((a * a, dy))]), T])
+
+
+def _group_differential(W: np.ndarray, Nu: np.ndarray, s: np.ndarray, nu_c: np.ndarray | None) -> np.ndarray:
+    """The differential of ``(u_A, nu_A[, b2]) -> sum_k s_k w_k nu_k' (+ b2 nu_c')``, rows ``(d, j)``
+    (``W`` holds ``s_k w_k``)."""
+    (dy, a), rho = W.shape, Nu.shape[1]
+    Ed, Ej = np.eye(dy), np.eye(rho)
+    Du = np.einsum("de,kj->djke", Ed, Nu * s[:, None]).reshape(dy * rho, a * dy)  # d P_dj / d u_ke = s_k nu_kj
+    Dv = np.einsum("dk,jl->djkl", W, Ej).reshape(dy * rho, a * rho)  # d P_dj / d nu_kl = s_k w_kd
+    parts = [Du, Dv] + ([np.einsum("de,j->dje", Ed, nu_c).reshape(dy * rho, dy)] if nu_c is not None else [])
+    return np.hstack(parts)
 
 
 def duplicate_groups(pt: Point, coords: SpanCoordinates, boundary: np.ndarray, candidates: list[int],
@@ -304,18 +339,18 @@ def duplicate_groups(pt: Point, coords: SpanCoordinates, boundary: np.ndarray, c
     and the same sign off them (so the same activation pattern, scaled)."""
     Zr, N = coords.Zr, pt.fwd.N
     norms = np.linalg.norm(Zr, axis=1)
-    rest = [k for k in candidates if norms[k] > 0]
+    rest = np.array([k for k in candidates if norms[k] > 0], int)
+    E = Zr / np.where(norms > 0, norms, 1.0)[:, None]
     groups = []
-    while rest:
+    while rest.size:
         k0 = rest[0]
-        e0 = Zr[k0] / norms[k0]
+        near = rest[np.linalg.norm(E[rest] - E[k0], axis=1) <= chord_tol]
         off = ~boundary[:, k0]
-        same = [k for k in rest if np.linalg.norm(Zr[k] / norms[k] - e0) <= chord_tol
-                and np.array_equal(boundary[:, k], boundary[:, k0])
+        same = [k for k in near if np.array_equal(boundary[:, k], boundary[:, k0])
                 and np.array_equal(np.sign(N[off, k]), np.sign(N[off, k0]))]
-        rest = [k for k in rest if k not in same]
+        rest = rest[~np.isin(rest, same)]
         if len(same) > 1:
-            groups.append(same)
+            groups.append([int(k) for k in same])
     return groups
 
 

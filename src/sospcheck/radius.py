@@ -64,11 +64,20 @@ class Radius:
     components: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        """JSON-ready: infinite numbers (no limit) are written as null."""
+
         def num(x):
             return None if x is None or not math.isfinite(x) else float(x)
 
         return {"value": num(self.value), "rigorous": self.rigorous, "what_is_proven": self.what_is_proven,
                 "components": {k: num(v) for k, v in self.components.items()}}
+
+    @classmethod
+    def interpolation(cls) -> "Radius":
+        """At outputs interpolating the targets of a loss that is ``>= 0`` and zero there (the check's
+        interpolation ending, no weight decay): a global minimum, so no radius limits it."""
+        return cls(math.inf, True, "R >= 0 = R(z) everywhere: the outputs interpolate the targets of a loss "
+                   "that is nonnegative and zero there (a global minimum)")
 
     def contains(self, distance: float) -> bool:
         """Whether a point at ``distance`` from the minimum lies inside the radius."""

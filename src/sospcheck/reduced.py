@@ -149,12 +149,16 @@ def _neuron_rows(prob: ReducedProblem, nt: NeuronTest, kept: np.ndarray, nu_kept
 
 
 def _block(k: int, idx: np.ndarray, d: int, rows: list, flat_rows: list, flat: list, n_slice: int = 0,
-           flat_neurons: list | None = None) -> Block:
+           flat_neurons: list | None = None, basis: np.ndarray | None = None) -> Block:
+    """``basis``: an orthonormal basis (columns) of the row space of ``rows``, when known (no flat rows)."""
     A = np.array(rows) if rows else np.zeros((0, d))
     nonzero = np.any(A != 0, axis=1) if A.size else np.zeros(A.shape[0], bool)
     A = A[nonzero] if A.size else A
     B = np.array(flat_rows) if flat_rows else np.zeros((0, d))
     b = Block(k, idx, A, B, flat, n_slice=int(nonzero[:n_slice].sum()), flat_neurons=list(flat_neurons or []))
+    if basis is not None and not B.shape[0]:
+        b.QE = basis
+        return b
     AB = np.vstack([A, B])
     if not AB.shape[0]:
         b.QE = np.zeros((d, 0))
@@ -203,12 +207,17 @@ def _join_shared(blocks: list[Block], red: Reduction, pos: np.ndarray) -> list[B
             out[:, [at[int(c)] for c in cols]] = M
             return out
 
-        slices = [place(b.A[:b.n_slice], b.idx) for b in members] + [place(g.rows, pos[g.idx])]
+        shared = place(g.rows, pos[g.idx])
+        slices = [place(b.A[:b.n_slice], b.idx) for b in members] + [shared]
         kinks = [place(b.A[b.n_slice:], b.idx) for b in members]
         flat_rows = [place(b.B, b.idx) for b in members]
-        joined = _block(members[0].k, idx, d, list(np.vstack(slices + kinks)), list(np.vstack(flat_rows)),
+        rows = np.vstack(slices + kinks)
+        # a large linear group: its members' rows are usually in the span of the group's (orthonormal)
+        # rows, which then are the block's basis, without an SVD of the whole block
+        inside = np.linalg.norm(rows - (rows @ shared.T) @ shared) <= 1e-10 * max(np.linalg.norm(rows), 1.0)
+        joined = _block(members[0].k, idx, d, list(rows), list(np.vstack(flat_rows)),
                         [f for b in members for f in b.flat], sum(s.shape[0] for s in slices),
-                        [p[1] for b in members for p in b.flat_pairs])
+                        [p[1] for b in members for p in b.flat_pairs], shared.T if inside else None)
         first = blocks.index(members[0])
         blocks = [b for b in blocks if b not in members]
         blocks.insert(first, joined)
