@@ -130,7 +130,9 @@ def whole_check_table(args) -> None:
     for M, r, dup, sv in cases:
         inst = wide_kink_instance(rng, M, r, duplicated=dup, s_values=sv)
         net = TwoLayerNet(inst["W1"], inst["b1"], inst["W2"], inst["b2"])
-        run = lambda: check(net, inst["X"], inst["Y"], fragility=False, budget={"max_cells": args.max_cells})  # noqa: E731
+        def run():
+            return check(net, inst["X"], inst["Y"], fragility=False, budget={"max_cells": args.max_cells})
+
         res = run()
         ours = common.best_time(run, repeats=3)
         rec = res.neurons[0]

@@ -41,6 +41,12 @@ INSTANCES = degenerate_instances(21, 180) + [degenerate_instance(np.random.defau
                                              for j, k in enumerate(KINDS * 4)]
 
 
+# The probe's radii stop at 1e-2: with residuals in the hundreds (planted instances scale them up) the
+# cubic terms of the risk overtake a small positive curvature on the critical cone near |step| ~ 0.1,
+# so a strict local minimum can be left at the probe's default largest radius (seen once in 3000).
+PROBE_RADII = (1e-2, 1e-3, 1e-4)
+
+
 def compare(instances, solver="auto", n_dirs=150):
     """Oracle and check on each instance: (oracle verdicts seen, the check's reason codes, disagreements).
     Every descent must lower the true risk and every local minimum survive the adversarial probe."""
@@ -56,7 +62,8 @@ def compare(instances, solver="auto", n_dirs=150):
         if r.descent is not None and not lowers_true_risk(inst, r):
             bad.append((n, inst["kind"], "descent not confirmed"))
         if r.verdict == Verdict.LOCAL_MINIMUM and n_dirs:
-            worst, R0 = probe_minimum(net_of(inst), inst["X"], inst["Y"], np.random.default_rng(n), n_dirs=n_dirs)
+            worst, R0 = probe_minimum(net_of(inst), inst["X"], inst["Y"], np.random.default_rng(n), n_dirs=n_dirs,
+                                      radii=PROBE_RADII)
             if worst < -1e-12 * max(1.0, R0):
                 bad.append((n, inst["kind"], "local minimum beaten", worst))
     return seen, codes, bad
@@ -104,7 +111,8 @@ def test_twelve_kink_points_are_decided_within_the_default_budget(M, rank, dupli
     else:  # planted stationary: the faces were found and the second order decided
         assert rec.decided in (Decision.CELLS_ASCEND, Decision.CRITICAL_FACES) and rec.n_faces is not None
     if r.verdict == Verdict.LOCAL_MINIMUM:
-        worst, R0 = probe_minimum(net_of(inst), inst["X"], inst["Y"], np.random.default_rng(1), n_dirs=60)
+        worst, R0 = probe_minimum(net_of(inst), inst["X"], inst["Y"], np.random.default_rng(1), n_dirs=60,
+                                  radii=PROBE_RADII)
         assert worst >= -1e-12 * max(1.0, R0)
 
 

@@ -114,7 +114,7 @@ def _neuron_table(rows: list[NeuronRow], max_rows: int) -> Table:
         t.add_column(name, justify=just, no_wrap=name != "decided by")
     shown = rows
     if len(rows) > max_rows:
-        notable = ("descent", "not Clarke", "dependent", "cells", "critical", "zero", "dead")
+        notable = ("descent", "not Clarke", "dependent", "zero", "dead")
         keep = [r for r in rows if r.M or r.decided.startswith(notable)][:max_rows]
         rest = [r for r in rows if r not in keep][:max_rows - len(keep)]
         shown = sorted(keep + rest, key=lambda r: r.k)
