@@ -272,7 +272,12 @@ def check_model(model: nn.Module, X, Y, criterion: nn.Module | None = None, *, n
     (default ``nn.MSELoss()``). ``check_kwargs`` go to :func:`sospcheck.check` (``snap=True``,
     ``weight_decay`` as in SGD's ``weight_decay``, ...); ``loss`` and ``reduction`` come from ``criterion``.
     The verdict is about ``result.net``: write it back with :func:`load_into` when ``snap=True`` moved it.
+    Two or more hidden layers go to :func:`sospcheck.deep.bridge.check_model` (DESIGN.md section 10).
     """
+    if isinstance(model, nn.Module) and sum(isinstance(m, nn.Linear) for m in _leaves(model)) > 2:
+        from .deep.bridge import check_model as check_deep_model
+
+        return check_deep_model(model, X, Y, criterion, negative_slope=negative_slope, **check_kwargs)
     for key in ("loss", "reduction"):
         if key in check_kwargs:
             raise TypeError(f"check_model() takes the loss from `criterion`; do not pass `{key}`")
