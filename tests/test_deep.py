@@ -383,3 +383,53 @@ def test_result_serialises_and_reports():
     assert d["verdict"] == "descent" and d["stats"]["widths"] == [1, 2, 1] and d["stats"]["likq"] is True
     assert len(d["descent"]["direction"]["parameters"]) == 7
     assert "descent" in r.summary()
+
+
+def test_cli_reads_a_deep_state_dict(tmp_path):
+    """The architecture comes from the layer names and shapes; the slope from the flag; the direction file holds
+    one array per parameter."""
+    from sospcheck.cli import main
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 3), nn.LeakyReLU(0.1), nn.Linear(3, 3), nn.LeakyReLU(0.1), nn.Linear(3, 1))
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", X=rng.standard_normal((6, 2)), Y=rng.standard_normal((6, 1)))
+    args = ["check", "--params", str(tmp_path / "m.pt"), "--data", str(tmp_path / "d.npz"), "--loss", "squared",
+            "--s-minus", "0.1", "--json", str(tmp_path / "r.json"), "--direction-out", str(tmp_path / "dir.npz"),
+            "--quiet"]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["verdict"] == "descent" and report["stats"]["widths"] == [3, 3]
+    assert report["activation"] == {"s_plus": 1.0, "s_minus": 0.1}
+    z = np.load(tmp_path / "dir.npz")
+    assert sorted(z) == ["W1", "W2", "W3", "b1", "b2", "b3"] and z["W2"].shape == (3, 3)
+    assert main(args[:-5] + ["--snap"]) == 2
+
+
+def test_second_order_descent_needs_the_curve():
+    """Every kink held (ECQP) with negative curvature -0.115 along the curve that keeps the held kinks on their
+    surfaces; the straight line along the same eta leaves one of them at O(t^2) onto its non-flat side and pays
+    kappa z_g = +0.064 t^2: it ascends. A test that ignores the curvature of the kink surfaces (or one that
+    moves along straight lines only) misreads this saddle."""
+    d = dict(weights=[[[-2.0, -1.0], [-1.0, 1.0]], [[-2.0, 2.0], [-1.0, 2.0], [2.0, 1.0]], [[-1.0, 2.0, 0.0]]],
+             biases=[[8.0, 0.0], [2.0, -2.0, -2.5], None],
+             X=[[-2.0, 7.0], [3.0, 0.0], [5.0, -1.0], [-2.0, -6.0], [-4.0, 7.0], [7.0, -5.0], [2.0, 2.0], [-7.0, 7.0],
+                [7.0, -6.0], [6.0, -3.0], [-4.0, -5.0], [-7.0, 6.0]],
+             Y=[[13.872068356354811], [-2.290884824854804], [-10.479960508124979], [-9.254592189168356],
+                [12.863931303507307], [-4.560042598462539], [-3.000000000000013], [23.264000340137873],
+                [-11.273838831167616], [-7.077082431780722], [-0.06359861644094122], [17.999999999999996]],
+             s_plus=1.0, s_minus=0.5, weight_decay=0.0, loss="squared")
+    r = _check(d, fragility=True)
+    assert r.reason_code == Reason.ECQP_DESCENT and r.descent.test == "ECQP (curve)" and not r.fragile
+    assert r.descent.curvature == pytest.approx(-0.1152, abs=1e-3)
+    from sospcheck.deep.model import DeepDirection
+
+    inst = oracle_instance(d)
+    R0 = inst.risk()
+    c = r.descent.direction
+    straight = DeepDirection(c.eta, c.shapes)
+    for t in (1e-2, 1e-3):
+        assert inst.risk(straight.displacement(t)) - R0 == pytest.approx(0.0640 * t * t, rel=0.05)
+        assert inst.risk(c.displacement(t)) - R0 == pytest.approx(-0.1152 * t * t, rel=0.05)
+    assert deep_oracle(inst).verdict == "descent"

@@ -13,15 +13,13 @@
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import torch
 from torch import nn
 
 from ..result import CheckResult
 from .check import check_deep
-from .model import DeepNet, deep_forward
+from .model import DeepNet, deep_forward, deep_from_state_dict
 
 __all__ = ["deep_from_torch", "deep_from_state_dict", "check_model", "linear_stack"]
 
@@ -95,30 +93,6 @@ def deep_from_torch(module: nn.Module, *, negative_slope: float | None = None, c
             raise ValueError("`module`'s forward does not compute its Linear layers with the activation between them; "
                              "sospcheck cannot represent it")
     return net
-
-
-def _natural(name: str) -> list:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
-def deep_from_state_dict(tensors: dict, negative_slope: float = 0.0, where: str = "state_dict") -> DeepNet:
-    """A :class:`DeepNet` from ``<layer>.weight`` / ``<layer>.bias`` arrays: layers in the natural order of their
-    names (``0, 2, 4`` or ``fc1, fc2, fc3``), checked to chain (each weight's input width is the previous
-    output width); a layer without ``bias`` has none."""
-    weights = {k[: -len(".weight")]: np.asarray(v, float) for k, v in tensors.items() if k.endswith(".weight")}
-    biases = {k[: -len(".bias")]: np.asarray(v, float) for k, v in tensors.items() if k.endswith(".bias")}
-    extra = sorted(set(tensors) - {f"{k}.weight" for k in weights} - {f"{k}.bias" for k in biases})
-    if extra or set(biases) - set(weights):
-        raise ValueError(f"{where}: expected only '<layer>.weight' and '<layer>.bias' keys of Linear layers, got extra "
-                         f"key(s) {(extra or sorted(set(biases) - set(weights)))[:5]}")
-    names = sorted(weights, key=_natural)
-    if len(names) < 2:
-        raise ValueError(f"{where}: a network needs at least two Linear layers, found {names}")
-    for a, b in zip(names, names[1:]):
-        if weights[a].ndim != 2 or weights[b].ndim != 2 or weights[a].shape[0] != weights[b].shape[1]:
-            raise ValueError(f"{where}: layer '{b}' (weight shape {weights[b].shape}) does not take the output of layer "
-                             f"'{a}' (weight shape {weights[a].shape}); layers are read in the order {names}")
-    return DeepNet(tuple(weights[n] for n in names), tuple(biases.get(n) for n in names), 1.0, float(negative_slope))
 
 
 def check_model(model: nn.Module, X, Y, criterion: nn.Module | None = None, *, negative_slope: float | None = None,

@@ -363,7 +363,7 @@ def _unit_records(net: DeepNet, ks, fo: FirstOrder | None, so, stats: DeepStats)
     dead = set(tuple(u) for u in stats.deep_quotient.get("dead_units", []))
     out = []
     for idx, u in enumerate(units):
-        if fo is None:
+        if fo is None or fo.candidate is not None:
             dec = Decision.NOT_REACHED
         elif u in dead:
             dec = Decision.DEAD

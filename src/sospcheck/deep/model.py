@@ -14,7 +14,7 @@ import numpy as np
 
 from ..model import as_float_array
 
-__all__ = ["DeepNet", "DeepForward", "DeepDirection", "deep_forward"]
+__all__ = ["DeepNet", "DeepForward", "DeepDirection", "deep_forward", "deep_from_state_dict"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -207,7 +207,11 @@ class DeepDirection:
 
     def arrays(self, t: float | None = None) -> list[np.ndarray]:
         """``eta`` (or the displacement at step ``t``) as arrays in ``model.parameters()`` order."""
-        return unflatten(self.eta if t is None else self.displacement(t), list(self.shapes))
+        return self.arrays_of(self.eta if t is None else self.displacement(t))
+
+    def arrays_of(self, v: np.ndarray) -> list[np.ndarray]:
+        """A flat vector as arrays in ``model.parameters()`` order."""
+        return unflatten(v, list(self.shapes))
 
     def tensors(self, t: float | None = None, dtype=None, device=None) -> list:
         """As :meth:`arrays`, torch tensors (float64 unless ``dtype``): ``p.add_(d)`` for each parameter
@@ -218,4 +222,26 @@ class DeepDirection:
 
     def to_dict(self) -> dict:
         return {"parameters": [a.tolist() for a in self.arrays()],
-                "zeta": None if self.zeta is None else [a.tolist() for a in unflatten(self.zeta, list(self.shapes))]}
+                "zeta": None if self.zeta is None else [a.tolist() for a in self.arrays_of(self.zeta)]}
+
+
+def deep_from_state_dict(tensors: dict, negative_slope: float = 0.0, where: str = "state_dict") -> DeepNet:
+    """A :class:`DeepNet` from ``<layer>.weight`` / ``<layer>.bias`` arrays: layers in the natural order of their
+    names (``0, 2, 4`` or ``fc1, fc2, fc3``), checked to chain (each weight's input width is the previous
+    output width); a layer without ``bias`` has none."""
+    weights = {k[: -len(".weight")]: np.asarray(v, float) for k, v in tensors.items() if k.endswith(".weight")}
+    biases = {k[: -len(".bias")]: np.asarray(v, float) for k, v in tensors.items() if k.endswith(".bias")}
+    extra = sorted(set(tensors) - {f"{k}.weight" for k in weights} - {f"{k}.bias" for k in biases})
+    if extra or set(biases) - set(weights):
+        raise ValueError(f"{where}: expected only '<layer>.weight' and '<layer>.bias' keys of Linear layers, got extra "
+                         f"key(s) {(extra or sorted(set(biases) - set(weights)))[:5]}")
+    from ..io import _natural  # the order io reads one-hidden-layer state_dicts in
+
+    names = sorted(weights, key=_natural)
+    if len(names) < 2:
+        raise ValueError(f"{where}: a network needs at least two Linear layers, found {names}")
+    for a, b in zip(names, names[1:]):
+        if weights[a].ndim != 2 or weights[b].ndim != 2 or weights[a].shape[0] != weights[b].shape[1]:
+            raise ValueError(f"{where}: layer '{b}' (weight shape {weights[b].shape}) does not take the output of layer "
+                             f"'{a}' (weight shape {weights[a].shape}); layers are read in the order {names}")
+    return DeepNet(tuple(weights[n] for n in names), tuple(biases.get(n) for n in names), 1.0, float(negative_slope))
