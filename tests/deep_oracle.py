@@ -27,6 +27,7 @@ gradients must be linearly independent, which every generated instance satisfies
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import product
 
 import numpy as np
@@ -226,13 +227,7 @@ def deep_oracle(inst: DeepInstance, tol: float = 1e-8) -> DeepOracleResult:
         raise ValueError(f"deep oracle limited to M <= {MAX_M} kinks, got {M}")
     if likq_rank(inst) < M:
         raise ValueError("the kink gradients are linearly dependent: the deep oracle needs them independent")
-    cache = {}
-
-    def piece(sigma):
-        key = tuple(int(s) for s in sigma)
-        if key not in cache:
-            cache[key] = inst.piece(key)
-        return cache[key]
+    piece = lru_cache(maxsize=None)(inst.piece)  # sigma tuples: every piece computed once
 
     for sigma in product((1, -1), repeat=M):
         g, _, Gz, _ = piece(sigma)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..result import CheckResult
+from ..torch import check_forward as check_forward_of
 from .check import check_deep
 from .model import DeepNet, deep_forward, deep_from_state_dict
 
@@ -77,21 +78,9 @@ def deep_from_torch(module: nn.Module, *, negative_slope: float | None = None, c
     linears, slope = linear_stack(module, negative_slope)
     net = DeepNet(tuple(_array(m.weight) for m in linears), tuple(_array(m.bias) for m in linears), 1.0, slope)
     if check_forward:
-        ref = linears[0].weight
-        x = torch.randn(5, net.dx, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-        try:
-            with torch.no_grad():
-                got = module(x.to(dtype=ref.dtype, device=ref.device))
-        except Exception as exc:  # any failure means the module is not the plain layout we read
-            raise ValueError(f"could not run `module` on a (5, {net.dx}) input to confirm its layout: "
-                             f"{type(exc).__name__}: {exc}") from exc
-        want = deep_forward(net, x.numpy()).out
-        got = got.detach().cpu().to(torch.float64).numpy() if isinstance(got, torch.Tensor) else None
-        eps = torch.finfo(ref.dtype).eps if ref.dtype.is_floating_point else 1e-7
-        scale = 1.0 + float(np.max(np.abs(want))) * 4.0 + float(np.prod([np.abs(W).sum() for W in net.weights]))
-        if got is None or got.shape != want.shape or not np.all(np.abs(got - want) <= 1e3 * eps * scale):
-            raise ValueError("`module`'s forward does not compute its Linear layers with the activation between them; "
-                             "sospcheck cannot represent it")
+        scale = 4.0 * float(np.prod([np.abs(W).sum() for W in net.weights]))
+        check_forward_of(module, net.dx, net.dy, linears[0].weight, lambda x: deep_forward(net, x).out, scale,
+                         "its Linear layers with the activation between them")
     return net
 
 

@@ -7,7 +7,6 @@ surfaces' curvature) -> verification on the true risk -> :class:`~sospcheck.resu
 
 from __future__ import annotations
 
-import math
 import numbers
 import time
 from dataclasses import dataclass, field
@@ -16,10 +15,10 @@ import numpy as np
 
 from ..check import INTERPOLATION_ULPS, interpolates
 from ..first_order import record_sides
-from ..losses import Loss, get_loss, reduction_weight
+from ..losses import Loss
 from ..margins import FRAGILITY_FACTOR, Margins, any_in_band
-from ..model import as_float_array
 from ..options import Budget, Tolerances
+from ..validation import validate_features, validate_targets
 from ..result import CheckResult, Decision, DescentCertificate, NeuronRecord, Reason, Stats
 from ..second_order import Outcome
 from .first_order import FirstOrder, first_order_likq, first_order_patterns, kink_geometry
@@ -92,21 +91,8 @@ class DeepStats(Stats):
 def _validate(net, X, Y, loss, reduction, weight_decay, solver, max_patterns):
     if not isinstance(net, DeepNet):
         raise TypeError(f"`net` must be a sospcheck.deep.DeepNet, got {type(net).__name__}")
-    X = as_float_array(X, "X", 2)
-    if X.shape[0] == 0:
-        raise ValueError("`X` is empty: the check needs at least one data point")
-    if X.shape[1] != net.dx:
-        raise ValueError(f"`X` has {X.shape[1]} feature column(s) but W1 expects dx = {net.dx}")
-    lossobj = get_loss(loss)
-    Yp = lossobj.prepare(Y, net.dy)
-    if Yp.shape[0] != X.shape[0]:
-        raise ValueError(f"`Y` has {Yp.shape[0]} row(s) but `X` has {X.shape[0]}")
-    weight = reduction_weight(reduction, X.shape[0])
-    if isinstance(weight_decay, (bool, np.bool_)) or not isinstance(weight_decay, numbers.Real):
-        raise TypeError(f"`weight_decay` must be a number, got {weight_decay!r}")
-    lam = float(weight_decay)
-    if not math.isfinite(lam) or lam < 0:
-        raise ValueError(f"`weight_decay` must be a finite number >= 0, got {weight_decay!r}")
+    X = validate_features(X, net.dx)
+    Yp, lossobj, weight, lam = validate_targets(X, Y, loss, reduction, weight_decay, net.dy)
     if solver not in ("auto", "dense", "matrix_free"):
         raise ValueError(f"`solver` must be 'auto', 'dense' or 'matrix_free', got {solver!r}")
     if isinstance(max_patterns, bool) or not isinstance(max_patterns, numbers.Integral) or max_patterns < 1:
@@ -237,7 +223,7 @@ def _analyze(problem: DeepProblem, tol: Tolerances, bud: Budget, solver: str, ma
     if so.inconclusive:
         return _finish(st, _inconclusive_reason(so.inconclusive), ks, fo, so, detail=so.inconclusive)
     if so.outcome == Outcome.NEGATIVE:
-        d = DeepDirection(so.eta, tuple(net.shapes), so.zeta)
+        d = so.direction
         reason = Reason.ECQP_DESCENT if so.source == "ECQP" else Reason.ICQP_DESCENT
         return _verified(st, pieces, ks, d, 2, so.source, reason, 0.0, 0.5 * so.curvature, fo, so)
     ecqp = next((q for q in so.records if q.kind == "ECQP"), None)

@@ -16,14 +16,13 @@ import numpy as np
 from scipy.linalg import null_space, orth
 from scipy.sparse.linalg import ArpackError
 
-from ..copositive import NOT, STRICT, UNKNOWN, copositivity
 from ..margins import Margins
 from ..options import Budget, Tolerances
-from ..second_order import Outcome, QPRecord
+from ..second_order import Outcome, QPRecord, SecondOrderOutcome, icqp_step
 from ..subspace import make_subspace
 from .first_order import FirstOrder, KinkGeometry, _right_inverse
 from .kinks import KinkSet
-from .model import DeepForward, DeepNet
+from .model import DeepDirection, DeepForward, DeepNet
 from .pieces import Pieces
 from .switching import piece_slopes
 
@@ -127,23 +126,12 @@ def _affine_slope(net: DeepNet, N: np.ndarray, kink: np.ndarray) -> float:
 
 
 @dataclass
-class DeepSecondOrder:
-    """Step 4's answer for a deep network: ``outcome`` (None: inconclusive, ``inconclusive`` says why), the
-    witness ``(eta, zeta, sigma)`` of a NEGATIVE one and the test that found it."""
+class DeepSecondOrder(SecondOrderOutcome):
+    """Step 4's answer for a deep network (:class:`~sospcheck.second_order.SecondOrderOutcome`): a NEGATIVE
+    outcome's ``direction`` is a :class:`DeepDirection` (``eta`` and the curve's ``zeta``) with Rayleigh
+    quotient ``curvature`` of the Lagrangian's Hessian, ``eta' H eta / |eta|^2``."""
 
-    outcome: Outcome | None
-    records: list = field(default_factory=list)
-    eta: np.ndarray | None = None
-    zeta: np.ndarray | None = None
     curvature: float = 0.0
-    source: str = ""
-    inconclusive: str | None = None
-    n_icqp_planned: int = 0
-    n_params_reduced: int = 0
-    hessian_norm: float = 0.0
-    eig_tol: float = 0.0
-    solver: str = ""
-    margins: list = field(default_factory=list)
 
 
 class _Piece:
@@ -260,34 +248,17 @@ def second_order_deep(pieces: Pieces, net: DeepNet, ks: KinkSet, geo: KinkGeomet
         Pinv, _ = _right_inverse(pc.G)
         My = Pinv[:, [q for q, _ in flat]] * np.array(flat_signs, float)[None, :]
         HMy = pc.apply(My)
-        Qyy = My.T @ HMy
-        Qyy = 0.5 * (Qyy + Qyy.T)
         r = QPRecord("ICQP", Outcome.POSITIVE, int(len(flat) + sub.dim), n_eq=int(QE.shape[1]), n_ineq=len(flat),
                      signs=tuple(s for (q, a), s in zip(flat, flat_signs) if len(a) == 2), min_eig=eig.value)
         out.records.append(r)
-        theta = sub.unbounded_direction(My, HMy, Qyy, eig_tol, margins) if singular else None
-        if theta is not None:
-            r.outcome, r.detail = Outcome.NEGATIVE, "Qww singular and coupled to y: unbounded below"
-            return _negative(out, margins, pc, theta, "ICQP", tol.rank,
-                             undecided="Qww is (nearly) singular and the solver's null-space direction does not "
-                                       "have negative curvature; rerun with solver='dense'")
-        Xs = sub.solve(HMy, eig_tol, margins)
-        S = Qyy - HMy.T @ Xs
-        S = 0.5 * (S + S.T)
-        cop = copositivity(S, eig_tol, budget.max_copositive_subsets, budget.milp_time_limit)
-        margins.extend(cop.margins)
-        r.copositivity, r.copositivity_value = cop.status, cop.value
-        if cop.status == UNKNOWN:
-            out.inconclusive = f"copositivity of a {S.shape[0]}x{S.shape[0]} Schur complement not decided: {cop.method}"
+        step = icqp_step(sub, My, HMy, singular, r, eig_tol, budget, margins)
+        if step.undecided is not None:
+            out.inconclusive = step.undecided
             return _done(out, margins)
-        if cop.status == NOT:
-            r.outcome = Outcome.NEGATIVE
-            theta = My @ cop.witness - Xs @ cop.witness
-            return _negative(out, margins, pc, theta, "ICQP", tol.rank,
-                             undecided=f"the copositivity witness (y'Sy = {cop.value:.3g}) does not give negative "
-                                       "curvature once recomputed: the Schur complement is inaccurate")
-        if cop.status != STRICT or singular:
-            r.outcome = Outcome.ZERO
+        if step.theta is not None:
+            r.outcome, r.detail = Outcome.NEGATIVE, step.detail or r.detail
+            return _negative(out, margins, pc, step.theta, "ICQP", tol.rank, undecided=step.not_negative)
+        if r.outcome == Outcome.ZERO:
             overall = Outcome.ZERO
     out.outcome = overall
     return _done(out, margins)
@@ -307,8 +278,7 @@ def _negative(out: DeepSecondOrder, margins: Margins, piece: _Piece, eta: np.nda
         out.inconclusive = undecided
         return _done(out, margins)
     out.outcome = Outcome.NEGATIVE
-    out.eta = eta
-    out.zeta = curve_correction(piece, eta, tol_rank)
+    out.direction = DeepDirection(eta, tuple(piece.pieces.net.shapes), curve_correction(piece, eta, tol_rank))
     out.curvature = q / float(eta @ eta)
     out.source = source
     return _done(out, margins)
