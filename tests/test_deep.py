@@ -227,9 +227,9 @@ def _torch_model(net: DeepNet) -> nn.Sequential:
     for l, (W, b) in enumerate(zip(net.weights, net.biases)):
         lin = nn.Linear(W.shape[1], W.shape[0], bias=b is not None).double()
         with torch.no_grad():
-            lin.weight.copy_(torch.as_tensor(W))
+            lin.weight.copy_(torch.as_tensor(np.array(W)))
             if b is not None:
-                lin.bias.copy_(torch.as_tensor(b))
+                lin.bias.copy_(torch.as_tensor(np.array(b)))
         layers.append(lin)
         if l < net.depth:
             layers.append(nn.ReLU() if net.s_minus == 0 else nn.LeakyReLU(net.s_minus))
@@ -277,12 +277,13 @@ def test_kink_minima_and_saddles_the_smooth_test_gets_wrong(name):
     assert smooth == ("not_stationary" if case["verdict"][0] == "local_minimum" else "minimum")
     if r.descent is not None:  # the verified step really lowers the loss of the torch model
         model = _torch_model(net)
-        before = 0.5 * torch.sum((model(torch.as_tensor(np.array(case["X"]))) - torch.as_tensor(np.array(case["Y"])))**2)
+        Xt, Yt = torch.as_tensor(np.array(case["X"])), torch.as_tensor(np.array(case["Y"]))
         with torch.no_grad():
+            before = 0.5 * torch.sum((model(Xt) - Yt) ** 2).item()
             for p, dp in zip(model.parameters(), r.descent.direction.tensors(r.descent.step)):
                 p.add_(dp)
-        after = 0.5 * torch.sum((model(torch.as_tensor(np.array(case["X"]))) - torch.as_tensor(np.array(case["Y"])))**2)
-        assert float(after) < float(before)
+            after = 0.5 * torch.sum((model(Xt) - Yt) ** 2).item()
+        assert after < before
 
 
 # --------------------------------------------------------------------------------- without the qualification
