@@ -1,4 +1,5 @@
-"""An independent brute-force oracle for tiny DEEP networks sitting exactly on kinks (to a few ulps for rescaled weights).
+"""An independent brute-force oracle for tiny DEEP networks sitting exactly on kinks (to a few ulps when
+the weights were rescaled).
 
 It decides ``descent`` (order 1 or 2), ``sosp`` or ``local_minimum`` by enumeration, from textbook
 conditions only: no kink groups or orders, no multipliers ``kappa^+-`` and no chart, no ECQP/ICQP,
@@ -34,7 +35,7 @@ import numpy as np
 from scipy.linalg import null_space, orth
 from scipy.optimize import linprog
 
-from oracle import LP_POS, _span_meets_cone, loss_terms
+from oracle import _span_meets_cone, loss_terms
 
 MAX_M = 7
 

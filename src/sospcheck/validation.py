@@ -42,7 +42,8 @@ def validate_features(X, dx: int) -> np.ndarray:
     return X
 
 
-def validate_targets(X: np.ndarray, Y, loss, reduction: str, weight_decay, dy: int) -> tuple[np.ndarray, Loss, float, float]:
+def validate_targets(X: np.ndarray, Y, loss, reduction: str, weight_decay,
+                     dy: int) -> tuple[np.ndarray, Loss, float, float]:
     """The prepared targets (one row per row of ``X``), the loss, the reduction's weight and the decay."""
     lossobj = get_loss(loss)
     Yp = lossobj.prepare(Y, dy)

@@ -25,8 +25,8 @@ from .first_order import FirstOrder, first_order_likq, first_order_patterns, kin
 from .kinks import find_kinks, kink_orders
 from .model import DeepDirection, DeepNet, deep_forward
 from .pieces import Pieces
-from .second_order import DeepSecondOrder, Quotient, quotient_basis, second_order_deep
-from .switching import base_slopes, piece_slopes, switching_variables
+from .second_order import DeepSecondOrder, quotient_basis, second_order_deep
+from .switching import base_slopes, switching_variables
 
 __all__ = ["check_deep", "DeepProblem", "DeepStats", "verify_deep"]
 
@@ -56,7 +56,8 @@ class DeepProblem:
 class DeepStats(Stats):
     """:class:`~sospcheck.result.Stats` plus the deep numbers: widths, kinks per hidden layer, the switching
     groups (order 0 / order 1), frozen kinks, the kink qualification's rank, sign patterns enumerated,
-    the quotient."""
+    the quotient. ``output_gradient_norm`` holds ``|gamma|`` (the gradient along the held kinks' tangent
+    space, DESIGN.md 10.5) and ``output_gradient_scale`` its scale; ``L``, ``K`` count flat groups."""
 
     widths: list = field(default_factory=list)
     kinks_per_layer: list = field(default_factory=list)
@@ -129,8 +130,9 @@ def check_deep(net: DeepNet, X, Y, loss="squared", reduction: str = "sum", weigh
     result.loss, result.reduction = lossobj.name, reduction
     if fragility and any_in_band(margins):
         t1 = time.perf_counter()
-        result.fragility = {name: _analyze(problem, tol.scaled(f), bud, solver, int(max_patterns), device)[0].verdict.value
-                            for name, f in (("tolerances_x10", FRAGILITY_FACTOR), ("tolerances_x0.1", 1 / FRAGILITY_FACTOR))}
+        factors = (("tolerances_x10", FRAGILITY_FACTOR), ("tolerances_x0.1", 1 / FRAGILITY_FACTOR))
+        result.fragility = {name: _analyze(problem, tol.scaled(f), bud, solver, int(max_patterns), device)[0]
+                            .verdict.value for name, f in factors}
         result.fragile = any(v != result.verdict.value for v in result.fragility.values())
         result.timings["fragility"] = time.perf_counter() - t1
     elif fragility:
@@ -166,7 +168,7 @@ def _analyze(problem: DeepProblem, tol: Tolerances, bud: Budget, solver: str, ma
     value = problem.risk_at(theta0)
     stats = DeepStats(m=X.shape[0], p=net.n_params, widths=net.widths)
     st = _State(problem, value, Margins(), {}, [], stats, tol, bud)
-    if lam_free_interpolation(problem, fwd.out, r):
+    if _interpolates(problem, fwd.out, r):
         st.established.append(f"outputs interpolate the targets to rounding ({INTERPOLATION_ULPS:g} eps relative; "
                               "loss >= 0, zero at the targets)")
         return _finish(st, Reason.INTERPOLATION, None, None, None)
@@ -239,15 +241,17 @@ def _analyze(problem: DeepProblem, tol: Tolerances, bud: Budget, solver: str, ma
     return _finish(st, Reason.SOSP if so.outcome == Outcome.ZERO else Reason.MINIMUM, ks, fo, so)
 
 
-def lam_free_interpolation(problem: DeepProblem, out: np.ndarray, r: np.ndarray) -> bool:
+def _interpolates(problem: DeepProblem, out: np.ndarray, r: np.ndarray) -> bool:
     """The one-hidden-layer interpolation ending (a nonnegative loss at its targets to rounding)."""
     return (problem.weight_decay == 0 and problem.loss.zero_at_targets and bool(np.any(r))
             and interpolates(out, problem.Y))
 
 
-_INCONCLUSIVE = (("ICQPs exceed budget", Reason.ICQP_BUDGET), ("ECQP eigenvalue not computed", Reason.EIGENVALUE_FAILED),
+_INCONCLUSIVE = (("ICQPs exceed budget", Reason.ICQP_BUDGET),
+                 ("ECQP eigenvalue not computed", Reason.EIGENVALUE_FAILED),
                  ("Qww is (nearly) singular", Reason.SINGULAR_UNRESOLVED),
-                 ("copositivity of a", Reason.COPOSITIVITY_UNDECIDED), ("copositivity witness", Reason.SCHUR_INACCURATE))
+                 ("copositivity of a", Reason.COPOSITIVITY_UNDECIDED),
+                 ("copositivity witness", Reason.SCHUR_INACCURATE))
 
 
 def _inconclusive_reason(text: str) -> Reason:
@@ -275,8 +279,8 @@ def _verified(st: _State, pieces: Pieces, ks, d: DeepDirection, order: int, test
                                       _radius(pieces, st.problem, cand.normalized()))
             return _finish(st, reason, ks, fo, so, descent=cert)
     st.lap("verify")
-    detail = (f"{test} predicted a descent (slope {slope:.3g}, curvature {curvature:.3g}) that the line search could not "
-              f"confirm above the noise {v.noise:.3g}")
+    detail = (f"{test} predicted a descent (slope {slope:.3g}, curvature {curvature:.3g}) that the line search could "
+              f"not confirm above the noise {v.noise:.3g}")
     return _finish(st, Reason.UNVERIFIED_DESCENT, ks, fo, so, detail=detail)
 
 
@@ -291,7 +295,8 @@ class DeepVerification:
 
 def verify_deep(problem: DeepProblem, d: DeepDirection, R0: float, max_halvings: int = 100) -> DeepVerification:
     """``R(theta0 + d.displacement(t))`` for ``t = t0 2^-j`` (``t0 = max(1, |theta0|)``), the best decrease kept;
-    stops once a decrease above ``noise = 1e-12 |R0|`` shrinks with ``t`` (as :func:`sospcheck.verify.verify_descent`)."""
+    stops once a decrease above ``noise = 1e-12 |R0|`` shrinks with ``t`` (as
+    :func:`sospcheck.verify.verify_descent`)."""
     theta0 = problem.net.vector()
     noise = 1e-12 * abs(R0) + 1e-300
     t = max(1.0, float(np.linalg.norm(theta0)))
@@ -321,8 +326,8 @@ def _radius(pieces: Pieces, problem: DeepProblem, d: DeepDirection) -> float:
     return best
 
 
-def _finish(st: _State, reason: Reason, ks, fo: FirstOrder | None, so: DeepSecondOrder | None, detail: str | None = None,
-            descent: DescentCertificate | None = None) -> tuple[CheckResult, list]:
+def _finish(st: _State, reason: Reason, ks, fo: FirstOrder | None, so: DeepSecondOrder | None,
+            detail: str | None = None, descent: DescentCertificate | None = None) -> tuple[CheckResult, list]:
     problem, stats = st.problem, st.stats
     stats.neurons = _unit_records(problem.net, ks, fo, so, stats)
     result = CheckResult(reason, st.value, descent, stats, st.tol, st.budget, st.timings, st.established,

@@ -242,6 +242,6 @@ def deep_from_state_dict(tensors: dict, negative_slope: float = 0.0, where: str 
         raise ValueError(f"{where}: a network needs at least two Linear layers, found {names}")
     for a, b in zip(names, names[1:]):
         if weights[a].ndim != 2 or weights[b].ndim != 2 or weights[a].shape[0] != weights[b].shape[1]:
-            raise ValueError(f"{where}: layer '{b}' (weight shape {weights[b].shape}) does not take the output of layer "
-                             f"'{a}' (weight shape {weights[a].shape}); layers are read in the order {names}")
+            raise ValueError(f"{where}: layer '{b}' (weight shape {weights[b].shape}) does not take the output of "
+                             f"layer '{a}' (weight shape {weights[a].shape}); layers are read in the order {names}")
     return DeepNet(tuple(weights[n] for n in names), tuple(biases.get(n) for n in names), 1.0, float(negative_slope))

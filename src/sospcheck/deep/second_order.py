@@ -270,7 +270,8 @@ def _done(out: DeepSecondOrder, margins: Margins) -> DeepSecondOrder:
 
 
 def _negative(out: DeepSecondOrder, margins: Margins, piece: _Piece, eta: np.ndarray, source: str, tol_rank: float,
-              undecided: str = "the ECQP eigenvector does not have negative curvature once recomputed") -> DeepSecondOrder:
+              undecided: str = "the ECQP eigenvector does not have negative curvature once recomputed",
+              ) -> DeepSecondOrder:
     """A predicted second-order descent: its curvature recomputed with one product must be negative beyond
     rounding (as :func:`sospcheck.second_order._negative`); then the curve correction ``zeta``."""
     q = float(eta @ piece.apply(eta))
