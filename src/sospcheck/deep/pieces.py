@@ -36,6 +36,7 @@ class Pieces:
         self.base = [np.array(b, float) for b in base]
         self.p = net.n_params
         self.m = X.shape[0]
+        self.widths = [W.shape[0] for W in net.weights]
         self._layout = []
         pos = 0
         for W, b in zip(net.weights, net.biases):
@@ -145,9 +146,13 @@ class Pieces:
         def apply(V: np.ndarray) -> np.ndarray:
             V = np.asarray(V, float)
             single = V.ndim == 1
-            Vt = self._t(V[:, None] if single else V)
-            self.products += Vt.shape[1]
-            out = batched(Vt).cpu().numpy() if Vt.shape[1] else np.zeros((self.p, 0))
+            V = V[:, None] if single else V
+            self.products += V.shape[1]
+            # columns in chunks: each carries m x width intermediates through vmap
+            step = max(1, (1 << 24) // max(1, self.m * max(self.widths)))
+            out = np.zeros((self.p, V.shape[1]))
+            for c in range(0, V.shape[1], step):
+                out[:, c:c + step] = batched(self._t(V[:, c:c + step])).cpu().numpy()
             return out[:, 0] if single else out
 
         return apply
