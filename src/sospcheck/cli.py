@@ -165,6 +165,13 @@ def _check(args, display: ProgressDisplay):
               tolerances=Tolerances.from_any(_json_arg(args.tolerances, "--tolerances")),
               budget=Budget.from_any(_json_arg(args.budget, "--budget")), snap=args.snap, snap_tol=args.snap_tol,
               fragility=not args.no_fragility)
+    if getattr(net, "depth", 1) > 1:  # several hidden layers: sospcheck.deep (DESIGN.md section 10)
+        from .deep import check_deep
+
+        if kw.pop("snap") or getattr(args, "plot", None) or args.command == "plot":
+            raise InputError("--snap and plots are not available for networks with several hidden layers")
+        kw.pop("snap_tol")
+        return check_deep(net, X, Y, progress=display, **kw), X, Y
     result = check(net, X, Y, progress=display, **kw)
     return result, X, Y
 

@@ -63,6 +63,9 @@ class Reason(str, Enum):
     COPOSITIVITY_UNDECIDED = "copositivity_undecided"
     SCHUR_INACCURATE = "schur_inaccurate"
     SECOND_ORDER_UNDECIDED = "second_order_undecided"
+    TANGENT_GRADIENT_DESCENT = "tangent_gradient_descent"
+    CONE_DESCENT = "cone_descent"
+    KINK_QUALIFICATION = "kink_qualification"
 
     @property
     def verdict(self) -> Verdict:
@@ -77,7 +80,8 @@ _VERDICT_OF = {
     Reason.MINIMUM: Verdict.LOCAL_MINIMUM, Reason.INTERPOLATION: Verdict.LOCAL_MINIMUM, Reason.SOSP: Verdict.SOSP,
     **{r: Verdict.DESCENT for r in (Reason.OUTPUT_LAYER_DESCENT, Reason.NEURON_GRADIENT_DESCENT, Reason.CLARKE_DESCENT,
                                     Reason.RAY_DESCENT, Reason.CELL_DESCENT, Reason.ECQP_DESCENT, Reason.ICQP_DESCENT,
-                                    Reason.FACE_DESCENT, Reason.ZERO_OUTPUT_DESCENT)},
+                                    Reason.FACE_DESCENT, Reason.ZERO_OUTPUT_DESCENT, Reason.TANGENT_GRADIENT_DESCENT,
+                                    Reason.CONE_DESCENT)},
 }
 _SECOND_ORDER_UNDECIDED = "first-order stationary; second order not decided: "
 REASON_MESSAGES: dict[Reason, str] = {
@@ -116,6 +120,15 @@ REASON_MESSAGES: dict[Reason, str] = {
     Reason.SCHUR_INACCURATE: _SECOND_ORDER_UNDECIDED + "a copositivity witness loses its negative curvature "
                              "once recomputed (inaccurate Schur complement)",
     Reason.SECOND_ORDER_UNDECIDED: _SECOND_ORDER_UNDECIDED + "see the reason",
+    Reason.TANGENT_GRADIENT_DESCENT: "order-1 descent along the negative gradient projected onto the tangent space "
+                                     "of the kink surfaces (every kink held; deep networks, DESIGN.md 10.5), "
+                                     "verified on the true loss",
+    Reason.CONE_DESCENT: "order-1 descent inside one sign cone of the kinks (the negative piece gradient projected "
+                         "onto its linearised cone; deep networks without the kink qualification, DESIGN.md 10.9), "
+                         "verified on the true loss",
+    Reason.KINK_QUALIFICATION: "not decided: the kink qualification fails (the gradients of the switching variables "
+                               "are linearly dependent, DESIGN.md 10.9): no first-order descent was found, and the "
+                               "second-order test needs the qualification",
 }
 
 

@@ -35,7 +35,7 @@ from .reduced import Block, ReducedProblem, constraint_blocks, particular_soluti
 from .subspace import MinEig, SubspaceSolver, make_subspace
 from .zero_output import zero_output_ratios, zero_output_test
 
-__all__ = ["Outcome", "QPRecord", "SecondOrderOutcome", "second_order_test"]
+__all__ = ["Outcome", "QPRecord", "SecondOrderOutcome", "second_order_test", "IcqpStep", "icqp_step"]
 
 
 class Outcome(str, Enum):
@@ -318,16 +318,41 @@ def _icqp(sub: SubspaceSolver, prob: ReducedProblem, My: np.ndarray, J: np.ndarr
     generators), ``w`` free in the ECQP subspace, slopes ``J``. None when it gives no descent; then
     ``rec.outcome`` is ZERO if some direction of it has zero curvature."""
     HMy = prob.apply(J, My)
+    step = icqp_step(sub, My, HMy, singular, rec, eig_tol, budget, margins)
+    if step.theta is None:
+        return None if step.undecided is None else _undecided(step.undecided)
+    if not _negative(prob, J, step.theta, sub.hessian_norm):
+        return _undecided(step.not_negative)
+    rec.outcome = Outcome.NEGATIVE
+    rec.detail = "; ".join(x for x in (rec.detail, step.detail) if x)
+    return _Decided(Outcome.NEGATIVE, prob.direction(step.theta), source)
+
+
+@dataclass(frozen=True)
+class IcqpStep:
+    """An ICQP decided on the subspace: a candidate ``theta`` (to be confirmed by recomputing its curvature,
+    else ``not_negative`` says why it is not a descent), or ``undecided``, or neither (no descent; ``rec`` says
+    T1 or T2)."""
+
+    theta: np.ndarray | None = None
+    not_negative: str = ""
+    undecided: str | None = None
+    detail: str = ""  # the record's detail once the descent is confirmed
+
+
+def icqp_step(sub: SubspaceSolver, My: np.ndarray, HMy: np.ndarray, singular: bool, rec: QPRecord, eig_tol: float,
+              budget: Budget, margins: Margins) -> IcqpStep:
+    """One ICQP with particular solutions ``My`` (signed, ``y >= 0``) and their products ``HMy``: the unbounded
+    direction when ``Qww`` is singular, else the Schur complement ``S = Qyy - Qyw Qww^+ Qwy`` and its
+    copositivity (DESIGN.md section 3, step 4). Sets ``rec``'s copositivity fields and, without descent, its
+    outcome (ZERO unless strictly copositive with ``Qww`` definite)."""
     Qyy = My.T @ HMy
     Qyy = 0.5 * (Qyy + Qyy.T)
     theta = sub.unbounded_direction(My, HMy, Qyy, eig_tol, margins) if singular else None
     if theta is not None:
-        if not _negative(prob, J, theta, sub.hessian_norm):
-            return _undecided("Qww is (nearly) singular and the solver's null-space direction does not have "
-                              "negative curvature; rerun with solver='dense'")
-        rec.outcome = Outcome.NEGATIVE
-        rec.detail = "; ".join(x for x in (rec.detail, "Qww singular and coupled to y: unbounded below") if x)
-        return _Decided(Outcome.NEGATIVE, prob.direction(theta), source)
+        return IcqpStep(theta, "Qww is (nearly) singular and the solver's null-space direction does not have "
+                               "negative curvature; rerun with solver='dense'",
+                        detail="Qww singular and coupled to y: unbounded below")
     Xs = sub.solve(HMy, eig_tol, margins)  # Mw Qww^+ Mw' H My
     S = Qyy - HMy.T @ Xs
     S = 0.5 * (S + S.T)
@@ -336,14 +361,12 @@ def _icqp(sub: SubspaceSolver, prob: ReducedProblem, My: np.ndarray, J: np.ndarr
     rec.copositivity, rec.copositivity_value = cop.status, cop.value
     rec.schur, rec.particular_norm = S, float(np.linalg.norm(My - Xs, 2))
     if cop.status == UNKNOWN:
-        return _undecided(f"copositivity of a {S.shape[0]}x{S.shape[0]} Schur complement not decided: {cop.method}")
+        return IcqpStep(undecided=f"copositivity of a {S.shape[0]}x{S.shape[0]} Schur complement not decided: "
+                                  f"{cop.method}")
     if cop.status == NOT:
-        theta = My @ cop.witness - Xs @ cop.witness
-        if not _negative(prob, J, theta, sub.hessian_norm):
-            return _undecided(f"the copositivity witness (y'Sy = {cop.value:.3g}) does not give negative "
-                              "curvature once recomputed: the Schur complement is inaccurate")
-        rec.outcome = Outcome.NEGATIVE
-        return _Decided(Outcome.NEGATIVE, prob.direction(theta), source)
+        return IcqpStep(My @ cop.witness - Xs @ cop.witness,
+                        f"the copositivity witness (y'Sy = {cop.value:.3g}) does not give negative curvature once "
+                        "recomputed: the Schur complement is inaccurate")
     if cop.status != STRICT or singular:
         rec.outcome = Outcome.ZERO
-    return None
+    return IcqpStep()
