@@ -7,7 +7,8 @@ import pytest
 from scipy.optimize import linprog, nnls
 
 from sospcheck.arrangement import (COMPLETE, OVER_BUDGET, count_cells, enumerate_cells, enumerate_faces,
-                                   enumerate_rays, group_hyperplanes, region_bound)
+                                   group_hyperplanes, region_bound)
+from sospcheck.arrangement_rays import enumerate_rays
 
 
 def _feasible(A_gt: np.ndarray, A_eq: np.ndarray | None = None) -> bool:

@@ -58,7 +58,7 @@ def test_orbit_of_a_linear_group_two_ways():
     at a non-generic one (parallel output weights and inputs, dy = 2) it is strictly smaller."""
     from scipy.linalg import subspace_angles
 
-    from sospcheck.quotient import _group_differential, _group_generators
+    from sospcheck.shared_flat import _group_differential, _group_generators
 
     rng = np.random.default_rng(0)
     for a, dy, rho in ((2, 1, 3), (3, 2, 3), (4, 2, 5)):

@@ -1,9 +1,8 @@
 """SOSP-CHECK end to end: model -> boundary geometry -> first order -> second order -> verification -> result.
 
-DESIGN.md section 3; every returned direction is verified on the true risk (section 4). Each step is a
-function that returns a small record; :func:`_analyze` runs them once, recording every thresholded
-decision's margin, and the fragility probe (section 6) re-runs the analysis only at a tolerance scaling
-that some margin says could flip a decision.
+DESIGN.md section 3; every returned direction is verified on the true risk (section 4). Each step returns
+a small record; :func:`_analyze` runs them once, recording each thresholded decision's margin, and the
+fragility probe (section 6) re-runs only at a tolerance scaling that some margin says could flip.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from math import prod
 
 import numpy as np
 
-from .arrangement import enumerate_rays
+from .arrangement_rays import enumerate_rays
 from .degenerate import DegenerateFirstOrder, kink_terms, neuron_kink_data
 
 __all__ = ["CriticalFace", "NeuronFaces", "FaceChoice", "critical_faces", "neuron_faces", "face_choices",

@@ -6,7 +6,7 @@ decay) and ``t_ik = 0`` for non-flat boundary pairs; the ``L`` flat pairs give `
 A neuron whose boundary vectors are dependent (Assumption 2 fails) holds all its pairs here; its
 critical faces add their generators per ICQP (:mod:`sospcheck.degenerate_second`).
 Every row acts on one neuron's ``(u_k, nu_k)``, except the rows of flat directions shared by a group
-of neurons (:class:`sospcheck.quotient.SharedRows`), which join the group's blocks into one (with
+of neurons (:class:`sospcheck.shared_flat.SharedRows`), which join the group's blocks into one (with
 ``b2`` for an affine group): the constraints are block diagonal, so projections are local.
 """
 

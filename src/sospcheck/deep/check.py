@@ -178,8 +178,7 @@ def _analyze(problem: DeepProblem, tol: Tolerances, bud: Budget, solver: str, ma
     rhos = kink_orders(net, fwd, masks)
     pieces = Pieces(net, X, r, Hl, problem.weight_decay, base_slopes(net, fwd, masks), device)
     ks = switching_variables(net, X, masks, rhos, pieces, tol.rank)
-    stats.groups = len(ks.groups)
-    stats.groups_order1 = sum(g.rho >= 1 for g in ks.groups)
+    stats.groups, stats.groups_order1 = len(ks.groups), sum(g.rho >= 1 for g in ks.groups)
     stats.inert_kinks = len(ks.inert) + len(ks.identically_zero)
     stats.units = [(l, k) for l, w in enumerate(net.widths) for k in range(w)]
     scale = pieces.abs_gradient_norm(net.s_hi) + problem.weight_decay * float(np.linalg.norm(theta0))
@@ -220,8 +219,7 @@ def _analyze(problem: DeepProblem, tol: Tolerances, bud: Budget, solver: str, ma
     stats.qps, stats.solver = so.records, so.solver
     stats.n_icqp_planned, stats.n_params_reduced = so.n_icqp_planned, so.n_params_reduced
     stats.hessian_norm, stats.eig_tol = so.hessian_norm, so.eig_tol
-    stats.deep_quotient = quot.to_dict()
-    stats.hessian_products = pieces.products
+    stats.deep_quotient, stats.hessian_products = quot.to_dict(), pieces.products
     if so.inconclusive:
         return _finish(st, _inconclusive_reason(so.inconclusive), ks, fo, so, detail=so.inconclusive)
     if so.outcome == Outcome.NEGATIVE:

@@ -183,8 +183,7 @@ def second_order_deep(pieces: Pieces, net: DeepNet, ks: KinkSet, geo: KinkGeomet
     """ECQP, then the ``2^K`` ICQPs of the flat groups (section 10.6), on ``W``."""
     margins = Margins()
     n = len(ks.groups)
-    fp = fo.flat_plus if n else np.zeros(0, bool)
-    fm = fo.flat_minus if n else np.zeros(0, bool)
+    fp, fm = (fo.flat_plus, fo.flat_minus) if n else (np.zeros(0, bool), np.zeros(0, bool))
     held = [q for q in range(n) if not fp[q] and not fm[q]]
     flat = [(q, (1, -1) if fp[q] and fm[q] else ((1,) if fp[q] else (-1,))) for q in range(n) if fp[q] or fm[q]]
     K = sum(len(a) == 2 for _, a in flat)
@@ -205,8 +204,7 @@ def second_order_deep(pieces: Pieces, net: DeepNet, ks: KinkSet, geo: KinkGeomet
         H = ref.apply(np.eye(p))
         return 0.5 * (H + H.T)
 
-    prob = _adapter(p, ref.apply, dense_H)
-    blocks = [SimpleNamespace(idx=np.arange(p), QE=QE)]
+    prob, blocks = _adapter(p, ref.apply, dense_H), [SimpleNamespace(idx=np.arange(p), QE=QE)]
     try:
         sub = make_subspace(prob, blocks, solver, budget.max_dense_params, progress)
     except ArpackError as exc:  # ARPACK breaks down on an identically zero Hessian: small enough, go dense
@@ -226,8 +224,7 @@ def second_order_deep(pieces: Pieces, net: DeepNet, ks: KinkSet, geo: KinkGeomet
         margins.add("deep ECQP: smallest eigenvalue", eig.value, eig_tol, eig.accuracy)
         if eig.value < -eig_tol:
             rec.outcome = Outcome.NEGATIVE
-            eta = np.asarray(eig.vector, float)
-            return _negative(out, margins, ref, eta, "ECQP", tol.rank)
+            return _negative(out, margins, ref, np.asarray(eig.vector, float), "ECQP", tol.rank)
         if eig.value <= eig_tol:
             rec.outcome = Outcome.ZERO
     overall = rec.outcome
@@ -238,9 +235,7 @@ def second_order_deep(pieces: Pieces, net: DeepNet, ks: KinkSet, geo: KinkGeomet
     for n_done, choice in enumerate(product((1, -1), repeat=K)):
         if progress is not None:
             progress("ICQPs (2^K sign choices)", n_done, planned)
-        it = iter(choice)
-        signs = list(ref_signs)
-        flat_signs = []
+        it, signs, flat_signs = iter(choice), list(ref_signs), []
         for q, allowed in flat:
             signs[q] = next(it) if len(allowed) == 2 else allowed[0]
             flat_signs.append(signs[q])
