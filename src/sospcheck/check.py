@@ -21,7 +21,8 @@ from .first_order import (NeuronTest, OutputLayerTest, neuron_tests, output_laye
 from .geometry import boundary_mask
 from .margins import FRAGILITY_FACTOR, Margins
 from .model import Direction, TwoLayerNet
-from .nearby import near_zero_neurons, zero_neurons
+from .nearby import Nearby, near_zero_neurons, zero_neurons
+from .nearby_mode import nearby_config, nearby_verdict
 from .options import Budget, Tolerances
 from .point import Point, Problem
 from .quotient import Quotient
@@ -39,7 +40,8 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
           tolerances: Tolerances | dict | None = None, snap: bool = False, budget: Budget | dict | None = None,
           fragility: bool = True, snap_tol: float = 1e-5, seed: int = 0, solver: str = "auto",
           backend: str = "numpy", device: str | None = None,
-          progress: Callable[[str, int, int | None], None] | None = None) -> CheckResult:
+          progress: Callable[[str, int, int | None], None] | None = None,
+          nearby: bool | Nearby | dict = False, nearby_radius: float | None = None) -> CheckResult:
     """Is ``net`` a local minimum, an SOSP, or not (with a verified descent direction) for ``(X, Y)``?
 
     Args:
@@ -47,7 +49,9 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
         loss: "squared", "logistic", "cross_entropy", or a ``(value, grad, hess)`` triple.
         reduction: "sum" or "mean". weight_decay: ``lam`` in ``+ lam/2 |z|^2``.
         tolerances: :class:`Tolerances` (or a dict of its fields). budget: :class:`Budget`.
-        snap: first move near-boundary points onto their kinks and refit the output layer.
+        snap: first move near-boundary points onto their kinks and refit the output layer (kept only
+            when the refit moves it by at most ``snap_tol * |z|``, or ``nearby_radius * |z|`` in
+            nearby mode); the verdict is then about the snapped point, and the summary says so.
         fragility: the verdicts with all tolerances x10 and /10, and a flag when one differs; the
             analysis is re-run only at a scaling that some decision's margin could flip.
         snap_tol: the near-boundary threshold for ``snap`` (relative, like ``tolerances.boundary``).
@@ -59,6 +63,14 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
         progress: called as ``progress(phase, done, total)`` (``total`` None when unknown) as the
             phases, the ICQPs, the Hessian-vector products and the re-runs advance; e.g. the CLI's
             progress bars.
+        nearby: nearby mode (:mod:`sospcheck.nearby_mode`, DESIGN.md 8.6): also find ``z*``, the exact
+            stationary point next to ``net`` (negligible neurons zeroed, near-kink points held on their
+            kinks, Newton on that stratum) within ``nearby_radius``, and check it with tolerances near
+            rounding (``nearby_mode.NEARBY_TOLERANCES``); ``result.nearby`` holds that verdict, the
+            distance, ``R(z*) - R(z)`` and the steps, or says that no stationary point lies within the
+            radius. True: the defaults; a :class:`~sospcheck.nearby.Nearby` (or a dict of its fields)
+            sets the thresholds. The rest of the result stays about ``net`` (or the snapped point).
+        nearby_radius: the largest move to ``z*``, relative to ``|z|`` (default 1e-3); needs ``nearby``.
 
     Returns:
         :class:`CheckResult`.
@@ -66,27 +78,47 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
     X, Yp, lossobj, weight, lam = validate_inputs(net, X, Y, loss, reduction, weight_decay)
     validate_engine(solver, backend, device)
     validate_progress(progress)
+    nearby_cfg = nearby_config(nearby, nearby_radius)
     engine = (solver, backend, device)
     notify = progress or (lambda phase, done, total=None: None)
     tol = Tolerances.from_any(tolerances)
     bud = Budget.from_any(budget)
-    problem = Problem(net, X, Yp, lossobj, weight, lam)
+    user = Problem(net, X, Yp, lossobj, weight, lam)
+    problem = user
     snap_info = None
     t0 = time.perf_counter()
     if snap:
         if not (isinstance(snap_tol, (int, float)) and math.isfinite(snap_tol) and snap_tol >= 0):
             raise ValueError(f"`snap_tol` must be a finite number >= 0, got {snap_tol!r}")
-        net, snap_info = snap_to_kinks(net, X, Yp, lossobj, weight, lam, snap_tol)
-        problem = problem.at(net)
+        refit_radius = nearby_cfg.radius * net.as_direction().norm() if nearby_cfg is not None else None
+        snapped, snap_info = snap_to_kinks(net, X, Yp, lossobj, weight, lam, snap_tol, refit_radius)
+        problem = problem.at(snapped)
         notify("snap", 1, 1)
     t_snap = time.perf_counter() - t0
-    analysis = _analyze(problem, tol, bud, seed, engine, progress)
-    result = analysis.result
+
+    def at(problem: Problem, tol: Tolerances, progress=progress) -> CheckResult:
+        return _check_point(problem, tol, bud, seed, engine, fragility, notify, progress, lossobj.name, reduction)
+
+    result = at(problem, tol)
     if snap:
         result.timings = {"snap": t_snap, **result.timings}
     result.snap = snap_info
-    result.loss, result.reduction = lossobj.name, reduction
-    near = near_zero_neurons(net, X, Yp, tol.near_zero)
+    if nearby_cfg is not None:
+        t1 = time.perf_counter()
+        result.nearby = nearby_verdict(net, X, Yp, lossobj, weight, lam, nearby_cfg,
+                                       lambda z, tols: at(user.at(z), tols, None), notify)
+        result.timings["nearby"] = time.perf_counter() - t1
+    return result
+
+
+def _check_point(problem: Problem, tol: Tolerances, bud: Budget, seed: int, engine: tuple, fragility: bool,
+                 notify: Callable, progress, loss_name: str, reduction: str) -> CheckResult:
+    """The check at one point: the analysis, the near-zero probe, the fragility re-runs."""
+    analysis = _analyze(problem, tol, bud, seed, engine, progress)
+    result = analysis.result
+    result.loss, result.reduction = loss_name, reduction
+    net = problem.net
+    near = near_zero_neurons(net, problem.X, problem.Y, tol.near_zero)
     if near:
         notify("near-zero neurons: check with them zeroed", 0, 1)
         probe = _analyze(problem.at(zero_neurons(net, near)), tol, bud, seed, engine).result

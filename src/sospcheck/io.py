@@ -433,3 +433,12 @@ def save_direction(path: str, d: Direction) -> None:
     (NumPy would add ``.npz`` to a name without it)."""
     with open(path, "wb") as f:
         np.savez(f, **{k: v for k, v in (("W1", d.W1), ("b1", d.b1), ("W2", d.W2), ("b2", d.b2)) if v is not None})
+
+
+def save_params(path: str, net: TwoLayerNet) -> None:
+    """A params ``.npz`` that ``--params`` (:func:`load_params`) reads back: ``W1, b1, W2, b2`` (an absent
+    bias left out: read it with ``--no-bias1`` / ``--no-bias2``) and the slopes ``s_plus, s_minus``,
+    written to exactly ``path``."""
+    arrays = {k: v for k, v in (("W1", net.W1), ("b1", net.b1), ("W2", net.W2), ("b2", net.b2)) if v is not None}
+    with open(path, "wb") as f:
+        np.savez(f, **arrays, s_plus=np.float64(net.s_plus), s_minus=np.float64(net.s_minus))
