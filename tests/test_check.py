@@ -228,7 +228,7 @@ def test_fragile_flag_when_a_gradient_sits_near_the_tolerance():
 def test_result_serialises_to_json_with_schema():
     net, X, Y = cases.smooth_saddle_dy2()
     d = json.loads(check(net, X, Y).to_json())
-    assert d["schema_version"] == "2.1" and d["verdict"] == "descent"
+    assert d["schema_version"] == "2.2" and d["verdict"] == "descent"
     assert d["descent"]["order"] == 2 and d["descent"]["slope_or_curvature"] < 0
     assert d["stats"]["n_qp"] == 1 and d["stats"]["qps"][0]["outcome"] == "T3"
     assert set(d["timings"]) >= {"forward", "first_order", "second_order", "verify"}

@@ -121,7 +121,7 @@ def test_quiet_and_json_stdout_print_nothing_else(files, capsys):
     assert capsys.readouterr().out == "descent\n"
     assert main(["check", "--params", params, "--data", data, "--loss", "squared", "--json", "-"]) == 0
     out = capsys.readouterr().out
-    assert json.loads(out)["schema_version"] == "2.1" and out.lstrip().startswith("{")
+    assert json.loads(out)["schema_version"] == "2.2" and out.lstrip().startswith("{")
 
 
 def test_s_minus_option_sets_the_activation_when_the_file_has_none(files, capsys):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from sospcheck.copositive import (COPOSITIVE, NOT, STRICT, copositivity, copositivity_enumerate,
+from sospcheck.copositive import (COPOSITIVE, NOT, STRICT, copositivity, copositivity_enumerate, orthant_lower_bound,
                                   copositivity_milp, copositivity_pretests)
 
 
@@ -131,3 +131,19 @@ def test_small_negative_off_diagonals_are_not_taken_as_strict():
     assert copositivity_enumerate(S, tol).status == COPOSITIVE
     assert copositivity_pretests(S, tol).status == COPOSITIVE
     assert copositivity_pretests(np.abs(S), tol).status == STRICT  # nonnegative with diagonal > tol
+
+
+def test_orthant_lower_bound_is_not_stuck_at_a_rounding_level_eigenvalue():
+    """A positive lambda_min of 1e-16 proves almost nothing; the diagonal bound (nonnegative off-diagonal)
+    or the simplex minimum give the real margin, and each is a valid lower bound of y'Sy / |y|^2 on y >= 0."""
+    rng = np.random.default_rng(0)
+    ones = np.ones((2, 2)) + 1e-16 * np.eye(2)  # null vector (1, -1) outside the orthant
+    n = np.array([1.0, -1.0, 1.0])
+    proj = np.eye(3) - np.outer(n, n) / 3 + 1e-16 * np.eye(3)  # negative off-diagonal entries
+    for S, at_least in ((ones, 0.99), (proj, 0.05)):
+        assert np.linalg.eigvalsh(S)[0] < 1e-12
+        bound = orthant_lower_bound(S)
+        assert bound is not None and bound >= at_least
+        y = np.abs(rng.standard_normal((2000, S.shape[0])))
+        assert np.min(np.einsum("ij,jk,ik->i", y, S, y) / np.sum(y * y, axis=1)) >= bound * (1 - 1e-9)
+    assert orthant_lower_bound(np.array([[1.0, -1.0], [-1.0, 1.0]])) is None  # y = (1, 1): zero

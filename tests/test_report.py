@@ -108,25 +108,37 @@ def _variety():
     net, X, Y = cases.interpolating_kink_minimum()
     yield check(TwoLayerNet(np.vstack([net.W1, [[0.0]]]), np.append(net.b1, 0.0),
                             np.hstack([net.W2, [[0.0]]]), net.b2), X, Y)
+    # nearby mode: z* found (each demo example, one snapped too) and not found (a far point)
+    for ex in EXAMPLES:
+        yield check(ex.net.with_weights(b2=ex.net.b2 + 1e-6), ex.X, ex.Y, nearby=True, fragility=False)
+    net, X, Y = cases.convex_kink_minimum()
+    yield check(net.with_weights(b1=net.b1 + 1e-8), X, Y, snap=True, nearby=True)
+    yield check(TwoLayerNet([[1.0, 0.5]], [0.2], [[0.3]], [0.1]), 1.0 + rng.random((20, 2)), rng.standard_normal(20),
+                nearby=True)
 
 
 def test_every_kind_of_report_matches_the_schema():
     validator = _validator()
-    verdicts = set()
+    verdicts, nearby, points = set(), set(), set()
     for r in _variety():
         report = json.loads(r.to_json())  # strict JSON: no NaN / Infinity
         errors = sorted(validator.iter_errors(report), key=str)
         assert not errors, f"{r.verdict}: {errors[0].message} at {list(errors[0].absolute_path)}"
         verdicts.add(report["verdict"])
+        points.add(report["point"])
+        if report["nearby"] is not None:
+            nearby.add(report["nearby"]["verdict"])
     assert verdicts == {"descent", "local_minimum", "sosp", "inconclusive"}
+    assert points == {"input", "snapped"} and None in nearby and len(nearby) >= 3
 
 
 def test_schema_version_is_the_results_and_changes_are_caught(demo_results):
     validator = _validator()
-    assert REPORT_SCHEMA["properties"]["schema_version"]["const"] == SCHEMA_VERSION == "2.1"
+    assert REPORT_SCHEMA["properties"]["schema_version"]["const"] == SCHEMA_VERSION == "2.2"
     report = json.loads(demo_results[2][1].to_json())
     for broken in ({**report, "new_field": 1}, {**report, "schema_version": "1.0"}, {**report, "verdict": "maybe"},
                    {k: v for k, v in report.items() if k != "stats"},
+                   {k: v for k, v in report.items() if k != "nearby"}, {**report, "point": "elsewhere"},
                    {**report, "stats": {**report["stats"], "M": -1}}):
         assert not validator.is_valid(broken)
 

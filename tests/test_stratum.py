@@ -6,40 +6,13 @@ import pytest
 from scipy.linalg import null_space
 
 from instances import random_kink_instance
+from pieces import perturbed as _perturbed, planted as _planted
 from sospcheck import TwoLayerNet
 from sospcheck.losses import get_loss, risk
 from sospcheck.stratum import NEARBY_RADIUS, StratumStatus, _evaluate, _project, _Stratum, converge_on_stratum
 from sospcheck.stratum_solvers import DenseSolver
 
 EPS = np.finfo(float).eps
-
-
-def _planted(inst):
-    net = TwoLayerNet(inst["W1"], inst["b1"], inst["W2"], inst["b2"], inst["s_plus"], inst["s_minus"])
-    loss = get_loss(inst["loss"])
-    Yp = loss.prepare(inst["Y"], net.dy)
-    B = (net.augment(inst["X"]) @ net.Z.T) == 0  # integer instances: exact
-    return net, loss, Yp, B
-
-
-def _perturbed(net, X, B, size, rng):
-    """``net`` moved by exactly ``size * |z|`` in a random direction in which the held pairs leave
-    their kinks on alternating sides (so both sides occur)."""
-    z = net.as_direction().vector()
-    Xbar = net.augment(X)
-    dZ = rng.standard_normal(net.Z.shape)
-    for k in range(net.dh):
-        idx = np.flatnonzero(B[:, k])
-        if idx.size:
-            sides = rng.choice([-1.0, 1.0]) * np.where(np.arange(idx.size) % 2 == 0, 1.0, -1.0)
-            want = sides * np.linalg.norm(dZ[k]) * np.linalg.norm(Xbar[idx], axis=1)
-            dZ[k] += np.linalg.lstsq(Xbar[idx], want - Xbar[idx] @ dZ[k], rcond=None)[0]
-    dW2 = rng.standard_normal(net.W2.shape)
-    db2 = rng.standard_normal(net.dy) if net.has_b2 else None
-    c = size * np.linalg.norm(z) / np.sqrt(np.sum(dZ**2) + np.sum(dW2**2) + (np.sum(db2**2) if net.has_b2 else 0))
-    W1 = net.W1 + c * (dZ[:, :-1] if net.has_b1 else dZ)
-    b1 = net.b1 + c * dZ[:, -1] if net.has_b1 else None
-    return net.with_weights(W1=W1, b1=b1, W2=net.W2 + c * dW2, b2=None if db2 is None else net.b2 + c * db2)
 
 
 CASES = [(kind, b1, b2) for kind in ("planted", "planted_noflat", "zero_column", "interpolating", "dy2", "leaky",

@@ -147,6 +147,7 @@ def test_run_record_has_estimates_check_and_seeds():
     assert {"M", "L", "K", "snap", "seconds", "loss_value", "descent_order"} <= set(rec["check"])
     assert {"M", "L", "K", "qp_relative_max"} <= set(rec["estimates"])
     assert rec["check_relaxed"]["gradient_tol"] == 1e-5
+    assert {"verdict", "status", "relative_distance", "loss_change", "steps", "residual"} <= set(rec["check_nearby"])
     assert rec["train"]["iters"] == TINY.iters and rec["train"]["device"] == "cpu"
     json.dumps(rec)  # JSON-ready
     bad = run_record(TINY.to_dict(), s.__dict__, 0, {"ok": False, "error": "boom"})
@@ -227,6 +228,23 @@ def test_aggregate_in_the_papers_format_beside_the_paper():
     md = markdown_report(rows, p)
     assert "| (10, 1, 1000) | 2 | 290 (7.25) | 14 (7) | 14 (7) |" in md
     assert "Sum M (Avg)" in md and "P{L>0}" in md and "boom" in md
+
+
+def test_aggregate_has_the_nearby_columns():
+    p = replace(get_preset("paper"), settings=PAPER_SETTINGS[:1])
+    s0 = PAPER_SETTINGS[0]
+    recs = [_fake(s0, j, 6, 0, 0, "descent") for j in range(3)]
+    for j, (verdict, status, rel) in enumerate((("local_minimum", "converged", 1e-7), ("local_minimum", "converged",
+                                                                                          3e-7), (None, "left_stratum", None))):
+        recs[j]["check_nearby"] = {"verdict": verdict, "status": status, "descent_order": None,
+                                   "relative_rescaled_distance": rel, "loss_change": -1e-11 if verdict else None,
+                                   "steps": j + 1, "seconds": 0.5}
+    row = aggregate(recs, p)[0]
+    assert row["verdicts_nearby"] == {"local_minimum": 2, "none (left_stratum)": 1}
+    assert row["median_nearby_rel_distance"] == pytest.approx(2e-7) and row["max_nearby_rel_distance"] == 3e-7
+    assert row["median_nearby_steps"] == 2 and row["median_nearby_loss_change"] == -1e-11
+    md = markdown_report([row], p)
+    assert "| (10, 1, 1000) | local_minimum 2, none (left_stratum) 1 | 2e-07 | 3e-07 | -1e-11 | 2 | 0.5 |" in md
 
 
 # ---- the CLI, as the README runs it ------------------------------------------------------------------

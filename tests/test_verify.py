@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 import cases
 from sospcheck.geometry import boundary_mask, validity_radius
@@ -44,7 +45,8 @@ def test_validity_radius_only_counts_pairs_moving_towards_their_kink():
 
 def test_trial_steps_from_N_plus_tT_match_full_forward_passes():
     from sospcheck import TwoLayerNet
-    from sospcheck.verify import _risk_along
+    from sospcheck.loss_change import risk_change_and_noise
+    from sospcheck.verify import _change_along
 
     rng = np.random.default_rng(4)
     X = rng.standard_normal((30, 3))
@@ -57,17 +59,62 @@ def test_trial_steps_from_N_plus_tT_match_full_forward_passes():
         pt = evaluate_point(net, X, L.prepare(Y, dy), L, 1.0, lam)
         d = Direction(rng.standard_normal((4, 3)), rng.standard_normal(4) if b1 else None,
                       rng.standard_normal((dy, 4)), rng.standard_normal(dy) if b2 else None)
-        along = _risk_along(pt, d, pt.fwd.Xbar @ d.Z.T)
-        for t in (0.0, 1e-3, 0.7):
+        along = _change_along(pt, d, pt.fwd.Xbar @ d.Z.T)
+        assert along(0.0) == (0.0, 0.0)
+        for t in (1e-9, 1e-3, 0.7):
             full = pt.risk_at(net.perturbed(d, t))
-            assert abs(along(t) - full) <= 1e-12 * abs(full), (loss, t)
+            change, noise = along(t)
+            # the plain difference of totals agrees to its own rounding; the change from the outputs
+            # agrees with the one between the rounded weights fl(z + t d) and z, which differ from the
+            # exact move by eps |z| (relative 1e-7 of it at t = 1e-9)
+            assert abs(change - (full - pt.value)) <= 1e-12 * abs(full), (loss, t)
+            exact, exact_noise = risk_change_and_noise(net, net.perturbed(d, t), X, pt.Y, L, 1.0, lam)
+            assert abs(change - exact) <= noise + exact_noise + 1e-14 / t * abs(change), (loss, t)
+            assert 0 < noise < 1e-12 * abs(pt.value)  # far below the rounding of R itself
 
 
-def test_noise_margin_is_relative_to_the_whole_risk():
+def test_noise_is_the_rounding_bound_of_the_change_not_of_the_risk():
     net, X, Y = cases.autograd_fooled()
     L = get_loss("squared")
     for lam in (0.0, 0.7):
         pt = evaluate_point(net, X, L.prepare(Y, net.dy), L, 1.0, lam)
         B = boundary_mask(pt.fwd.N, net.Z, pt.fwd.Xbar, 1e-9)
         v = verify_descent(pt, Direction.from_blocks(np.array([[0.0, 1.0]]), np.zeros((1, 1)), np.zeros(1)), B)
-        assert v.noise == 1e-12 * abs(pt.value) + 1e-300 and v.loss_before == pt.value
+        assert v.verified and v.loss_before == pt.value and v.loss_after == pt.value - v.decrease
+        assert 0 < v.noise <= 1e-13 * v.decrease  # noise ~ eps |change|, not eps R
+
+
+def _plateau(gap: float):
+    """A kink minimum (``cases.convex_kink_minimum``, R = 5) whose output bias is moved by ``gap``:
+    for ``gap = 1e-6`` the output-layer gradient (``4 gap`` in ``b2``) is above the check's relative
+    tolerance, yet the whole decrease it allows (about ``2 gap^2``) is below the old verification
+    margin ``1e-12 R`` (the plain difference of totals: ``eps R ~ 1e-15`` of noise)."""
+    net, X, Y = cases.convex_kink_minimum()
+    return net.with_weights(b2=net.b2 + gap), X, Y
+
+
+def test_a_plateau_descent_below_the_rounding_of_the_loss_is_verified_at_the_users_point():
+    from sospcheck import Verdict, check
+
+    net, X, Y = _plateau(1e-6)
+    r = check(net, X, Y, fragility=False)
+    d = r.descent
+    assert r.verdict == Verdict.DESCENT and d.order == 1 and d.test == "output-layer gradient", r.reason
+    assert -1e-5 < d.slope < 0 < d.curvature
+    # the best decrease along d (slope^2 / (4 curvature): the model is exact, no kink moves) is what was
+    # verified, below the old margin 1e-12 R under which this point was "inconclusive"
+    assert d.decrease == pytest.approx(d.slope**2 / (4 * d.curvature), rel=1e-6)
+    assert d.decrease < 1e-12 * r.loss_value
+    pt, B = point(net, X, Y)
+    v = verify_descent(pt, d.direction, B)
+    assert v.verified and v.noise < 1e-6 * v.decrease
+
+
+def test_a_decrease_inside_the_rounding_of_the_outputs_is_not_verified():
+    """Moving ``b2`` back by 1e-15 would lower R by ~1e-30, but the outputs themselves are rounded to
+    ~eps |out| ~ 1e-16, which moves the residuals (and the computed change) by more: not verified."""
+    net, X, Y = _plateau(1e-15)
+    pt, B = point(net, X, Y)  # the output bias off by 1e-15: the gradient is at rounding level
+    d = Direction.from_blocks(np.zeros((1, 2)), np.zeros((1, 1)), -np.ones(1))
+    v = verify_descent(pt, d, B)
+    assert v.slope < 0 and not v.verified and v.noise > abs(v.decrease)

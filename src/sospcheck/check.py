@@ -20,13 +20,15 @@ from .degenerate_second import NeuronFaces, neuron_faces
 from .first_order import (NeuronTest, OutputLayerTest, neuron_tests, output_layer_test, ratios, record_sides,
                           steepest_ray)
 from .geometry import boundary_mask
-from .margins import FRAGILITY_FACTOR, Margins
+from .margins import Margins, fragility_verdicts, rerun_factors
 from .model import Direction, TwoLayerNet
-from .nearby import near_zero_neurons, zero_neurons
+from .nearby import Nearby, near_zero_neurons, zero_neurons
+from .nearby_mode import nearby_config, nearby_verdict
 from .options import Budget, Tolerances
 from .point import Point, Problem
-from .quotient import Quotient
-from .result import CheckResult, Decision, DescentCertificate, NeuronRecord, Reason, Stats, Verdict
+from .neuron_records import neuron_records
+from .radius import Radius, certified_radius
+from .result import CheckResult, DescentCertificate, Reason, Stats, Verdict
 from .second_order import Outcome, SecondOrderOutcome, second_order_test
 from .snap import snap_to_kinks
 from .validation import validate_engine, validate_inputs, validate_progress
@@ -40,7 +42,8 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
           tolerances: Tolerances | dict | None = None, snap: bool = False, budget: Budget | dict | None = None,
           fragility: bool = True, snap_tol: float = 1e-5, seed: int = 0, solver: str = "auto",
           backend: str = "numpy", device: str | None = None,
-          progress: Callable[[str, int, int | None], None] | None = None) -> CheckResult:
+          progress: Callable[[str, int, int | None], None] | None = None,
+          nearby: bool | Nearby | dict = False, nearby_radius: float | None = None) -> CheckResult:
     """Is ``net`` a local minimum, an SOSP, or not (with a verified descent direction) for ``(X, Y)``?
 
     Args:
@@ -48,7 +51,9 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
         loss: "squared", "logistic", "cross_entropy", or a ``(value, grad, hess)`` triple.
         reduction: "sum" or "mean". weight_decay: ``lam`` in ``+ lam/2 |z|^2``.
         tolerances: :class:`Tolerances` (or a dict of its fields). budget: :class:`Budget`.
-        snap: first move near-boundary points onto their kinks and refit the output layer.
+        snap: first move near-boundary points onto their kinks and refit the output layer (kept only
+            when the refit moves it by at most ``snap_tol * |z|``, or ``nearby_radius * |z|`` in
+            nearby mode); the verdict is then about the snapped point, and the summary says so.
         fragility: the verdicts with all tolerances x10 and /10, and a flag when one differs; the
             analysis is re-run only at a scaling that some decision's margin could flip.
         snap_tol: the near-boundary threshold for ``snap`` (relative, like ``tolerances.boundary``).
@@ -60,6 +65,14 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
         progress: called as ``progress(phase, done, total)`` (``total`` None when unknown) as the
             phases, the ICQPs, the Hessian-vector products and the re-runs advance; e.g. the CLI's
             progress bars.
+        nearby: nearby mode (:mod:`sospcheck.nearby_mode`, DESIGN.md 8.6): also find ``z*``, the exact
+            stationary point next to ``net`` (negligible neurons zeroed, near-kink points held on their
+            kinks, Newton on that stratum) within ``nearby_radius``, and check it with tolerances near
+            rounding (``nearby_mode.NEARBY_TOLERANCES``); ``result.nearby`` holds that verdict, the
+            distance, ``R(z*) - R(z)`` and the steps, or says that no stationary point lies within the
+            radius. True: the defaults; a :class:`~sospcheck.nearby.Nearby` (or a dict of its fields)
+            sets the thresholds. The rest of the result stays about ``net`` (or the snapped point).
+        nearby_radius: the largest move to ``z*``, relative to ``|z|`` (default 1e-3); needs ``nearby``.
 
     Returns:
         :class:`CheckResult`.
@@ -67,27 +80,51 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
     X, Yp, lossobj, weight, lam = validate_inputs(net, X, Y, loss, reduction, weight_decay)
     validate_engine(solver, backend, device)
     validate_progress(progress)
+    nearby_cfg = nearby_config(nearby, nearby_radius)
     engine = (solver, backend, device)
     notify = progress or (lambda phase, done, total=None: None)
     tol = Tolerances.from_any(tolerances)
     bud = Budget.from_any(budget)
-    problem = Problem(net, X, Yp, lossobj, weight, lam)
+    user = Problem(net, X, Yp, lossobj, weight, lam)
+    problem = user
     snap_info = None
     t0 = time.perf_counter()
     if snap:
         if not (isinstance(snap_tol, (int, float)) and math.isfinite(snap_tol) and snap_tol >= 0):
             raise ValueError(f"`snap_tol` must be a finite number >= 0, got {snap_tol!r}")
-        net, snap_info = snap_to_kinks(net, X, Yp, lossobj, weight, lam, snap_tol)
-        problem = problem.at(net)
+        refit_radius = nearby_cfg.radius * net.as_direction().norm() if nearby_cfg is not None else None
+        snapped, snap_info = snap_to_kinks(net, X, Yp, lossobj, weight, lam, snap_tol, refit_radius)
+        problem = problem.at(snapped)
         notify("snap", 1, 1)
     t_snap = time.perf_counter() - t0
-    analysis = _analyze(problem, tol, bud, seed, engine, progress)
-    result = analysis.result
+
+    def at(problem: Problem, tol: Tolerances, progress=progress, radius: bool = False) -> CheckResult:
+        return _check_point(problem, tol, bud, seed, engine, fragility, notify, progress, lossobj.name, reduction,
+                            radius)
+
+    result = at(problem, tol)
     if snap:
         result.timings = {"snap": t_snap, **result.timings}
     result.snap = snap_info
-    result.loss, result.reduction = lossobj.name, reduction
-    near = near_zero_neurons(net, X, Yp, tol.near_zero)
+    if nearby_cfg is not None:
+        t1 = time.perf_counter()
+        result.nearby = nearby_verdict(net, X, Yp, lossobj, weight, lam, nearby_cfg,
+                                       lambda z, tols: at(user.at(z), tols, None, True), notify)
+        result.timings["nearby"] = time.perf_counter() - t1
+    return result
+
+
+def _check_point(problem: Problem, tol: Tolerances, bud: Budget, seed: int, engine: tuple, fragility: bool,
+                 notify: Callable, progress, loss_name: str, reduction: str, radius: bool = False) -> CheckResult:
+    """The check at one point: the analysis, the near-zero probe, the fragility re-runs, and with
+    ``radius`` the certified radius of a strict local minimum (:func:`~sospcheck.radius.certified_radius`)."""
+    analysis = _analyze(problem, tol, bud, seed, engine, progress)
+    result = analysis.result
+    if radius and result.verdict == Verdict.LOCAL_MINIMUM:
+        result.certified_radius = analysis.radius()
+    result.loss, result.reduction = loss_name, reduction
+    net = problem.net
+    near = near_zero_neurons(net, problem.X, problem.Y, tol.near_zero)
     if near:
         notify("near-zero neurons: check with them zeroed", 0, 1)
         probe = _analyze(problem.at(zero_neurons(net, near)), tol, bud, seed, engine).result
@@ -101,22 +138,6 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
         result.fragile = any(v != result.verdict.value for v in result.fragility.values())
         result.timings["fragility"] = time.perf_counter() - t1
     return result
-
-
-FRAGILITY_FACTORS = (("tolerances_x10", FRAGILITY_FACTOR), ("tolerances_x0.1", 1.0 / FRAGILITY_FACTOR))
-
-
-def fragility_verdicts(verdict: Verdict, factors: tuple[float, ...], rerun: Callable[[float], Verdict],
-                       notify: Callable[[str, int, int | None], None]) -> dict[str, str]:
-    """The verdict with every tolerance x10 and x0.1 (DESIGN.md section 6): ``rerun(factor)`` for the
-    ``factors`` whose scaling some decision's margin could flip; for the others every decision, hence
-    the verdict, stays as it is, and nothing is re-run."""
-    out = {}
-    for j, (name, factor) in enumerate(FRAGILITY_FACTORS):
-        notify("fragility re-runs", j, len(FRAGILITY_FACTORS))
-        out[name] = (rerun(factor) if factor in factors else verdict).value
-    notify("fragility re-runs", len(FRAGILITY_FACTORS), len(FRAGILITY_FACTORS))
-    return out
 
 
 _PHASES = ("forward", "first_order", "second_order", "verify")
@@ -392,25 +413,13 @@ def verify(pt: Point, boundary: np.ndarray, c: Candidate) -> Ending:
                                                        v.decrease, v.loss_before, v.loss_after, v.validity_radius))
 
 
-def rerun_factors(sided: list[tuple[str, float]], unsided: list[tuple[str, float]]) -> tuple[float, ...]:
-    """The tolerance factors (x10, x0.1) under which some decision could flip. A decision ``|x| <= t``
-    flips under factor ``f`` exactly when ``|x| / t`` lies between 1 and ``f`` (ends included, with room
-    for the rounding of ``f t``). ``sided``: each the ratio nearest to 1 on its side of 1; ``unsided``:
-    nearest over both sides (as :class:`~sospcheck.margins.Margins` keeps them), so one in the band
-    may hide another on the other side: either factor."""
-    def within(lo: float, hi: float, margins: list) -> bool:
-        return any(lo * (1 - 1e-9) <= r <= hi * (1 + 1e-9) for _, r in margins)
-
-    either = within(1 / FRAGILITY_FACTOR, FRAGILITY_FACTOR, unsided)
-    return tuple(f for _, f in FRAGILITY_FACTORS if either or within(*sorted((1.0, f)), sided))
-
-
 @dataclass
 class Analysis:
     """One run of the steps: the result, and the tolerance factors its margins say could change it."""
 
     result: CheckResult
     factors: tuple[float, ...]
+    radius: Callable[[], Radius]
 
 
 def _analyze(problem: Problem, tol: Tolerances, bud: Budget, seed: int, engine: tuple, progress=None) -> Analysis:
@@ -438,7 +447,13 @@ def _analyze(problem: Problem, tol: Tolerances, bud: Budget, seed: int, engine: 
     unsided = so.outcome.margins if so is not None else []
     result = _result(problem, st, first, so, ending, tol, bud, clock.timings)
     result.margins = sided + list(unsided)
-    return Analysis(result, rerun_factors(sided, unsided))
+
+    def radius() -> Radius:
+        if so is None:  # the interpolation ending: a global minimum
+            return Radius.interpolation()
+        return certified_radius(st.pt, st.boundary, first.neurons, so.outcome, tol, bud.milp_time_limit)
+
+    return Analysis(result, rerun_factors(sided, unsided), radius)
 
 
 def _result(problem: Problem, st: Start, first: FirstOrder | None, so: SecondOrder | None, ending: Ending,
@@ -466,35 +481,3 @@ def _result(problem: Problem, st: Start, first: FirstOrder | None, so: SecondOrd
     return CheckResult(ending.reason, st.pt.value, ending.descent, stats, tol, bud, timings, established,
                        reason=ending.detail, net=problem.net, weight_decay=problem.weight_decay)
 
-
-def neuron_records(M_k: np.ndarray, neurons: list[NeuronTest] | None, rays_examined: bool, descent_neuron: int | None,
-                   quotient: Quotient | None, degenerate: dict | None = None) -> list[NeuronRecord]:
-    """Per hidden neuron, its numbers and what decided it (the first that applies: the descent moves it,
-    quotiented dead or zero-output, not Clarke stationary, its cells (``degenerate``: neuron ->
-    :class:`DegenerateStep`), dependent boundary vectors not examined, no kink, the rays)."""
-    if neurons is None:
-        return [NeuronRecord(k, int(M)) for k, M in enumerate(M_k)]
-    dead = set(quotient.dead_neurons) if quotient is not None else set()
-    zero = set(quotient.zero_output_neurons) if quotient is not None else set()
-    degenerate = degenerate or {}
-    records = []
-    for nt in neurons:
-        L, K = (nt.n_flat, nt.n_both_flat) if rays_examined else (None, None)
-        step = degenerate.get(nt.k)
-        n_cells = n_faces = None
-        if step is not None:  # no extreme rays: the cells and faces say what L and K would
-            L = K = None
-            n_cells = step.first.cells.count if step.first.status == OVER_BUDGET else step.first.n_cells
-            n_faces = step.faces.n_faces if step.faces is not None else None
-        decided = next(d for d, applies in (
-            (Decision.DESCENT, nt.k == descent_neuron), (Decision.DEAD, nt.k in dead),
-            (Decision.ZERO_OUTPUT, nt.k in zero), (Decision.NOT_STATIONARY, not nt.stationary),
-            (Decision.CELL_BUDGET, step is not None and step.first.status == OVER_BUDGET),
-            (Decision.CRITICAL_FACES, bool(n_faces)), (Decision.CELLS_ASCEND, n_faces == 0),
-            (Decision.CELLS_STATIONARY, step is not None),
-            (Decision.ASSUMPTION2, nt.M > 0 and not nt.assumption2), (Decision.DIFFERENTIABLE, nt.M == 0),
-            (Decision.STATIONARY, not rays_examined), (Decision.RAYS_ASCEND, L == 0), (Decision.FLAT_RAYS, True),
-        ) if applies)
-        records.append(NeuronRecord(nt.k, nt.M, decided, L, K, nt.rank, nt.assumption2, nt.residual, nt.scale,
-                                    n_cells, n_faces))
-    return records

@@ -20,7 +20,8 @@ from rich.text import Text
 
 from . import __version__
 from .check import check
-from .io import InputError, check_writable, clean_message, load_data, load_params, save_direction
+from .io import InputError, check_writable, clean_message, load_data, load_params, save_direction, save_params
+from .nearby_mode import nearby_config
 from .options import Budget, Tolerances
 
 __all__ = ["main", "build_parser", "ProgressDisplay"]
@@ -61,7 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_point_options(c)
     c.add_argument("--json", metavar="OUT.json", help="write the full report as JSON ('-' for stdout, nothing else)")
     c.add_argument("--direction-out", metavar="DIR.npz", help="write the descent direction (W1, b1, W2, b2) as an "
-                   ".npz archive to exactly this path")
+                   ".npz archive to exactly this path; with --nearby, the direction at z* (written only when the "
+                   "verdict at z* is descent)")
+    c.add_argument("--nearby", action="store_true",
+                   help="also judge z*, the exact stationary point next to the weights (negligible neurons zeroed, "
+                        "near-kink points held on their kinks, Newton on that stratum), with tolerances near rounding; "
+                        "reports its verdict, its distance and R(z*) - R(z), or that none lies within --nearby-radius")
+    c.add_argument("--nearby-radius", type=float, metavar="R",
+                   help="with --nearby: the largest move to z*, relative to |z| (default 1e-3)")
+    c.add_argument("--nearby-out", metavar="Z.npz", help="with --nearby: write z* as a params .npz (W1, b1, W2, b2, "
+                   "s_plus, s_minus; readable by --params) to exactly this path, when z* was found")
     c.add_argument("--plot", metavar="OUT.png", help="also draw the plots of `sospcheck plot` (.png, .svg or .pdf)")
     c.add_argument("--quiet", action="store_true", help="print only the verdict")
 
@@ -149,6 +159,13 @@ def _output_targets(args) -> None:
         check_writable(args.json, "--json")
     if args.direction_out is not None:
         check_writable(args.direction_out, "--direction-out")
+    for option, value in (("--nearby-radius", args.nearby_radius), ("--nearby-out", args.nearby_out)):
+        if value is not None and not args.nearby:
+            raise InputError(f"{option} needs --nearby")
+    if args.nearby:
+        nearby_config(True, args.nearby_radius)  # a bad --nearby-radius fails before any work
+    if args.nearby_out is not None:
+        check_writable(args.nearby_out, "--nearby-out")
     _plot_target(args.plot, "--plot")
 
 
@@ -165,12 +182,15 @@ def _check(args, display: ProgressDisplay):
               tolerances=Tolerances.from_any(_json_arg(args.tolerances, "--tolerances")),
               budget=Budget.from_any(_json_arg(args.budget, "--budget")), snap=args.snap, snap_tol=args.snap_tol,
               fragility=not args.no_fragility)
+    if getattr(args, "nearby", False):
+        kw.update(nearby=True, nearby_radius=args.nearby_radius)
     if getattr(net, "depth", 1) > 1:  # several hidden layers: sospcheck.deep (DESIGN.md section 10)
         from .deep import check_deep
 
-        if kw.pop("snap") or getattr(args, "plot", None) or args.command == "plot":
-            raise InputError("--snap and plots are not available for networks with several hidden layers")
+        if kw.pop("snap") or kw.pop("nearby", False) or getattr(args, "plot", None) or args.command == "plot":
+            raise InputError("--snap, --nearby and plots are not available for networks with several hidden layers")
         kw.pop("snap_tol")
+        kw.pop("nearby_radius", None)
         return check_deep(net, X, Y, progress=display, **kw), X, Y
     result = check(net, X, Y, progress=display, **kw)
     return result, X, Y
@@ -191,7 +211,8 @@ def _run_check(args) -> int:
     if to_stdout:
         print(result.to_json(indent=2))
     elif args.quiet:
-        print(result.verdict.value)
+        print(result.verdict.value if result.nearby is None else
+              f"{result.verdict.value}; nearby: {result.nearby.verdict.value if result.nearby.success else 'none'}")
     else:
         from .report import render
 
@@ -200,15 +221,34 @@ def _run_check(args) -> int:
         with open(args.json, "w") as f:
             f.write(result.to_json(indent=2))
     if args.direction_out:
-        if result.descent is None:
-            print(f"note: verdict is {result.verdict.value}; no direction written to {args.direction_out}",
-                  file=sys.stderr)
+        _write_direction(result, args.direction_out)
+    if args.nearby_out:
+        nb = result.nearby
+        if nb.success:
+            save_params(args.nearby_out, nb.net)
         else:
-            save_direction(args.direction_out, result.descent.direction)
+            print(f"note: no stationary point within --nearby-radius ({nb.status}); nothing written to "
+                  f"{args.nearby_out}", file=sys.stderr)
     if args.plot:
         with ProgressDisplay(enabled=show_progress) as display:
             _plot(result, X, Y, args.plot, display)
     return 0
+
+
+def _write_direction(result, path: str) -> None:
+    """The descent direction at the checked point, or with --nearby at z*; a note when there is none."""
+    nb = result.nearby
+    if nb is not None:
+        if nb.success and nb.result.descent is not None:
+            save_direction(path, nb.result.descent.direction)
+        else:
+            what = f"the verdict at z* is {nb.verdict.value}" if nb.success else "no z* was found"
+            print(f"note: with --nearby the direction is the one at z*; {what}: no direction written to {path}",
+                  file=sys.stderr)
+    elif result.descent is None:
+        print(f"note: verdict is {result.verdict.value}; no direction written to {path}", file=sys.stderr)
+    else:
+        save_direction(path, result.descent.direction)
 
 
 def _run_plot(args) -> int:

@@ -13,6 +13,7 @@ with ``S y - mu 1 = lambda >= 0``, ``lambda_i y_i = 0``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from itertools import combinations
 
@@ -229,18 +230,21 @@ def copositivity(S: np.ndarray, tol: float, max_subsets: int, time_limit: float 
 def orthant_lower_bound(S: np.ndarray, time_limit: float = 60.0) -> float | None:
     """A lower bound of ``min y'Sy`` over ``y >= 0``, ``|y|_2 = 1`` (how strictly ``S`` is copositive), or None.
 
-    ``lambda_min(S)`` when positive; with nonnegative off-diagonal entries the smallest diagonal entry
-    (``y'Sy >= sum_i S_ii y_i^2``); otherwise the minimum ``v`` over the simplex (the MILP of
-    :func:`copositivity_milp`), since ``y'Sy >= v (sum y)^2 >= v |y|^2`` for ``y >= 0`` when ``v > 0``.
-    None when none of them is positive (not strictly copositive, or the MILP failed).
+    The largest of the bounds that apply: ``lambda_min(S)`` when positive; with nonnegative off-diagonal
+    entries the smallest diagonal entry (``y'Sy >= sum_i S_ii y_i^2``); and, when neither exceeds
+    ``1e-6 |S|`` (a positive ``lambda_min`` at rounding level proves little), the minimum ``v`` over the
+    simplex (the MILP of :func:`copositivity_milp`), since ``y'Sy >= v (sum y)^2 >= v |y|^2`` for
+    ``y >= 0`` when ``v > 0``. None when none of them is positive (not strictly copositive, or the MILP
+    failed).
     """
     if S.size == 0:
         return None
-    lam = float(np.linalg.eigvalsh(S)[0])
-    if lam > 0:
-        return lam
+    bounds = [float(np.linalg.eigvalsh(S)[0])]
     off = S - np.diag(np.diag(S))
-    if np.all(off >= 0) and np.min(np.diag(S)) > 0:
-        return float(np.min(np.diag(S)))
-    res = copositivity_milp(S, 0.0, time_limit)
-    return res.value if res.value is not None and res.value > 0 else None
+    if np.all(off >= 0):
+        bounds.append(float(np.min(np.diag(S))))
+    if max(bounds) <= 1e-6 * float(np.linalg.norm(S, 2)):
+        res = copositivity_milp(S, 0.0, time_limit)
+        bounds.append(res.value if res.value is not None else -math.inf)
+    best = max(bounds)
+    return best if best > 0 else None

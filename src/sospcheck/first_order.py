@@ -157,9 +157,14 @@ def _neuron_test(pt: Point, k: int, boundary_k: np.ndarray, c: np.ndarray, scale
     flat_minus = a_zero | (np.abs(s_star - net.s_minus) <= s_gap)
     flat_ratios = np.vstack([ratios(aB, tol.a_zero * w_scale), ratios(s_star - net.s_plus, s_gap),
                              ratios(s_star - net.s_minus, s_gap)])
+    # without weight decay, a neuron whose a_ik are all zero (a_zero) has a subgradient of rounding
+    # noise, which its own scale (|a_k|, itself noise) cannot judge: stationary by the a_ik rule
+    ratio = float(ratios(residual, tol.gradient * scale)[()])
+    if not pt.weight_decay:
+        ratio = min(ratio, float(ratios(np.max(np.abs(a)), tol.a_zero * w_scale)[()]))
     return NeuronTest(
-        k, idx, s_star, vt, residual, scale, bool(residual <= tol.gradient * scale), rank, rays,
-        slope_plus, slope_minus, flat_plus, flat_minus, float(ratios(residual, tol.gradient * scale)[()]), flat_ratios,
+        k, idx, s_star, vt, residual, scale, bool(ratio <= 1.0), rank, rays,
+        slope_plus, slope_minus, flat_plus, flat_minus, ratio, flat_ratios,
     )
 
 

@@ -488,3 +488,12 @@ def _layer_pairs(shapes) -> list[tuple]:
         out.append((shapes[i], has_bias))
         i += 2 if has_bias else 1
     return out
+
+
+def save_params(path: str, net: TwoLayerNet) -> None:
+    """A params ``.npz`` that ``--params`` (:func:`load_params`) reads back: ``W1, b1, W2, b2`` (an absent
+    bias left out: read it with ``--no-bias1`` / ``--no-bias2``) and the slopes ``s_plus, s_minus``,
+    written to exactly ``path``."""
+    arrays = {k: v for k, v in (("W1", net.W1), ("b1", net.b1), ("W2", net.W2), ("b2", net.b2)) if v is not None}
+    with open(path, "wb") as f:
+        np.savez(f, **arrays, s_plus=np.float64(net.s_plus), s_minus=np.float64(net.s_minus))

@@ -32,10 +32,16 @@ from scipy.special import expit, softmax
 from .losses import Loss
 from .model import TwoLayerNet, forward
 
-__all__ = ["loss_change", "output_change", "risk_change", "QUADRATIC_LOSSES"]
+__all__ = ["loss_change", "loss_change_noise", "activation_change", "output_change", "risk_change",
+           "risk_change_and_noise", "output_size", "QUADRATIC_LOSSES", "NOISE_ULPS"]
 
 #: loss names whose per-sample loss is a quadratic in the output (constant Hessian)
 QUADRATIC_LOSSES = ("squared", "mse")
+#: losses with a per-sample formula accurate relative to the change (others: per-sample subtraction)
+_FORMULA_LOSSES = QUADRATIC_LOSSES + ("logistic", "cross_entropy")
+#: the factor of ``eps`` in :func:`loss_change_noise`: room for the few roundings of each term
+NOISE_ULPS = 64.0
+_EPS = float(np.finfo(float).eps)
 
 # Taylor coefficients: e^x - 1 - x = sum_{n>=2} x^n / n!, log(1 + s) - s = sum_{n>=2} (-1)^(n+1) s^n / n
 _EXP_COEF = [1.0 / math.factorial(n) for n in range(2, 22)]  # |x| <= 1/2: 0.5^22 / 22! < 1e-27
@@ -116,31 +122,90 @@ def loss_change(loss: Loss, out: np.ndarray, out_new: np.ndarray | None, Yp: np.
     return weight * math.fsum(_per_sample_terms(loss, out, delta, np.asarray(Yp, dtype=float)).tolist())
 
 
+def loss_change_noise(loss: Loss, out: np.ndarray, Yp: np.ndarray, weight: float, out_size: np.ndarray,
+                      delta_size: np.ndarray) -> float:
+    """A bound on the rounding error of :func:`loss_change` (DESIGN.md section 8.5):
+
+        64 eps weight sum_i [ |r_i| + |H_i| (out_size_i + delta_size_i) ] . delta_size_i,
+
+    where ``out_size`` bounds ``|out|`` and ``delta_size`` bounds ``|delta|`` elementwise (both (m, dy),
+    sums of absolute values of the terms that formed them, so the rounding of ``out`` and of ``delta``
+    is a few eps of them). The ``|r|`` term covers the rounding of ``delta`` and of each term, the
+    ``|H| out_size`` term the rounding of ``r`` (through that of ``out``), the ``|H| delta_size`` term
+    that of the second-order part. A loss without a formula of its own adds ``8 eps weight sum |l_i|``
+    (per-sample subtraction)."""
+    out = np.asarray(out, dtype=float)
+    r = np.abs(np.asarray(loss.grad(out, Yp), dtype=float))
+    H = np.abs(np.asarray(loss.hess(out, Yp), dtype=float))
+    size = np.einsum("icd,id->ic", H, out_size + delta_size)
+    value = NOISE_ULPS * _EPS * weight * math.fsum(((r + size) * delta_size).ravel().tolist())
+    if loss.name not in _FORMULA_LOSSES:
+        value += 8.0 * _EPS * weight * math.fsum(np.abs(np.asarray(loss.value(out, Yp), dtype=float)).tolist())
+    return value
+
+
+def activation_change(net: TwoLayerNet, N: np.ndarray, N_new: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """``h(N_new) - h(N)`` accurate relative to ``T = N_new - N`` (given, not recomputed): ``h'(N) T`` for
+    pairs on the same side of the kink before and after, ``h(N_new) - h(N)`` elsewhere (there ``|N|,
+    |N_new| <= |T|``, so the subtraction is exact to ``eps |T|``)."""
+    same = ((N > 0) & (N_new > 0)) | ((N < 0) & (N_new < 0))
+    return np.where(same, net.slope(N) * T, net.activation(N_new) - net.activation(N))
+
+
+def _output_change(net: TwoLayerNet, new: TwoLayerNet, X: np.ndarray):
+    """``(delta, delta_size, fwd)``: :func:`output_change`, a bound on ``|delta|`` elementwise (the
+    sum of the absolute values of its terms) and the forward pass at ``net``."""
+    fwd, fwd_new = forward(net, X), forward(new, X)
+    T = fwd.Xbar @ (new.Z - net.Z).T
+    dO = activation_change(net, fwd.N, fwd_new.N, T)
+    dW2 = new.W2 - net.W2
+    delta = dO @ new.W2.T + fwd.O @ dW2.T
+    size = np.abs(dO) @ np.abs(new.W2).T + np.abs(fwd.O) @ np.abs(dW2).T
+    if net.has_b2:
+        delta = delta + (new.b2 - net.b2)
+        size = size + np.abs(new.b2 - net.b2)
+    return delta, size, fwd
+
+
 def output_change(net: TwoLayerNet, new: TwoLayerNet, X: np.ndarray) -> np.ndarray:
     """``out(new) - out(net)`` on the data (m, dy), accurate relative to the weights' move.
 
-    With ``T = Xbar (Z' - Z)'`` the activations change by ``h'(N) T`` where ``N`` and ``N'`` lie on
-    the same side of the kink, and by ``h(N') - h(N)`` elsewhere (there ``|N|, |N'| <= |T|``, so the
-    subtraction is exact to ``eps |T|``); then ``delta = W2' dO + (W2' - W2) O + (b2' - b2)``.
+    With ``T = Xbar (Z' - Z)'`` the activations change by :func:`activation_change`; then
+    ``delta = W2' dO + (W2' - W2) O + (b2' - b2)``.
     """
-    fwd, fwd_new = forward(net, X), forward(new, X)
-    T = fwd.Xbar @ (new.Z - net.Z).T
-    same = ((fwd.N > 0) & (fwd_new.N > 0)) | ((fwd.N < 0) & (fwd_new.N < 0))
-    dO = np.where(same, net.slope(fwd.N) * T, fwd_new.O - fwd.O)
-    delta = dO @ new.W2.T + fwd.O @ (new.W2 - net.W2).T
-    if net.has_b2:
-        delta = delta + (new.b2 - net.b2)
-    return delta
+    return _output_change(net, new, X)[0]
+
+
+def output_size(net: TwoLayerNet, O: np.ndarray) -> np.ndarray:
+    """``|W2| |O_i| + |b2|`` elementwise (m, dy): what the rounding of the outputs is relative to."""
+    size = np.abs(O) @ np.abs(net.W2).T
+    return size + np.abs(net.b2) if net.has_b2 else size
+
+
+def _decay_change(weight_decay: float, z: np.ndarray, dz: np.ndarray) -> tuple[float, float]:
+    """``lam (z . dz + |dz|^2 / 2)`` summed exactly, and 64 eps times the sum of its terms' sizes."""
+    terms = z * dz + 0.5 * dz * dz
+    value = weight_decay * math.fsum(terms.tolist())
+    noise = NOISE_ULPS * _EPS * weight_decay * math.fsum((np.abs(z * dz) + 0.5 * dz * dz).tolist())
+    return value, noise
+
+
+def risk_change_and_noise(net: TwoLayerNet, new: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss,
+                          weight: float = 1.0, weight_decay: float = 0.0) -> tuple[float, float]:
+    """``R(new) - R(net)`` as :func:`risk_change`, and a bound on its rounding error
+    (:func:`loss_change_noise`, plus ``64 eps lam sum |z_j dz_j| + dz_j^2 / 2`` for weight decay)."""
+    delta, size, fwd = _output_change(net, new, X)
+    value = loss_change(loss, fwd.out, None, Yp, weight, delta=delta)
+    noise = loss_change_noise(loss, fwd.out, Yp, weight, output_size(net, fwd.O), size)
+    if weight_decay:
+        z = net.as_direction().vector()
+        dv, dn = _decay_change(weight_decay, z, new.as_direction().vector() - z)
+        value, noise = value + dv, noise + dn
+    return value, noise
 
 
 def risk_change(net: TwoLayerNet, new: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, weight: float = 1.0,
                 weight_decay: float = 0.0) -> float:
     """``R(new) - R(net)`` below the rounding of ``R``: :func:`loss_change` with :func:`output_change`,
     plus ``lam (z . dz + |dz|^2 / 2)`` for weight decay (``dz = z' - z``)."""
-    out = forward(net, X).out
-    value = loss_change(loss, out, None, Yp, weight, delta=output_change(net, new, X))
-    if weight_decay:
-        z = net.as_direction().vector()
-        dz = new.as_direction().vector() - z
-        value += weight_decay * math.fsum((z * dz + 0.5 * dz * dz).tolist())
-    return value
+    return risk_change_and_noise(net, new, X, Yp, loss, weight, weight_decay)[0]

@@ -15,10 +15,16 @@ One-sided tests (``x < -t``, ``x <= t``) are recorded only when their outcome de
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-__all__ = ["Margins", "margin_ratio", "any_in_band", "FRAGILITY_FACTOR"]
+if TYPE_CHECKING:
+    from .result import Verdict
+
+__all__ = ["Margins", "margin_ratio", "any_in_band", "FRAGILITY_FACTOR", "FRAGILITY_FACTORS", "fragility_verdicts",
+           "rerun_factors"]
 
 FRAGILITY_FACTOR = 10.0
 
@@ -91,3 +97,32 @@ class Margins:
 
     def items(self) -> list[tuple[str, float]]:
         return list(self._nearest.items())
+
+
+FRAGILITY_FACTORS = (("tolerances_x10", FRAGILITY_FACTOR), ("tolerances_x0.1", 1.0 / FRAGILITY_FACTOR))
+
+
+def fragility_verdicts(verdict: Verdict, factors: tuple[float, ...], rerun: Callable[[float], Verdict],
+                       notify: Callable[[str, int, int | None], None]) -> dict[str, str]:
+    """The verdict with every tolerance x10 and x0.1 (DESIGN.md section 6): ``rerun(factor)`` for the
+    ``factors`` whose scaling some decision's margin could flip; for the others every decision, hence
+    the verdict, stays as it is, and nothing is re-run."""
+    out = {}
+    for j, (name, factor) in enumerate(FRAGILITY_FACTORS):
+        notify("fragility re-runs", j, len(FRAGILITY_FACTORS))
+        out[name] = (rerun(factor) if factor in factors else verdict).value
+    notify("fragility re-runs", len(FRAGILITY_FACTORS), len(FRAGILITY_FACTORS))
+    return out
+
+
+def rerun_factors(sided: list[tuple[str, float]], unsided: list[tuple[str, float]]) -> tuple[float, ...]:
+    """The tolerance factors (x10, x0.1) under which some decision could flip. A decision ``|x| <= t``
+    flips under factor ``f`` exactly when ``|x| / t`` lies between 1 and ``f`` (ends included, with room
+    for the rounding of ``f t``). ``sided``: each the ratio nearest to 1 on its side of 1; ``unsided``:
+    nearest over both sides (as :class:`~sospcheck.margins.Margins` keeps them), so one in the band
+    may hide another on the other side: either factor."""
+    def within(lo: float, hi: float, margins: list) -> bool:
+        return any(lo * (1 - 1e-9) <= r <= hi * (1 + 1e-9) for _, r in margins)
+
+    either = within(1 / FRAGILITY_FACTOR, FRAGILITY_FACTOR, unsided)
+    return tuple(f for _, f in FRAGILITY_FACTORS if either or within(*sorted((1.0, f)), sided))

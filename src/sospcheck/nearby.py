@@ -21,13 +21,15 @@ point" of weights ``z`` (:class:`Nearby` holds the thresholds):
 Steps 1 and 2 change the outputs on the data by at most their tolerances, 3 by the snap, and 4
 and 5 only lower the loss. Every function here is pure over ``(net, X, Yp, loss, weight,
 weight_decay)`` (``Yp``: targets prepared by ``loss.prepare``; ``weight``: the reduction weight)
-and needs NumPy and SciPy only; the check and the escape loop (:mod:`sospcheck.escape`) build on it.
+and needs NumPy and SciPy only. The check's nearby mode and the escape loop
+(:mod:`sospcheck.nearby_mode`) use steps 1, 2 and (optionally) 4, then converge exactly on the
+stratum instead of 3 and 5; :func:`nearby_point` composes all five.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.linalg import null_space
@@ -36,9 +38,10 @@ from .losses import Loss, risk
 from .model import TwoLayerNet, forward
 from .options import Options
 from .snap import refit_output_layer, snap_to_kinks
+from .stratum import NEARBY_RADIUS
 
-__all__ = ["Nearby", "near_zero_neurons", "zero_neurons", "with_hidden", "merge_duplicates", "polish",
-           "refit", "nearby_point"]
+__all__ = ["Nearby", "ESCAPE_NEARBY", "KINK_POINT", "escape_nearby", "near_zero_neurons", "zero_neurons", "with_hidden", "merge_duplicates", "polish",
+           "refit", "nearby_point", "on_kink"]
 
 # losses that are exactly quadratic in the output: the output-layer refit is one least-squares solve
 _QUADRATIC = ("squared", "mse")
@@ -46,30 +49,66 @@ _QUADRATIC = ("squared", "mse")
 
 @dataclass(frozen=True)
 class Nearby(Options):
-    """Thresholds of the nearby kink point (module docstring).
+    """Thresholds of the nearby point: the defaults are those of the check's nearby mode
+    (``check(..., nearby=True)``, :mod:`sospcheck.nearby_mode`); :data:`ESCAPE_NEARBY` holds the
+    escape loop's, looser ones.
 
     zero_tol: a neuron is set to zero when ``s_hi |w_k| |Z_k| max|xbar| <= zero_tol * (rms(outputs)
-        + rms(targets))`` (the check's ``near_zero`` rule); 0 disables.
+        + rms(targets))`` (the check's ``near_zero`` rule) and, in nearby mode, the move fits in
+        ``radius``; 0 disables.
     merge_tol: neurons whose output columns on the data are within this angle (its sine) are merged
-        (:func:`merge_duplicates`); 0 merges exact duplicates only.
-    snap_tol: pairs with ``|N_ik| <= snap_tol |Z_k| max|xbar|`` are put on the kink (as ``check(snap=True)``).
-    polish_iters: Levenberg-Marquardt iterations (0 disables); skipped when the Jacobian would have
-        more than ``polish_max_size`` entries (``m * dy * parameters``). polish_radius: the polished
-        weights stay within ``polish_radius * (1 + |z|)`` of where polishing started.
+        (:func:`merge_duplicates`); the default merges duplicates up to rounding only.
+    snap_tol: pairs with ``|N_ik| <= snap_tol |Z_k| max|xbar|`` are put on the kink (held there while
+        converging on the stratum; the nearby kink point of :func:`nearby_point` snaps them as
+        ``check(snap=True)``).
+    polish_iters: Levenberg-Marquardt descent iterations before converging (0 disables); skipped
+        when the Jacobian would have more than ``polish_max_size`` entries (``m * dy * parameters``).
+        polish_radius: the polished weights stay within ``polish_radius * (1 + |z|)`` of where
+        polishing started.
     refit_rcond: singular values of the output-layer features below ``refit_rcond * s_max`` count as
-        zero in the refit (nearly collinear features must not send ``W2`` far away).
+        zero in the refit of :func:`nearby_point` (nearly collinear features must not send ``W2`` far).
+    radius: ``nearby_radius``, relative to ``|z|``: the nearby point is at most ``radius * |z|`` from
+        the weights (every move counts: zeroing, merging, polishing, converging).
+    max_holds, hold_tol: how many times a pair that a step would move across its kink is added to the
+        held pairs and the iteration restarted before giving up (:mod:`sospcheck.nearby_mode`); only a
+        pair within ``hold_tol |Z_k| max|xbar|`` of its kink at the weights is held so (a pair farther
+        out that a Newton step crosses is not a kink point the optimizer was still approaching: the
+        stationary point lies on another stratum).
     """
 
     zero_tol: float = 1e-3
-    merge_tol: float = 1e-2
-    snap_tol: float = 1e-5
-    polish_iters: int = 30
+    merge_tol: float = 1e-10
+    snap_tol: float = 1e-7
+    polish_iters: int = 0
     polish_radius: float = 0.1
     polish_max_size: int = 2_000_000
     refit_rcond: float = 1e-9
+    radius: float = NEARBY_RADIUS
+    max_holds: int = 20
+    hold_tol: float = 1e-6
 
     argument = "nearby"
     label = ""
+
+
+#: the escape loop's nearby point: merges near-duplicates (angle 1e-2), holds pairs within 1e-5 on
+#: their kinks (and those within 1e-4 that a step would cross), and may move 0.1 |z| (a stalled
+#: optimizer is not at a stationary point). No polish: its descent steps drift along the rescaling
+#: orbits, which the stratum iteration does not (DESIGN.md 8.2).
+ESCAPE_NEARBY = Nearby(merge_tol=1e-2, snap_tol=1e-5, hold_tol=1e-4, radius=0.1)
+
+
+#: :func:`nearby_point`'s defaults: the escape loop's thresholds and 30 polish steps
+KINK_POINT = replace(ESCAPE_NEARBY, polish_iters=30)
+
+
+def escape_nearby(value, base: Nearby = ESCAPE_NEARBY) -> Nearby:
+    """``None`` -> ``base`` (:data:`ESCAPE_NEARBY`); a dict overrides some of its fields; a :class:`Nearby`
+    as given."""
+    if isinstance(value, dict):
+        Nearby.from_any(value)  # unknown keys and bad values named as for any Nearby
+        return replace(base, **value)
+    return base if value is None else Nearby.from_any(value)
 
 
 def near_zero_neurons(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, tol: float, *,
@@ -145,7 +184,7 @@ def merge_duplicates(net: TwoLayerNet, X: np.ndarray, merge_tol: float) -> tuple
     return with_hidden(net, Z, W2=W2), groups
 
 
-def _on_kink(net: TwoLayerNet, X: np.ndarray, tol: float) -> np.ndarray:
+def on_kink(net: TwoLayerNet, X: np.ndarray, tol: float) -> np.ndarray:
     """(m, dh) mask of the pairs with ``|N_ik| <= tol |Z_k| max|xbar|`` (the snap's near-kink rule)."""
     fwd = forward(net, X)
     scale = np.linalg.norm(net.Z, axis=1) * np.max(np.linalg.norm(fwd.Xbar, axis=1))
@@ -278,15 +317,17 @@ def nearby_point(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, we
                  nearby: Nearby | dict | None = None) -> tuple[TwoLayerNet, dict]:
     """The nearby kink point of ``net`` (module docstring) and what was done to get there:
     ``zeroed`` and ``merged`` neurons, ``polish_steps``. ``Yp``: targets prepared by ``loss.prepare``;
-    ``weight``: the reduction weight."""
-    opt = Nearby.from_any(nearby)
+    ``weight``: the reduction weight; ``nearby``: thresholds (a dict overrides :data:`KINK_POINT`;
+    ``radius``, ``max_holds`` and ``hold_tol`` are not used here). The exact stationary point next
+    to it is :mod:`sospcheck.nearby_mode`'s."""
+    opt = escape_nearby(nearby, KINK_POINT)
     ks = near_zero_neurons(net, X, Yp, opt.zero_tol, half_zero=True) if opt.zero_tol > 0 else []
     cur = zero_neurons(net, ks) if ks else net
     cur, groups = merge_duplicates(cur, X, opt.merge_tol)
     cur = _snap_and_refit(cur, X, Yp, loss, weight, weight_decay, opt)
     steps = 0
     if opt.polish_iters and X.shape[0] * net.dy * net.n_params <= opt.polish_max_size:
-        held = _on_kink(cur, X, opt.snap_tol) & (np.linalg.norm(cur.Z, axis=1) > 0)[None, :]
+        held = on_kink(cur, X, opt.snap_tol) & (np.linalg.norm(cur.Z, axis=1) > 0)[None, :]
         radius = opt.polish_radius * (1.0 + cur.as_direction().norm())
         cur, steps = polish(cur, X, Yp, loss, weight, weight_decay, held, int(opt.polish_iters), radius)
         if steps:

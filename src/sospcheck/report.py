@@ -1,9 +1,11 @@
 """Reports people and scripts read: the ``rich`` rendering of a :class:`~sospcheck.result.CheckResult`
 and the JSON schema of ``CheckResult.to_dict()``.
 
-The rendering is a verdict panel, a per-neuron table (``M_k``, flat rays ``L_k``/``K_k``, the Clarke
-residual ``|vt_k|`` and what decided the neuron; for neurons with dependent boundary vectors also the
-rank deficiency and the cells and critical faces of the kink arrangement), the second-order
+The rendering is a verdict panel (which says which point the verdict is about: the weights given or
+the snapped point), in nearby mode a panel for ``z*`` (its verdict, distance, loss change, Newton
+steps, or why no stationary point was found), a per-neuron table (``M_k``, flat rays ``L_k``/``K_k``,
+the Clarke residual ``|vt_k|`` and what decided the neuron; for neurons with dependent boundary vectors
+also the rank deficiency and the cells and critical faces of the kink arrangement), the second-order
 subproblems, and the tolerances.
 """
 
@@ -88,6 +90,8 @@ def _verdict_panel(result: CheckResult) -> Panel:
     body.append("verdict: ", style="bold")
     body.append(v, style=f"bold {style}")
     body.append(f" ({result.reason_code.value})", style="dim")
+    if result.point_phrase:
+        body.append(f" {result.point_phrase}", style="bold" if result.point == "snapped" else "")
     if result.fragile:
         body.append("  FRAGILE: flips under a 10x tolerance change", style="bold red")
     body.append("\n" + result.message)
@@ -103,6 +107,41 @@ def _verdict_panel(result: CheckResult) -> Panel:
         body.append("\ndescent: ", style="bold")
         body.append(result.descent.description)
     return Panel(body, title="sospcheck", title_align="left", border_style=style, box=box.ROUNDED)
+
+
+def _nearby_panel(result: CheckResult) -> Panel:
+    """Nearby mode: the verdict at ``z*`` and where ``z*`` is, or why there is none."""
+    nb = result.nearby
+    body = Text()
+    if nb.success:
+        v = nb.verdict.value
+        style = VERDICT_STYLE.get(v, "white")
+        body.append("verdict at z*: ", style="bold")
+        body.append(v, style=f"bold {style}")
+        body.append(f" ({nb.reason_code.value})", style="dim")
+        if nb.result.fragile:
+            body.append("  FRAGILE: flips under a 10x tolerance change", style="bold red")
+        body.append("\n" + nb.result.message)
+        rows = [("where", f"a stationary point at relative distance {nb.relative_distance:.3g} from your weights "
+                          f"(|z* - z| = {nb.distance:.3g})")]
+        if nb.rescaled_distance < 0.5 * nb.distance:
+            rows.append(("modulo rescaling the neurons", f"relative distance {nb.relative_rescaled_distance:.3g} "
+                                                         "(the network's function is unchanged by rescaling)"))
+        rows += [("R(z*) - R(z)", f"{nb.loss_change:.4g} (below rounding)"),
+                 ("Newton steps", f"{nb.steps}, relative residual {nb.residual:.2g} ({nb.status})")]
+    else:
+        style = "magenta"
+        body.append("no stationary point within nearby_radius ", style="bold")
+        body.append(f"{nb.radius:g}", style="bold")
+        body.append(f" ({nb.status}): no verdict about a far point; the verdict above is about your weights\n")
+        body.append(nb.message)
+        rows = [("Newton steps", f"{nb.steps}, relative residual {nb.residual:.2g} where it stopped")]
+    for name, value in rows:
+        body.append(f"\n{name}: ", style="bold")
+        body.append(value)
+    for line in nb.detail_lines():
+        body.append("\n" + line, style="dim" if line.startswith("tolerances") else "")
+    return Panel(body, title="nearby stationary point z*", title_align="left", border_style=style, box=box.ROUNDED)
 
 
 def _neuron_table(rows: list[NeuronRow], max_rows: int) -> Table:
@@ -183,6 +222,8 @@ def render(result: CheckResult, max_neurons: int = 20, max_qps: int = 12) -> Gro
     from the result alone."""
     timing = "time: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in result.timings.items())
     parts = [_verdict_panel(result)]
+    if result.nearby is not None:
+        parts.append(_nearby_panel(result))
     if result.neurons:
         parts.append(_neuron_table(neuron_rows(result), max_neurons))
     budget = "budget: " + ", ".join(f"{k} {v:g}" for k, v in result.budget.to_dict().items())
@@ -264,17 +305,66 @@ _MARGIN = {
                    "ratio": {**_NUM, "minimum": 0, "description": "|value| / threshold; null when infinite"}},
 }
 
+_NUM_OR_NULL_NONNEG = {"type": ["number", "null"], "minimum": 0}
+_RADIUS = {
+    "type": "object", "additionalProperties": False, "required": ["value", "rigorous", "what_is_proven", "components"],
+    "description": "The radius within which a certified strict local minimum is the minimum (radius.Radius)",
+    "properties": {"value": {**_NUM_OR_NULL_NONNEG, "description": "null when infinite (no limit)"},
+                   "rigorous": {"type": "boolean"}, "what_is_proven": {"type": "string"},
+                   "components": {"type": "object", "additionalProperties": _NUM}},
+}
+_NEARBY = {
+    "type": "object", "additionalProperties": False,
+    "description": "Nearby mode: the verdict at z*, the exact stationary point next to the weights given, and how "
+                   "near it is. On failure (success false) verdict, reason_code, the distances, loss_change and check "
+                   "are null: nothing is claimed about a far point.",
+    "required": ["point", "status", "success", "message", "verdict", "reason_code", "distance", "relative_distance",
+                 "rescaled_distance", "relative_rescaled_distance", "loss_change", "steps", "residual", "radius",
+                 "certified_radius", "inside_certified_radius", "zeroed", "merged", "polish_steps", "held_pairs",
+                 "added_pairs", "tolerances", "seconds", "stratum", "check"],
+    "properties": {
+        "point": {"const": "nearby"},
+        "status": {"enum": ["converged", "rounding_floor", "left_stratum", "radius_exceeded", "max_iterations",
+                            "no_progress"]},
+        "success": {"type": "boolean"}, "message": {"type": "string"},
+        "verdict": {"enum": [None, *_VERDICT["enum"]]},
+        "reason_code": {"enum": [None] + [r.value for r in Reason]},
+        "distance": {**_NUM_OR_NULL_NONNEG, "description": "|z* - z|"},
+        "relative_distance": {**_NUM_OR_NULL_NONNEG, "description": "|z* - z| / |z|"},
+        "rescaled_distance": {**_NUM_OR_NULL_NONNEG,
+                              "description": "distance from z* to the rescaling orbits of z (what radius bounds)"},
+        "relative_rescaled_distance": _NUM_OR_NULL_NONNEG,
+        "loss_change": {**_NUM, "description": "R(z*) - R(z), below rounding"},
+        "steps": _INT, "residual": {**_NUM, "description": "relative gradient on the stratum at the last iterate"},
+        "radius": {"type": "number", "minimum": 0, "description": "nearby_radius, relative to |z|"},
+        "certified_radius": {**_NUM_OR_NULL_NONNEG, "description": "r*, within which z* is the minimum (the check's "
+                             "certified_radius.value); null when no strict minimum is certified at z* or no limit"},
+        "inside_certified_radius": {"type": ["boolean", "null"],
+                                    "description": "the weights given lie within r* of z* (modulo rescaling)"},
+        "zeroed": {"type": "array", "items": _INT},
+        "merged": {"type": "array", "items": {"type": "array", "items": _INT}},
+        "polish_steps": _INT, "held_pairs": _INT,
+        "added_pairs": {"type": "array", "items": {"type": "array", "items": _INT, "minItems": 2, "maxItems": 2}},
+        "tolerances": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0}},
+        "seconds": {"type": "number", "minimum": 0},
+        "stratum": {"type": ["object", "null"], "required": ["status", "success", "distance", "steps", "history"]},
+        "check": {"oneOf": [{"type": "null"}, {"$ref": "#", "description": "the full report of the check at z*"}]},
+    },
+}
+
 REPORT_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": f"sospcheck-report-{SCHEMA_VERSION}",
     "title": f"sospcheck report, schema version {SCHEMA_VERSION} (CheckResult.to_dict())",
-    "description": "Non-finite numbers are written as null. A field added or removed bumps schema_version.",
+    "description": "Non-finite numbers are written as null. A field added or removed bumps schema_version. "
+                   "`point` says which point the top-level statements are about (the weights given, or the "
+                   "snapped point); `nearby` is about z*.",
     "type": "object", "additionalProperties": False,
-    "required": ["schema_version", "verdict", "reason_code", "message", "reason", "loss_value", "loss", "reduction",
+    "required": ["schema_version", "point", "verdict", "reason_code", "message", "reason", "loss_value", "loss", "reduction",
                  "weight_decay", "descent", "stats", "neurons", "tolerances", "budget", "timings", "established",
-                 "margins", "fragile", "fragility", "snap", "activation"],
+                 "margins", "fragile", "fragility", "snap", "activation", "nearby", "certified_radius"],
     "properties": {
-        "schema_version": {"const": SCHEMA_VERSION}, "verdict": _VERDICT,
+        "schema_version": {"const": SCHEMA_VERSION}, "point": {"enum": ["input", "snapped"]}, "verdict": _VERDICT,
         "reason_code": {"enum": [r.value for r in Reason]}, "message": {"type": "string"},
         "reason": {"type": ["string", "null"]}, "loss_value": _NUM, "loss": {"type": "string"},
         "reduction": {"enum": ["sum", "mean"]}, "weight_decay": {"type": "number", "minimum": 0},
@@ -290,10 +380,13 @@ REPORT_SCHEMA = {
         "margins": {"type": "array", "items": _MARGIN}, "fragile": {"type": "boolean"},
         "fragility": {"type": "object", "additionalProperties": _VERDICT},
         "snap": {"oneOf": [{"type": "null"}, {"type": "object", "required": [
-            "n_pairs", "per_neuron", "dZ_norm", "dW2_norm", "loss_before", "loss_after", "tol"]}]},
+            "n_pairs", "per_neuron", "dZ_norm", "dW2_norm", "loss_before", "loss_after", "tol", "refit", "refit_move",
+            "refit_radius"]}]},
         "activation": {"oneOf": [{"type": "null"}, {
             "type": "object", "additionalProperties": False, "required": ["s_plus", "s_minus"],
             "properties": {"s_plus": {"type": "number", "exclusiveMinimum": 0},
                            "s_minus": {"type": "number", "minimum": 0}}}]},
+        "nearby": {"oneOf": [{"type": "null"}, _NEARBY]},
+        "certified_radius": {"oneOf": [{"type": "null"}, _RADIUS]},
     },
 }

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
-import numpy as np
-
+from .jsonable import finite_or_none, jsonable
 from .model import Direction, TwoLayerNet
 from .options import Budget, Tolerances
 from .point import Problem
@@ -16,10 +16,14 @@ from .quotient import Quotient
 from .second_order import QPRecord
 from .snap import SnapInfo
 
+if TYPE_CHECKING:
+    from .nearby_mode import NearbyResult
+    from .radius import Radius
+
 __all__ = ["Verdict", "Reason", "REASON_MESSAGES", "Decision", "NeuronRecord", "DescentCertificate", "Stats",
            "CheckResult", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION = "2.1"
+SCHEMA_VERSION = "2.2"
 
 
 class Verdict(str, Enum):
@@ -222,7 +226,7 @@ class DescentCertificate:
             "order": self.order, "test": self.test, "neuron": self.neuron,
             "slope_or_curvature": self.slope_or_curvature, "slope": self.slope, "curvature": self.curvature,
             "step": self.step, "decrease": self.decrease, "loss_before": self.loss_before,
-            "loss_after": self.loss_after, "validity_radius": _finite(self.validity_radius),
+            "loss_after": self.loss_after, "validity_radius": finite_or_none(self.validity_radius),
             "direction": self.direction.to_dict(),
         }
 
@@ -284,7 +288,7 @@ class Stats:
 
     def to_dict(self) -> dict:
         """Everything but the per-neuron records (``CheckResult.to_dict()["neurons"]``)."""
-        return _jsonable({
+        return jsonable({
             "m": self.m, "p": self.p, "M": self.M, "L": self.L, "K": self.K,
             "output_gradient_norm": self.output_gradient_norm, "output_gradient_scale": self.output_gradient_scale,
             "n_icqp_planned": self.n_icqp_planned, "n_params_reduced": self.n_params_reduced,
@@ -303,6 +307,14 @@ class CheckResult:
     ``|value| / threshold`` nearest to 1, :mod:`sospcheck.margins`); ``fragility``: the verdicts with
     every tolerance x10 and x0.1 (re-run only where a margin says a decision could flip), ``fragile``:
     one of them differs.
+
+    Which point the statements are about (:attr:`point`): the weights given (``"input"``), or the
+    snapped point when ``snap`` moved them (``"snapped"``; ``net`` is then that point). ``nearby``
+    (nearby mode, :class:`~sospcheck.nearby_mode.NearbyResult`): the verdict at ``z*``, the exact
+    stationary point next to the weights given, and how near it is; None otherwise.
+    ``certified_radius`` (:class:`~sospcheck.radius.Radius`; computed for the check at ``z*`` in nearby
+    mode when it certifies a strict local minimum, None otherwise): the radius within which the point is
+    the minimum, and what of that is proven.
     """
 
     reason_code: Reason
@@ -322,6 +334,22 @@ class CheckResult:
     loss: str = "squared"
     reduction: str = "sum"
     weight_decay: float = 0.0
+    nearby: NearbyResult | None = None
+    certified_radius: Radius | None = None
+
+    @property
+    def point(self) -> str:
+        """``"snapped"`` when snap moved the weights (the verdict is about the snapped point), else ``"input"``."""
+        return "snapped" if self.snap is not None and self.snap.moved else "input"
+
+    @property
+    def point_phrase(self) -> str:
+        """Which point the verdict is about, as the headline says it ("" for the input weights in plain mode)."""
+        if self.point == "snapped":
+            sn = self.snap
+            return (f"at the snapped point, not your weights (moved |dZ| = {sn.dZ_norm:.3g}, |dW2| = "
+                    f"{sn.dW2_norm:.3g}; loss {sn.loss_before:.6g} -> {sn.loss_after:.6g})")
+        return "at your weights" if self.nearby is not None else ""
 
     @property
     def verdict(self) -> Verdict:
@@ -356,8 +384,9 @@ class CheckResult:
                                                   self.weight_decay))
 
     def to_dict(self) -> dict:
-        return _jsonable({
+        return jsonable({
             "schema_version": SCHEMA_VERSION,
+            "point": self.point,
             "verdict": self.verdict.value,
             "reason_code": self.reason_code.value,
             "message": self.message,
@@ -378,6 +407,8 @@ class CheckResult:
             "fragility": self.fragility,
             "snap": self.snap.to_dict() if self.snap else None,
             "activation": {"s_plus": self.net.s_plus, "s_minus": self.net.s_minus} if self.net else None,
+            "nearby": self.nearby.to_dict() if self.nearby is not None else None,
+            "certified_radius": self.certified_radius.to_dict() if self.certified_radius is not None else None,
         })
 
     def to_json(self, **kw) -> str:
@@ -396,18 +427,27 @@ class CheckResult:
         if self.snap:
             sn = self.snap
             lines.append(f"snap: {sn.n_pairs} pairs moved onto kinks, |dZ| = {sn.dZ_norm:.3g}, |dW2| = {sn.dW2_norm:.3g}, "
-                         f"loss {sn.loss_before:.6g} -> {sn.loss_after:.6g}")
+                         f"loss {sn.loss_before:.6g} -> {sn.loss_after:.6g}"
+                         + ("" if sn.refit else f"; output layer not refit (the refit would move it by "
+                                                 f"{sn.refit_move:.3g} > {sn.refit_radius:.3g})"))
         marginal = self.marginal()
         if marginal:
             lines.append("within 10x of their tolerance (|value| / threshold): "
                          + ", ".join(f"{name} {r:.3g}" for name, r in marginal))
         return lines
 
+    def headline(self) -> str:
+        """The first line: the verdict, the point it is about, fragility."""
+        where = self.point_phrase
+        return (f"verdict: {self.verdict.value} ({self.reason_code.value})" + (f" {where}" if where else "")
+                + ("  (FRAGILE: flips under a 10x tolerance change)" if self.fragile else ""))
+
     def summary(self) -> str:
         s = self.stats
-        lines = [f"verdict: {self.verdict.value} ({self.reason_code.value})"
-                 + ("  (FRAGILE: flips under a 10x tolerance change)" if self.fragile else ""),
-                 f"  {self.message}"]
+        lines = [self.headline()]
+        if self.nearby is not None:
+            lines.append(self.nearby.headline())
+        lines.append(f"  {self.message}")
         if self.reason:
             lines.append(f"  reason: {self.reason}")
         lines.append(f"loss R(z) = {self.loss_value:.10g}   ({self.loss}, {self.reduction}"
@@ -436,31 +476,11 @@ class CheckResult:
         tol = self.tolerances
         lines.append(f"tolerances: boundary {tol.boundary:g}, gradient {tol.gradient:g}, a_zero {tol.a_zero:g}, "
                      f"s_bound {tol.s_bound:g}, eigen {tol.eigen:g} (x|H|={s.hessian_norm:.3g})")
+        if self.nearby is not None:
+            lines += ["  " + line for line in self.nearby.detail_lines()]
         lines.append("time: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in self.timings.items()))
         return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.summary()
 
-
-def _finite(x: float):
-    return x if np.isfinite(x) else None
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return v if np.isfinite(v) else None
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    if isinstance(obj, Enum):
-        return obj.value
-    return obj

@@ -3,7 +3,10 @@
 Trained weights never put data exactly on a kink. For each neuron ``k`` the near-boundary set
 ``S_k = {i : |N_ik| <= tol * |Z_k| * max|xbar|}`` is moved onto the kink by the minimum-norm change
 ``dZ_k = -pinv(X_S) N_S`` (so ``(Z_k + dZ_k) . xbar_i = 0`` for ``i in S_k``); the output layer,
-a convex problem once the hidden features are fixed, is then refit.
+a convex problem once the hidden features are fixed, is then refit, but only when the refit moves
+``[W2 b2]`` by at most ``refit_radius`` (default ``tol * |z|``; the check's nearby mode passes
+``nearby_radius * |z|``): a far refit would put the verdict on a point that is not the user's
+(``SnapInfo.refit`` says whether it was kept).
 
 A point can be near the kink by chance (at m = 10^4 a few points fall within 1e-5 of any
 hyperplane). Together with the genuine kink points they may span every direction, and then the
@@ -28,7 +31,9 @@ __all__ = ["SnapInfo", "snap_to_kinks", "refit_output_layer"]
 
 @dataclass(frozen=True)
 class SnapInfo:
-    """What snapping changed: pairs moved, weight distances, risk before and after."""
+    """What snapping changed: pairs moved, weight distances, risk before and after. ``refit``: the
+    output-layer refit was kept (its move ``refit_move`` was within ``refit_radius``); otherwise the
+    output layer is the user's and ``dW2_norm = db2_norm = 0``."""
 
     n_pairs: int
     per_neuron: list
@@ -42,6 +47,14 @@ class SnapInfo:
     tol: float
     refit_converged: bool
     sign_changes: int
+    refit: bool = True
+    refit_move: float = 0.0
+    refit_radius: float = float("inf")
+
+    @property
+    def moved(self) -> bool:
+        """The snapped point differs from the user's weights."""
+        return bool(self.dZ_norm > 0 or self.dW2_norm > 0 or self.db2_norm > 0)
 
     def to_dict(self) -> dict:
         return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()}
@@ -125,8 +138,10 @@ def _capped_snap(XS: np.ndarray, NS: np.ndarray, cap: float) -> tuple[np.ndarray
 
 
 def snap_to_kinks(net: TwoLayerNet, X: np.ndarray, Y: np.ndarray, loss: Loss, weight: float,
-                  weight_decay: float, tol: float = 1e-5) -> tuple[TwoLayerNet, SnapInfo]:
-    """Put each neuron's near-boundary points exactly on its kink, then refit ``W2, b2``."""
+                  weight_decay: float, tol: float = 1e-5,
+                  refit_radius: float | None = None) -> tuple[TwoLayerNet, SnapInfo]:
+    """Put each neuron's near-boundary points exactly on its kink, then refit ``W2, b2`` when that
+    moves them by at most ``refit_radius`` (default ``tol * |z|``, the snap's own scale)."""
     from .losses import risk
 
     fwd = forward(net, X)
@@ -150,10 +165,15 @@ def snap_to_kinks(net: TwoLayerNet, X: np.ndarray, Y: np.ndarray, loss: Loss, we
     N_new = forward(moved, X).N
     sign_changes = int(np.sum((np.sign(N_new) != np.sign(N)) & (np.abs(N) > tol * xmax * np.linalg.norm(net.Z, axis=1))))
     refit, ok = refit_output_layer(moved, X, Y, loss, weight, weight_decay)
+    bound = tol * net.as_direction().norm() if refit_radius is None else float(refit_radius)
+    move = float(np.sqrt(np.sum((refit.W2 - net.W2) ** 2) + (np.sum((refit.b2 - net.b2) ** 2) if net.has_b2 else 0.0)))
+    kept = bool(move <= bound)
+    if not kept:
+        refit = moved
     info = SnapInfo(
         n_pairs, per_neuron, float(np.linalg.norm(refit.Z - net.Z)), float(np.linalg.norm(refit.W2 - net.W2)),
         float(np.linalg.norm(refit.b2 - net.b2)) if net.has_b2 else 0.0, max_res, dropped,
         risk(net, X, Y, loss, weight, weight_decay), risk(refit, X, Y, loss, weight, weight_decay), tol, ok,
-        sign_changes,
+        sign_changes, kept, move, bound,
     )
     return refit, info

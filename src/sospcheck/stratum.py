@@ -32,7 +32,7 @@ from .stratum_solvers import DenseSolver, MatrixFreeSolver
 __all__ = ["StratumStatus", "StratumStep", "StratumPoint", "converge_on_stratum", "NEARBY_RADIUS"]
 
 #: default ``radius`` relative to ``|z|``: the largest move to a point still called "nearby"
-NEARBY_RADIUS = 1e-4
+NEARBY_RADIUS = 1e-3
 
 class StratumStatus(str, Enum):
     """Why :func:`converge_on_stratum` stopped. Only ``converged`` and ``rounding_floor`` are successes."""

@@ -1,25 +1,32 @@
-"""Line-search verification of a descent direction on the true risk (DESIGN.md section 4)."""
+"""Line-search verification of a descent direction on the true risk (DESIGN.md sections 4 and 8.5)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from .geometry import validity_radius
+from .loss_change import (NOISE_ULPS, activation_change, loss_change, loss_change_noise, output_size,
+                          risk_change_and_noise)
 from .model import Direction
 from .point import Point
 
 __all__ = ["Verification", "verify_descent"]
 
+_EPS = float(np.finfo(float).eps)
+
 
 @dataclass(frozen=True)
 class Verification:
-    """``R(z + step * d) = loss_after < loss_before`` by more than ``noise`` if ``verified``.
+    """``R(z + step * d) - R(z) = -decrease`` with ``decrease > noise`` if ``verified``.
 
-    ``slope`` and ``curvature`` are the local model's ``first(d)`` and ``second(d)`` for the unit
-    direction ``d``: ``R(z + t d) = R(z) + slope t + curvature t^2 + o(t^2)``; the model's output
-    part is exact for ``t < validity_radius``.
+    ``decrease`` is computed from the change of each output (:mod:`sospcheck.loss_change`), not as the
+    difference of two rounded totals, and ``noise`` bounds its rounding error; ``loss_after`` is
+    ``loss_before - decrease``. ``slope`` and ``curvature`` are the local model's ``first(d)`` and
+    ``second(d)`` for the unit direction ``d``: ``R(z + t d) = R(z) + slope t + curvature t^2 + o(t^2)``;
+    the model's output part is exact for ``t < validity_radius``.
     """
 
     verified: bool
@@ -34,62 +41,81 @@ class Verification:
     n_evaluations: int
 
 
-def _risk_along(pt: Point, d: Direction, T: np.ndarray):
-    """``t -> R(z + t d)`` from ``N + t T`` (``T = Xbar dZ'``): the same pre-activations as a forward
-    pass of the moved weights, without the ``m x d x dh`` product per trial step."""
+def _change_along(pt: Point, d: Direction, T: np.ndarray):
+    """``t -> (R(z + t d) - R(z), noise)`` from ``N + t T`` (``T = Xbar dZ'``), below the rounding of ``R``
+    (DESIGN.md 8.5): the outputs change by ``delta = (W2 + t dW2) dO + t dW2 O + t db2`` with ``dO`` the
+    activations' change (:func:`~sospcheck.loss_change.activation_change`), and the risk by
+    :func:`~sospcheck.loss_change.loss_change` of ``delta``; ``noise`` bounds the rounding error
+    (:func:`~sospcheck.loss_change.loss_change_noise`). No ``m x d x dh`` product per trial step."""
     net, fwd = pt.net, pt.fwd
-    zv, dv = net.as_direction().vector(), d.vector()
+    N, O, out = fwd.N, fwd.O, fwd.out
+    out_size = output_size(net, O)
+    dW2, db2 = d.W2, d.b2
+    OdW2, aOdW2 = O @ dW2.T, np.abs(O) @ np.abs(dW2).T
+    lam = pt.weight_decay
+    if lam:
+        zv, dv = net.as_direction().vector(), d.vector()
+        zd, azd, dd = math.fsum((zv * dv).tolist()), math.fsum(np.abs(zv * dv).tolist()), math.fsum((dv * dv).tolist())
 
-    def value(t: float) -> float:
-        out = net.activation(fwd.N + t * T) @ (net.W2 + t * d.W2).T
+    def change(t: float) -> tuple[float, float]:
+        tT = t * T
+        dO = activation_change(net, N, N + tT, tT)
+        W2t = net.W2 + t * dW2
+        delta = dO @ W2t.T + t * OdW2
+        size = np.abs(dO) @ np.abs(W2t).T + t * aOdW2
         if net.has_b2:
-            out = out + (net.b2 + t * d.b2)
-        v = pt.weight * float(np.sum(pt.loss.value(out, pt.Y)))
-        if pt.weight_decay:
-            v += 0.5 * pt.weight_decay * float(np.sum((zv + t * dv) ** 2))
-        return v
+            delta = delta + t * db2
+            size = size + t * np.abs(db2)
+        value = loss_change(pt.loss, out, None, pt.Y, pt.weight, delta=delta)
+        noise = loss_change_noise(pt.loss, out, pt.Y, pt.weight, out_size, size)
+        if lam:
+            value += lam * math.fsum([t * zd, 0.5 * t * t * dd])
+            noise += NOISE_ULPS * _EPS * lam * (t * azd + 0.5 * t * t * dd)
+        return value, noise
 
-    return value
+    return change
 
 
 def verify_descent(pt: Point, d: Direction, boundary: np.ndarray, max_halvings: int = 100) -> Verification:
-    """Evaluate ``R(z + t d)`` for ``t = t0 2^-j``, keep the best decrease.
+    """Evaluate ``R(z + t d) - R(z)`` for ``t = t0 2^-j``, keep the largest decrease.
 
     ``t0 = max(1, |z|)``, capped at 8x the step the local model suggests (the validity radius, or
     the minimiser ``-slope / (2 curvature)`` of a convex first-order model) to save evaluations.
 
-    Stops once a verified decrease has been found and halving ``t`` only makes it smaller. The
-    trial steps reuse ``N + t T``; the chosen step is then confirmed by a full forward pass.
-    ``noise = 1e-12 |R(z)| + 1e-300`` is the floating-point margin a decrease must exceed: relative to
-    the whole risk (the weight-decay term included), and positive even where ``R(z) = 0``.
+    Each difference is computed from the change of the outputs (DESIGN.md 8.5), accurate to a few
+    eps of the change itself, and a decrease counts only above ``noise``, the bound on its rounding
+    error: decreases far below the rounding of ``R`` itself are verified. Stops once a verified
+    decrease has been found and halving ``t`` only makes it smaller. The trial steps reuse ``N + t
+    T``; the chosen step is then confirmed independently, from full forward passes of both weights
+    (:func:`~sospcheck.loss_change.risk_change_and_noise`): the decrease reported is that one.
     """
     d = d.normalized()
     R0 = pt.value
     T = pt.fwd.Xbar @ d.Z.T
     slope, curvature = pt.local_terms(d, boundary, T)
     radius = validity_radius(pt.fwd.N, boundary, T)
-    risk_along = _risk_along(pt, d, T)
-    noise = 1e-12 * abs(R0) + 1e-300
+    change_at = _change_along(pt, d, T)
     t = max(1.0, pt.net.as_direction().norm())
     suggested = radius
     if slope < 0 < curvature:
         suggested = min(suggested, -slope / (2.0 * curvature))
     if np.isfinite(suggested) and suggested > 0:
         t = min(t, 8.0 * suggested)
-    best_t, best_dec, n = 0.0, -np.inf, 0
+    best_t, best_dec, best_noise, n = 0.0, -np.inf, 0.0, 0
     for _ in range(max_halvings):
         n += 1
-        dec = R0 - risk_along(t)
-        if dec > best_dec:
-            best_t, best_dec = t, dec
-        elif best_dec > noise:
+        change, noise = change_at(t)
+        if -change > best_dec:
+            best_t, best_dec, best_noise = t, -change, noise
+        elif best_dec > best_noise:
             break
         t *= 0.5
-    if best_dec > noise:
-        # the step found is confirmed by an independent full forward pass of the moved weights
+    if best_dec > best_noise:
         n += 1
-        best_dec = R0 - pt.risk_at(pt.net.perturbed(d, best_t))
-    verified = bool(best_dec > noise)
+        change, best_noise = risk_change_and_noise(pt.net, pt.net.perturbed(d, best_t), pt.X, pt.Y, pt.loss,
+                                                   pt.weight, pt.weight_decay)
+        best_dec = -change
+    verified = bool(best_dec > best_noise)
     return Verification(
-        verified, best_t, float(best_dec), R0, R0 - float(best_dec), slope, curvature, radius, noise, n
+        verified, best_t, float(best_dec), R0, R0 - float(best_dec), slope, curvature, radius, float(best_noise), n
     )

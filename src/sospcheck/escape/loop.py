@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..check import check
-from ..nearby import Nearby
+from ..nearby import Nearby, escape_nearby
 from ..result import CheckResult, Verdict
 from .stall import StallConfig
 from .step import escape_step
@@ -102,7 +102,8 @@ class SaddleEscape:
 
     On a stall (``stall``: a :class:`StallConfig`) it runs :func:`escape_step` on the model's weights
     (full batch ``X, Y``; the risk is ``criterion(model(X), Y) + weight_decay / 2 |z|^2``, with
-    ``weight_decay`` as in SGD's; ``nearby``: the thresholds of the nearby kink point). On
+    ``weight_decay`` as in SGD's; ``nearby``: the thresholds of the nearby point, a dict overriding
+    :data:`~sospcheck.nearby.ESCAPE_NEARBY`). On
     ``descent`` it writes the new weights into the model's parameters in place and, by the
     ``policy`` (an :class:`EscapePolicy`), clears the optimizer's state; on a verdict in
     ``policy.stop_on`` it sets ``stopped`` and ``certificate`` (re-checked with ``fragility=True``)
@@ -125,7 +126,7 @@ class SaddleEscape:
 
         self.stall = _config(StallConfig, stall, "stall")
         self.policy = _config(EscapePolicy, policy, "policy")
-        self.nearby = Nearby.from_any(nearby)
+        self.nearby = escape_nearby(nearby)
         self._bridge = bridge
         self.model, self.optimizer = model, optimizer
         self.criterion = nn.MSELoss() if criterion is None else criterion

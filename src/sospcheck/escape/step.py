@@ -18,7 +18,8 @@ import numpy as np
 from ..check import check, validate_inputs
 from ..losses import Loss, risk
 from ..model import TwoLayerNet, forward
-from ..nearby import Nearby, nearby_point, with_hidden
+from ..nearby import Nearby, escape_nearby, with_hidden
+from ..nearby_mode import NearbyResult, nearby_verdict
 from ..options import Tolerances
 from ..result import CheckResult, Verdict
 
@@ -27,7 +28,9 @@ __all__ = ["NearbyCheck", "nearby_check", "neuron_size_bound", "best_new_neuron"
 
 @dataclass(frozen=True)
 class NearbyCheck:
-    """The check at the nearby kink point ``net`` (= ``result.net``) of the weights ``start``."""
+    """The check at the nearby point ``net`` (= ``result.net``) of the weights ``start``: ``z*`` when
+    nearby mode found one (``nearby``, its :class:`~sospcheck.nearby_mode.NearbyResult`), else
+    ``start`` itself, checked with the caller's tolerances."""
 
     result: CheckResult
     net: TwoLayerNet
@@ -38,6 +41,7 @@ class NearbyCheck:
     loss_start: float
     loss_nearby: float
     distance: float
+    nearby: NearbyResult | None = None
 
 
 def _setup(net, X, Y, loss, reduction, weight_decay=0.0):
@@ -48,18 +52,30 @@ def _setup(net, X, Y, loss, reduction, weight_decay=0.0):
 
 def nearby_check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight_decay: float = 0.0, *,
                  nearby: Nearby | dict | None = None, **check_kwargs) -> NearbyCheck:
-    """Move to the nearby kink point (:func:`sospcheck.nearby.nearby_point`), then :func:`sospcheck.check` there
-    (``check_kwargs``: tolerances, budget, fragility, ...). The verdict and any direction are
-    about ``NearbyCheck.net``; ``loss_start`` is the risk at ``net``."""
-    if "snap" in check_kwargs:
-        raise TypeError("nearby_check() snaps by itself; do not pass `snap`")
+    """The check's nearby mode (:func:`sospcheck.nearby_mode.nearby_verdict`) with the escape loop's
+    thresholds (:func:`~sospcheck.nearby.escape_nearby`: a dict overrides
+    :data:`~sospcheck.nearby.ESCAPE_NEARBY`): the verdict at ``z*``, the exact stationary point next to
+    ``net``, checked with the nearby tolerances; when none is found within the radius, the check at
+    ``net`` itself (``check_kwargs``: tolerances, budget, fragility, ...; their ``tolerances`` apply
+    there only). The verdict and any direction are about ``NearbyCheck.net``; ``loss_start`` is the
+    risk at ``net``."""
+    for key in ("snap", "nearby_radius"):
+        if key in check_kwargs:
+            raise TypeError(f"nearby_check() finds the nearby point by itself; do not pass `{key}`")
     X, Yp, lossobj, weight = _setup(net, X, Y, loss, reduction, weight_decay)
-    near, info = nearby_point(net, X, Yp, lossobj, weight, weight_decay, nearby)
-    result = check(near, X, Yp, loss=lossobj, reduction=reduction, weight_decay=weight_decay, **check_kwargs)
+    cfg = escape_nearby(nearby)
+    common = dict(loss=lossobj, reduction=reduction, weight_decay=weight_decay)
+    at_star = {k: v for k, v in check_kwargs.items() if k != "tolerances"}
+    nb = nearby_verdict(net, X, Yp, lossobj, weight, weight_decay, cfg,
+                        lambda z, tols: check(z, X, Yp, tolerances=tols, **common, **at_star))
+    if nb.success:
+        result, near, zeroed, merged = nb.result, nb.net, nb.zeroed, nb.merged
+    else:
+        result, near, zeroed, merged = check(net, X, Yp, **common, **check_kwargs), net, [], []
     start_loss = risk(net, X, Yp, lossobj, weight, weight_decay)
     distance = float(np.linalg.norm(near.as_direction().vector() - net.as_direction().vector()))
-    return NearbyCheck(result, near, net, info["zeroed"], info["merged"], info["polish_steps"], start_loss,
-                       result.loss_value, distance)
+    return NearbyCheck(result, near, net, zeroed, merged, nb.polish_steps if nb.success else 0, start_loss,
+                       result.loss_value, distance, nb)
 
 
 def neuron_size_bound(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray) -> float:
@@ -141,7 +157,10 @@ def best_new_neuron(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss,
     best, best_R = None, math.inf
     for v in found.values():
         g = r.T @ net.activation(Xbar @ v)
-        u = -g / np.linalg.norm(g)
+        gn = np.linalg.norm(g)
+        if not (np.isfinite(gn) and gn > 0):  # a correlation at rounding level (r ~ 0): nothing to grow
+            continue
+        u = -g / gn
         grown, R = _grow_neuron(net, X, Yp, loss, weight, weight_decay, k, v, u, s_max)
         if R < best_R:
             best, best_R = grown, R

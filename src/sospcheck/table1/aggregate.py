@@ -2,7 +2,9 @@
 
 Per setting and per counting method (the paper's thresholds on raw weights; the sospcheck check
 after snap): ``Sum M (Avg)``, ``Sum L (Avg)``, ``Sum K (Avg)``, ``P{L > 0}``, plus the verdict
-distribution, timings and snap distances. Only ``status: "ok"`` records count; errors are listed.
+distribution, timings and snap distances; and nearby mode: the verdicts at ``z*`` (or why none was
+found), its relative distance, ``R(z*) - R(z)`` and the Newton steps. Only ``status: "ok"`` records
+count; errors are listed.
 """
 
 from __future__ import annotations
@@ -48,13 +50,25 @@ def _verdicts(recs: list, key: str) -> dict:
         if not ch:
             continue
         v = ch["verdict"]
+        if v is None:  # nearby mode found no stationary point: the status says why
+            c[f"none ({ch['status']})"] += 1
+            continue
         c[f"descent{ch['descent_order']}" if v == "descent" and ch.get("descent_order") else v] += 1
     return dict(c)
 
 
+def _values(recs: list, path: tuple) -> list[float]:
+    return [float(d) for d in (_dig(r, path) for r in recs) if isinstance(d, (int, float)) and not isinstance(d, bool)]
+
+
 def _median(recs: list, path: tuple) -> float:
-    vals = [float(d) for d in (_dig(r, path) for r in recs) if isinstance(d, (int, float))]
+    vals = _values(recs, path)
     return float(np.median(vals)) if vals else float("nan")
+
+
+def _max(recs: list, path: tuple) -> float:
+    vals = _values(recs, path)
+    return float(np.max(vals)) if vals else float("nan")
 
 
 def aggregate(records: list, preset: Preset) -> list[dict]:
@@ -71,6 +85,13 @@ def aggregate(records: list, preset: Preset) -> list[dict]:
             "paper": paper, "est": _counts(ok, ("estimates",)), "check": _counts(ok, ("check",)),
             "relaxed": _counts(ok, ("check_relaxed",)),
             "verdicts": _verdicts(ok, "check"), "verdicts_relaxed": _verdicts(ok, "check_relaxed"),
+            "verdicts_nearby": _verdicts(ok, "check_nearby"),
+            "nearby_runs": sum(bool(r.get("check_nearby")) for r in ok),
+            "median_nearby_rel_distance": _median(ok, ("check_nearby", "relative_rescaled_distance")),
+            "max_nearby_rel_distance": _max(ok, ("check_nearby", "relative_rescaled_distance")),
+            "median_nearby_loss_change": _median(ok, ("check_nearby", "loss_change")),
+            "median_nearby_steps": _median(ok, ("check_nearby", "steps")),
+            "median_nearby_s": _median(ok, ("check_nearby", "seconds")),
             "median_check_s": _median(ok, ("check", "seconds")),
             "median_train_s_per_iter": _median(ok, ("train", "seconds_per_iter")),
             "median_snap_dZ": _median(ok, ("check", "snap", "dZ_norm")),
@@ -89,6 +110,7 @@ def _sa(total: float, avg: float, digits: int = 3) -> str:
 
 def _verdict_text(v: dict) -> str:
     order = ["local_minimum", "sosp", "descent1", "descent2", "descent", "inconclusive"]
+    order += sorted(k for k in v if k.startswith("none"))
     return ", ".join(f"{k} {v[k]}" for k in order if v.get(k)) or "-"
 
 
@@ -122,6 +144,18 @@ def markdown_report(rows: list, preset: Preset, title: str | None = None) -> str
         w(f"| {r['setting'].label} | {_verdict_text(r['verdicts'])} | {_verdict_text(r['verdicts_relaxed'])} "
           f"| {_fmt(r['median_clarke_rel'])} | {_fmt(r['median_check_s'])} | {_fmt(r['median_snap_dZ'])} "
           f"| {_fmt(r['mean_loss'], 5)} | {_fmt(r['median_train_s_per_iter'])} |\n")
+    if any(r["nearby_runs"] for r in rows):
+        w("\nNearby mode (`check(..., snap=True, nearby=True)`): the verdict at z*, the exact stationary point next to "
+          "the raw weights, checked with tolerances near rounding (none: no stationary point within nearby_radius "
+          "1e-3, with the reason); the relative distance |z* - z| / |z| (modulo rescaling the neurons, which changes "
+          "nothing without weight decay), median and max; the median R(z*) - R(z) (below rounding), Newton steps "
+          "and nearby-mode time:\n\n")
+        w("| (dx, dh, m) | verdicts at z* | rel. distance median | max | R(z*) - R(z) median | Newton steps "
+          "| nearby s |\n|---|---|---|---|---|---|---|\n")
+        for r in rows:
+            w(f"| {r['setting'].label} | {_verdict_text(r['verdicts_nearby'])} | {_fmt(r['median_nearby_rel_distance'])} "
+              f"| {_fmt(r['max_nearby_rel_distance'])} | {_fmt(r['median_nearby_loss_change'])} "
+              f"| {_fmt(r['median_nearby_steps'])} | {_fmt(r['median_nearby_s'])} |\n")
     errs = [(r["setting"].label, m) for r in rows for m in r["error_messages"]]
     if errs:
         w("\nFailed runs (recorded, retried by the next run of the sweep):\n\n")
@@ -152,7 +186,11 @@ def csv_rows(rows: list) -> list[dict]:
         for v in ("local_minimum", "sosp", "descent1", "descent2", "inconclusive"):
             d[f"verdict_{v}"] = r["verdicts"].get(v, 0)
             d[f"relaxed_verdict_{v}"] = r["verdicts_relaxed"].get(v, 0)
-        for k in ("median_check_s", "median_train_s_per_iter", "median_snap_dZ", "median_clarke_rel", "mean_loss"):
+            d[f"nearby_verdict_{v}"] = r["verdicts_nearby"].get(v, 0)
+        d["nearby_none"] = sum(n for k, n in r["verdicts_nearby"].items() if k.startswith("none"))
+        for k in ("median_check_s", "median_train_s_per_iter", "median_snap_dZ", "median_clarke_rel", "mean_loss",
+                  "median_nearby_rel_distance", "max_nearby_rel_distance", "median_nearby_loss_change",
+                  "median_nearby_steps", "median_nearby_s"):
             d[k] = r[k]
         flat.append(d)
     return flat
@@ -174,11 +212,22 @@ def run_rows(records: list) -> list[dict]:
                   "loss_after_snap": c["snap"]["loss_after"], "snap_pairs": c["snap"]["n_pairs"],
                   "snap_dZ": c["snap"]["dZ_norm"], "snap_dW2": c["snap"]["dW2_norm"], "check_s": c["seconds"],
                   "relaxed_verdict": x.get("verdict"), "relaxed_order": x.get("descent_order"),
+                  **_nearby_columns(r.get("check_nearby")),
                   "relaxed_L": x.get("L"), "relaxed_K": x.get("K"),
                   "train_objective": t["objective"], "train_grad_norm": t["grad_norm"], "train_s": t["seconds"],
                   "device": t["device"], "batch": t["batch"]}
         out.append(d)
     return out
+
+
+def _nearby_columns(nb: dict | None) -> dict:
+    """A run's nearby-mode columns for ``runs.csv`` (empty before record version 2)."""
+    if not nb:
+        return {}
+    return {"nearby_status": nb["status"], "nearby_verdict": nb["verdict"], "nearby_order": nb["descent_order"],
+            "nearby_rel_distance": nb["relative_rescaled_distance"], "nearby_loss_change": nb["loss_change"],
+            "nearby_steps": nb["steps"], "nearby_residual": nb["residual"], "nearby_added": nb["added"],
+            "nearby_s": nb["seconds"]}
 
 
 def _write_csv(path: Path, rows: list) -> None:

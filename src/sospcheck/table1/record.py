@@ -1,4 +1,5 @@
-"""One run's record: train (a group of seeds at once), then the paper's estimates and the full check per seed.
+"""One run's record: train (a group of seeds at once), then the paper's estimates and the full check per seed
+(after snap, and in nearby mode: the verdict at the exact stationary point next to the weights).
 
 Both task functions catch every exception and return it in the record (``status: "error"``), so a
 failing run is written down and the sweep goes on.
@@ -21,7 +22,7 @@ from .training import make_data, train_adam
 
 __all__ = ["train_task", "run_record", "error_record", "RECORD_VERSION"]
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: check_nearby
 
 
 def _error(exc: BaseException) -> dict:
@@ -69,13 +70,34 @@ def _check_summary(res, seconds: float) -> dict:
     }
 
 
+def _nearby_summary(nb) -> dict:
+    """What a record keeps of nearby mode (:class:`~sospcheck.nearby_mode.NearbyResult`): the verdict at
+    ``z*`` and its descent, where ``z*`` is, the Newton steps, the held pairs, or why there is none."""
+    res = nb.result
+    return {
+        "status": nb.status, "success": nb.success, "message": nb.message,
+        "verdict": res.verdict.value if res is not None else None, "reason": res.reason if res is not None else None,
+        "descent_order": res.descent.order if res is not None and res.descent else None,
+        "descent_test": res.descent.test if res is not None and res.descent else None,
+        "descent_decrease": res.descent.decrease if res is not None and res.descent else None,
+        "M": res.stats.M if res is not None else None, "L": res.stats.L if res is not None else None,
+        "K": res.stats.K if res is not None else None,
+        "distance": nb.distance, "relative_distance": nb.relative_distance, "rescaled_distance": nb.rescaled_distance,
+        "relative_rescaled_distance": nb.relative_rescaled_distance, "loss_change": nb.loss_change,
+        "steps": nb.steps, "residual": nb.residual, "held": nb.held, "added": len(nb.added), "zeroed": nb.zeroed,
+        "merged": nb.merged, "seconds": nb.seconds,
+    }
+
+
 def run_record(preset: dict, setting: dict, seed: int, trained: dict,
-               relaxed_gradient_tol: float | None = 1e-5) -> dict:
+               relaxed_gradient_tol: float | None = 1e-5, nearby: bool = True) -> dict:
     """Dask task: estimates and the full check (with snap) of one trained run; its JSON-ready record.
 
     ``trained`` is :func:`train_task`'s answer for this seed's group (or the same shape loaded from disk).
     ``relaxed_gradient_tol``: also run the check with ``Tolerances(gradient=...)`` (None: skip), which
     tells what the second-order test says at points that are first-order stationary only to that level.
+    ``nearby``: the check runs in nearby mode too (``check(..., snap=True, nearby=True)``; the snap's
+    refit is then bounded by ``nearby_radius * |z|``), recorded as ``check_nearby``.
     """
     p, s = Preset.from_dict(preset), SizeSetting(**setting)
     if not trained.get("ok"):
@@ -88,8 +110,8 @@ def run_record(preset: dict, setting: dict, seed: int, trained: dict,
         net = TwoLayerNet(W1=w["W1"], b1=w["b1"], W2=w["W2"], b2=w["b2"], s_minus=p.s_minus)
         t0 = time.perf_counter()
         res = check(net, X, Y, loss=p.loss, reduction="mean", weight_decay=p.weight_decay, snap=True,
-                    fragility=False)
-        check_seconds = time.perf_counter() - t0
+                    fragility=False, nearby=nearby)
+        check_seconds = time.perf_counter() - t0 - (res.nearby.seconds if res.nearby is not None else 0.0)
         relaxed = None
         if relaxed_gradient_tol:
             t1 = time.perf_counter()
@@ -107,6 +129,7 @@ def run_record(preset: dict, setting: dict, seed: int, trained: dict,
             "estimates": est.to_dict(),
             "check": _check_summary(res, check_seconds),
             "check_relaxed": relaxed,
+            "check_nearby": _nearby_summary(res.nearby) if res.nearby is not None else None,
             "versions": {"sospcheck": __version__, "numpy": np.__version__, "python": platform.python_version()},
             "host": platform.node(),
         }
