@@ -7,8 +7,9 @@ kink), moved by ``perturb * |z|`` in a random direction. Per size, the best wall
 CPU time, which other jobs on a shared machine inflate less) over ``repeats`` runs of
 ``check(..., fragility=False)`` and of ``check(..., fragility=False, nearby=True)``, their ratio,
 what nearby mode itself took (``result.timings["nearby"]``: the stratum iteration plus the check at
-``z*``), the verdicts at the weights and at ``z*``, the Newton steps, the distance to ``z*`` and to
-the planted point, and ``R(z*) - R(z)``.
+``z*`` and, at a strict minimum, its certified radius), the verdicts at the weights and at ``z*``, the Newton steps, the distance to ``z*`` and to
+the planted point, ``R(z*) - R(z)``, and the certified radius ``r*`` (its time, and whether the
+weights lie inside it).
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def run(dx: int, dh: int, m: int, perturb: float, repeats: int) -> None:
         line += (f"; at z*: {common.describe_result(nb.result)}, {nb.steps} Newton step(s), residual "
                  f"{nb.residual:.1e}, moved {nb.relative_distance:.2e} (to planted {back:.2e}), "
                  f"R(z*) - R(z) = {nb.loss_change:.3e}")
+        if nb.certified_radius is not None:
+            line += (f"; r* = {nb.certified_radius:.2e} ({nb.result.timings['radius']:.3f} s), your weights "
+                     + ("inside" if nb.inside_certified_radius else "outside"))
     else:
         line += f"; no z*: {nb.status} ({nb.message})"
     print(line, flush=True)

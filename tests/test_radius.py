@@ -25,18 +25,6 @@ def radius_of(net, X, Y, loss="squared"):
     return certified_radius(pt, boundary, neurons, so, tol), pt
 
 
-def _direction(net, v):
-    """The direction whose ``vector()`` is ``v`` (W1, b1, W2, b2 in order)."""
-    parts, off = [], 0
-    for a in (net.W1, net.b1, net.W2, net.b2):
-        if a is None:
-            parts.append(None)
-            continue
-        parts.append(v[off:off + a.size].reshape(a.shape))
-        off += a.size
-    return Direction(*parts)
-
-
 def worst_change(pt, radii, rng, n_dirs=300):
     """Smallest ``R(z + eta) - R(z)`` (accurate below rounding) over random directions of every
     parameter at each length in ``radii``, half of them keeping the kink points' ``W1, b1`` fixed."""
@@ -49,7 +37,7 @@ def worst_change(pt, radii, rng, n_dirs=300):
             v[: net.W1.size + (net.dh if net.has_b1 else 0)] *= rng.random() < 0.5
         v /= np.linalg.norm(v)
         for t in radii:
-            new = net.perturbed(_direction(net, t * v))
+            new = net.perturbed(Direction.from_vector(net, t * v))
             worst[t] = min(worst[t], risk_change(net, new, pt.X, pt.Y, pt.loss, pt.weight))
     return worst
 
@@ -143,3 +131,21 @@ def test_certified_radius_only_for_strict_minima():
     so = second_order_test(pt, neurons, boundary, tol, Budget())
     assert so.outcome == Outcome.ZERO
     assert certified_radius(pt, boundary, neurons, so).value == 0.0
+
+
+def test_kink_pairs_a_few_eps_off_their_kinks_are_paid_for_by_the_slack():
+    """A floating-point kink minimum has ``|N_ik|`` of a few eps at its kink pairs: moves that cross them
+    differ from the exact-kink model by up to ``(s_hi - s_lo) |w_k| |N_ik|`` per output, which the radius'
+    ``kink_residual_slack`` covers (no allowance beyond ``loss_slack`` and the rounding of the difference)."""
+    net, X, Y = kink_basin_minimum(1e-6)
+    nu = 4e-14  # the kink point x = 0 now sits at N = nu: still on the kink for the check's tolerance
+    off = TwoLayerNet(net.W1, net.b1 + nu, net.W2, net.b2)
+    rad, pt = radius_of(off, X, Y)
+    kink = rad.components["kink_residual_slack"]
+    assert rad.rigorous and rad.value > 0
+    # one kink pair (x = 0, residual 2 at weight 1): delta = |w| nu, slope |r| = 2
+    assert kink == pytest.approx(2.0 * nu, rel=1e-3)
+    worst = worst_change(pt, [rad.value * f for f in (0.01, 0.3, 1.0)], np.random.default_rng(3))
+    assert min(worst.values()) >= -rad.components["loss_slack"] - 1e-30, (worst, rad.components)
+    exact = radius_of(net, X, Y)[0]
+    assert exact.components["kink_residual_slack"] == 0.0  # exactly on the kink: nothing to pay

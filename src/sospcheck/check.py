@@ -121,7 +121,9 @@ def _check_point(problem: Problem, tol: Tolerances, bud: Budget, seed: int, engi
     analysis = _analyze(problem, tol, bud, seed, engine, progress)
     result = analysis.result
     if radius and result.verdict == Verdict.LOCAL_MINIMUM:
+        t0 = time.perf_counter()
         result.certified_radius = analysis.radius()
+        result.timings["radius"] = time.perf_counter() - t0
     result.loss, result.reduction = loss_name, reduction
     net = problem.net
     near = near_zero_neurons(net, problem.X, problem.Y, tol.near_zero)

@@ -226,6 +226,18 @@ class Direction:
         return cls(dZ.copy(), None, dW2, db2)
 
     @classmethod
+    def from_vector(cls, net: TwoLayerNet, v: np.ndarray) -> "Direction":
+        """The direction whose :meth:`vector` is ``v`` (``W1, b1, W2, b2`` in order; absent biases ``None``)."""
+        parts, i = [], 0
+        for ref in (net.W1, net.b1, net.W2, net.b2):
+            if ref is None:
+                parts.append(None)
+                continue
+            parts.append(np.array(v[i:i + ref.size], dtype=np.float64).reshape(ref.shape))
+            i += ref.size
+        return cls(*parts)
+
+    @classmethod
     def hidden(cls, net: TwoLayerNet, dZ: np.ndarray) -> "Direction":
         """Moves only the hidden layer: ``dZ`` (dh x d) in ``Z`` coordinates."""
         zero = cls.zeros_like(net)

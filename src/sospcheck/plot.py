@@ -49,25 +49,13 @@ def check_grid(grid, name: str = "`grid`") -> None:
         raise ValueError(f"{name} must be at least 5 and at most {MAX_GRID} (an integer), got {grid!r}")
 
 
-def _direction(net: TwoLayerNet, v: np.ndarray) -> Direction:
-    """The :class:`Direction` whose ``vector()`` is ``v`` (absent biases stay ``None``)."""
-    parts, i = [], 0
-    for ref in (net.W1, net.b1, net.W2, net.b2):
-        if ref is None:
-            parts.append(None)
-            continue
-        parts.append(v[i:i + ref.size].reshape(ref.shape).copy())
-        i += ref.size
-    return Direction(*parts)
-
-
 def random_direction(net: TwoLayerNet, rng: np.random.Generator, orthogonal_to: list[Direction] = ()) -> Direction:
     """A unit direction with i.i.d. normal entries, Gram-Schmidt orthogonal to ``orthogonal_to``."""
     v = rng.standard_normal(net.n_params)
     for d in orthogonal_to:
         u = d.vector() / d.norm()
         v = v - (u @ v) * u
-    return _direction(net, v / np.linalg.norm(v))
+    return Direction.from_vector(net, v / np.linalg.norm(v))
 
 
 class Slice:

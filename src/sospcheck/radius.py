@@ -5,7 +5,10 @@ Where step 4 certifies ``local_minimum`` (every second-order subproblem T1), :fu
 turns its margins into a radius ``r*``: for every perturbation ``eta`` of the quotient slice (plus the
 directions that are exactly invariant: dead blocks, zero-output ``nu_k``, inactive directions,
 components outside the data span) with ``|eta| <= r*``, ``R(z + eta) >= R(z) - slack``, ``slack`` the
-first-order residual the tolerances let pass times ``r*`` (zero at an exactly stationary point).
+first-order residual the tolerances let pass times ``r*`` (zero at an exactly stationary point) plus
+what the kink pairs' rounding off their kinks can cost (:func:`kink_residual_slack`: a floating-point
+``z`` has ``|N_ik|`` of a few eps there, not 0, and a move that crosses such a pair differs from the
+model by up to ``(s_hi - s_lo) |w_k| |N_ik|`` in the output; ~1e-19 on the Table 1 minima).
 
 Three facts give it. Below ``r_valid = min over off-kink pairs |N_ik| / |xbar_i|`` no pair changes
 sign, so the outputs are exactly the piecewise-quadratic model of section 2. On each of its pieces
@@ -32,6 +35,7 @@ known third-derivative bound; neurons failing Assumption 2 have no extreme rays.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,7 +48,7 @@ from .quotient import reduce, span_coordinates
 from .reduced import Block, ReducedProblem, constraint_blocks
 from .second_order import Outcome, QPRecord, SecondOrderOutcome
 
-__all__ = ["Radius", "certified_radius", "third_derivative_bound", "uniform_validity_radius"]
+__all__ = ["Radius", "certified_radius", "third_derivative_bound", "uniform_validity_radius", "kink_residual_slack"]
 
 #: sup |d^3 l| per unit |delta|^3 of the per-sample loss (before the reduction weight)
 _THIRD_DERIVATIVE = {"squared": 0.0, "mse": 0.0, "logistic": 1.0 / (6.0 * math.sqrt(3.0)),
@@ -167,16 +171,22 @@ def _first_order(pt: Point, neurons: list[NeuronTest], kept: set[int]) -> tuple[
     return alpha, math.sqrt(g_out) + math.sqrt(per_neuron), ok
 
 
-def _second_order_constants(pt: Point, zero_output: bool, L3: float):
-    """``beta`` (``|b(x, y)| <= beta |x| |y|`` for the bilinear form of ``second`` on every piece) and
-    ``K3(r)`` (``E >= -r K3(r) |n|^2`` for ``|eta| <= r``), from the per-sample output Jacobian bound
-    ``G1_i = sqrt(|O_i|^2 + [b2] + s_hi^2 |W2|_2^2 |xbar_i|^2)``, ``h_i = |H_i|_2`` and ``|r_i|``."""
+def _output_bounds(pt: Point) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Per sample: ``G1_i = sqrt(|O_i|^2 + [b2] + s_hi^2 |W2|_2^2 |xbar_i|^2)`` (a bound of the output
+    Jacobian), ``h_i = |H_i|_2``, ``|xbar_i|``; and ``s_hi``."""
     net = pt.net
     s_hi = max(net.s_plus, net.s_minus)
     xn = np.linalg.norm(pt.fwd.Xbar, axis=1)
     G1 = np.sqrt(np.sum(pt.fwd.O ** 2, axis=1) + (1.0 if net.has_b2 else 0.0)
                  + (s_hi * np.linalg.norm(net.W2, 2) * xn) ** 2)
-    h = np.linalg.norm(pt.Hl, 2, axis=(1, 2))
+    return G1, np.linalg.norm(pt.Hl, 2, axis=(1, 2)), xn, s_hi
+
+
+def _second_order_constants(pt: Point, zero_output: bool, L3: float):
+    """``beta`` (``|b(x, y)| <= beta |x| |y|`` for the bilinear form of ``second`` on every piece) and
+    ``K3(r)`` (``E >= -r K3(r) |n|^2`` for ``|eta| <= r``), from the per-sample output Jacobian bound
+    ``G1_i``, ``h_i = |H_i|_2`` and ``|r_i|`` (:func:`_output_bounds`)."""
+    G1, h, xn, s_hi = _output_bounds(pt)
     beta = 0.5 * (float(h @ G1 ** 2) + s_hi * float(np.linalg.norm(pt.r, axis=1) @ xn)) + 0.5 * pt.weight_decay
     c2 = 2.0 if zero_output else 1.0  # zero-output blocks add |u_n| |nu_k| to the bilinear output term
     linear = c2 * s_hi * float(h @ (G1 * xn))
@@ -185,6 +195,25 @@ def _second_order_constants(pt: Point, zero_output: bool, L3: float):
         return linear + (L3 / 6.0) * float(np.sum((G1 + c2 * s_hi * xn * r) ** 3))
 
     return beta, K3
+
+
+def kink_residual_slack(pt: Point, boundary: np.ndarray, L3: float) -> Callable[[float], float]:
+    """``r -> sum_i delta_i (|r_i| + (h_i + L3 (G1_i r + delta_i)) (G1_i r + delta_i))``, ``delta_i = (s_hi -
+    s_lo) sum_k |w_k| |N_ik|`` over the kink pairs: how far ``R`` near ``z`` can lie below the model that
+    puts the kink pairs exactly on their kinks, when they sit at ``|N_ik|`` of a few eps instead (a move
+    crossing such a pair changes its activation by at most ``(s_hi - s_lo) |N_ik|`` more than the
+    model; ``l`` changes by at most its slope at the moved output times that)."""
+    net = pt.net
+    G1, h, _, _ = _output_bounds(pt)
+    gap = abs(net.s_plus - net.s_minus)
+    delta = gap * (np.abs(np.where(boundary, pt.fwd.N, 0.0)) @ np.linalg.norm(net.W2, axis=0))
+    rn = np.linalg.norm(pt.r, axis=1)
+
+    def slack(r: float) -> float:
+        move = G1 * r + delta
+        return float(delta @ (rn + (h + L3 * move) * move))
+
+    return slack
 
 
 def _largest(ok, hi: float) -> float:
@@ -266,18 +295,20 @@ def certified_radius(pt: Point, boundary: np.ndarray, neurons: list[NeuronTest],
 
         conditions.append(first_order_ok)
     r_star = _largest(lambda r: all(c(r) for c in conditions), r_valid)
-    slack = eps_g * r_star if math.isfinite(r_star) else (0.0 if eps_g == 0 else math.inf)
+    kink_slack = kink_residual_slack(pt, boundary, L3)(min(r_star, 1e300))
+    slack = (eps_g * r_star if math.isfinite(r_star) else (0.0 if eps_g == 0 else math.inf)) + kink_slack
     components = {"validity_radius": r_valid, "curvature": lam, "first_order_slope": alpha,
                   "kink_conditioning": kappa, "kink_norm": sig_hi, "form_bound": beta,
                   "remainder_constant": K3(min(r_star, 1e300)), "third_derivative": L3,
-                  "gradient_residual": eps_g, "loss_slack": slack,
+                  "gradient_residual": eps_g, "kink_residual_slack": kink_slack, "loss_slack": slack,
                   "remainder_radius": _largest(remainder_ok, math.inf)}
     shape = ("every perturbation eta with |eta| <= r* made of a part in the quotient slice (orthogonal to "
              "the quotiented flat directions: rescalings, bias shifts, shared flat directions) and any "
              "change of dead blocks, zero-output input weights, inactive directions and components outside "
              "the data span")
     proven = (f"R(z + eta) >= R(z) - {slack:.3g} (first-order residual {eps_g:.3g} allowed by the tolerances, "
-              f"times r*) for {shape}; the exact symmetries carry this to their orbits, a general perturbation "
+              f"times r*, plus {kink_slack:.3g} for the kink pairs' rounding off their kinks) for {shape}; the "
+              "exact symmetries carry this to their orbits, a general perturbation "
               "of length r being mapped into the slice with a length stretched by 1 + O(r / |z_k|) "
               "(estimated, not bounded)")
     if caveats:
