@@ -187,10 +187,9 @@ def _check(args, display: ProgressDisplay):
     if getattr(net, "depth", 1) > 1:  # several hidden layers: sospcheck.deep (DESIGN.md section 10)
         from .deep import check_deep
 
-        if kw.pop("snap") or kw.pop("nearby", False) or getattr(args, "plot", None) or args.command == "plot":
-            raise InputError("--snap, --nearby and plots are not available for networks with several hidden layers")
+        if kw.pop("snap") or getattr(args, "plot", None) or args.command == "plot":
+            raise InputError("--snap and plots are not available for networks with several hidden layers")
         kw.pop("snap_tol")
-        kw.pop("nearby_radius", None)
         return check_deep(net, X, Y, progress=display, **kw), X, Y
     result = check(net, X, Y, progress=display, **kw)
     return result, X, Y
