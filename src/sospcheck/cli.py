@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--nearby-radius", type=float, metavar="R",
                    help="with --nearby: the largest move to z*, relative to |z| (default 1e-3)")
     c.add_argument("--nearby-out", metavar="Z.npz", help="with --nearby: write z* as a params .npz (W1, b1, W2, b2, "
-                   "s_plus, s_minus; readable by --params) to exactly this path, when z* was found")
+                   "s_plus, s_minus; for several hidden layers the state_dict keys 0.weight, 0.bias, 2.weight, ...; "
+                   "readable by --params) to exactly this path, when z* was found")
     c.add_argument("--plot", metavar="OUT.png", help="also draw the plots of `sospcheck plot` (.png, .svg or .pdf)")
     c.add_argument("--quiet", action="store_true", help="print only the verdict")
 
