@@ -19,7 +19,8 @@ from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_deep import KINK_CASES, _torch_model, planted_smooth  # noqa: E402
+from deep_instances import random_deep_instances  # noqa: E402
+from test_deep import KINK_CASES, _check, _net, _torch_model, _vo, planted_smooth  # noqa: E402
 
 from sospcheck.deep import DeepNet, check_deep  # noqa: E402
 from sospcheck.deep.nearby import DEEP_NEARBY_TOLERANCES  # noqa: E402
@@ -84,6 +85,35 @@ def test_kink_minimum_perturbed_off_its_kinks_is_held_on_them(name, eps):
     assert nb.relative_distance < 3 * eps and _relative(nb.net, net) < 3 * eps
     held = nb.stratum.boundary
     assert held.shape == (X.shape[0], sum(net.widths)) and held.sum() == nb.held
+
+
+def _sweep(n: int, seed: int) -> tuple[set, list]:
+    """Random tiny instances planted exactly stationary on kinks in every layer (squared loss, with and without
+    weight decay), perturbed by 1e-9: nearby mode's verdict at z* is the verdict at the exact point."""
+    seen, bad = set(), []
+    for q, d in enumerate(random_deep_instances(n, seed=seed, weights={"planted": 0.7, "weight_decay": 0.3})):
+        exact = _vo(_check(d))
+        z = _perturbed(_net(d), 1e-9, seed=q)
+        nb = check_deep(z, d["X"], d["Y"], loss=d["loss"], weight_decay=d["weight_decay"], fragility=False,
+                        nearby=True).nearby
+        got = _vo(nb.result) if nb.success else ("none", nb.status)
+        seen.add(exact)
+        if got != exact or nb.relative_distance > 3e-9:
+            bad.append((q, d["kind"], exact, got, nb.relative_distance))
+    return seen, bad
+
+
+def test_perturbed_exact_kink_points_keep_their_verdict():
+    """Minima, SOSPs and second-order saddles on kinks: the saddle's order-2 descent is found (and verified) at
+    z*."""
+    seen, bad = _sweep(16, seed=7)
+    assert not bad and {("local_minimum", None), ("sosp", None), ("descent", 2)} <= seen
+
+
+@pytest.mark.slow
+def test_perturbed_exact_kink_points_keep_their_verdict_60():
+    seen, bad = _sweep(60, seed=7)
+    assert not bad
 
 
 def test_held_pair_added_when_a_step_would_cross_it():
