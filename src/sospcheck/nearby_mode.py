@@ -22,7 +22,8 @@ Every move but the rescaling counts against ``nearby_radius * |z|``. When no sta
 and holds no verdict: nothing is claimed about a far point. :func:`nearby_verdict` is the one
 implementation behind ``check(..., nearby=True)``, ``sospcheck check --nearby``,
 ``check_model(..., nearby=True)`` and the escape loop's :func:`sospcheck.escape.nearby_check`;
-each passes its own ``judge`` (the check it runs at ``z*``).
+each passes its own ``judge`` (the check it runs at ``z*``). Deep networks (:mod:`sospcheck.deep.nearby`)
+share :class:`NearbyResult` and the hold-restart loop (:func:`converge_holding`).
 """
 
 from __future__ import annotations
