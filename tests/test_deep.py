@@ -341,8 +341,6 @@ def test_check_model_routes_deep_sequentials_and_matches_the_criterion():
 def test_deep_refusals_and_layout_errors():
     model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 1))
     X, Y = torch.randn(4, 2), torch.randn(4, 1)
-    with pytest.raises(ValueError, match="nearby=True. is not supported"):
-        check_model(model, X, Y, nearby=True)
     with pytest.raises(ValueError, match="snap=True. is not supported"):
         check_model(model, X, Y, snap=True)
     mixed = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 3), nn.LeakyReLU(0.2), nn.Linear(3, 1))

@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--nearby-radius", type=float, metavar="R",
                    help="with --nearby: the largest move to z*, relative to |z| (default 1e-3)")
     c.add_argument("--nearby-out", metavar="Z.npz", help="with --nearby: write z* as a params .npz (W1, b1, W2, b2, "
-                   "s_plus, s_minus; readable by --params) to exactly this path, when z* was found")
+                   "s_plus, s_minus; for several hidden layers the state_dict keys 0.weight, 0.bias, 2.weight, ...; "
+                   "readable by --params) to exactly this path, when z* was found")
     c.add_argument("--plot", metavar="OUT.png", help="also draw the plots of `sospcheck plot` (.png, .svg or .pdf)")
     c.add_argument("--quiet", action="store_true", help="print only the verdict")
 
@@ -187,10 +188,9 @@ def _check(args, display: ProgressDisplay):
     if getattr(net, "depth", 1) > 1:  # several hidden layers: sospcheck.deep (DESIGN.md section 10)
         from .deep import check_deep
 
-        if kw.pop("snap") or kw.pop("nearby", False) or getattr(args, "plot", None) or args.command == "plot":
-            raise InputError("--snap, --nearby and plots are not available for networks with several hidden layers")
+        if kw.pop("snap") or getattr(args, "plot", None) or args.command == "plot":
+            raise InputError("--snap and plots are not available for networks with several hidden layers")
         kw.pop("snap_tol")
-        kw.pop("nearby_radius", None)
         return check_deep(net, X, Y, progress=display, **kw), X, Y
     result = check(net, X, Y, progress=display, **kw)
     return result, X, Y

@@ -265,10 +265,9 @@ def load_params(path: str, no_bias1: bool = False, no_bias2: bool = False, s_plu
     _regular_file(path, "--params")
     fmt = params_format(path)
     given = {"s_plus": s_plus, "s_minus": s_minus}
-    if fmt == "npz":
-        return _from_named(_params_npz(path), {}, path, no_bias1, no_bias2, given)
-    tensors, meta = _read_torch(path) if fmt == "torch" else _read_safetensors(path)
-    if set(tensors) <= set(_NPZ_KEYS) | set(_SLOPES) and "W1" in tensors:
+    tensors, meta = ((_params_npz(path), {}) if fmt == "npz" else
+                     _read_torch(path) if fmt == "torch" else _read_safetensors(path))
+    if set(tensors) <= set(_NPZ_KEYS) | set(_SLOPES) and ("W1" in tensors or fmt == "npz"):
         return _from_named(tensors, meta, path, no_bias1, no_bias2, given)
     if sum(k.endswith(".weight") for k in tensors) > 2:
         return _deep(tensors, meta, path, no_bias1 or no_bias2, given)
@@ -287,7 +286,7 @@ def _deep(tensors: dict, meta: dict, path: str, bias_flag: bool, given: dict):
     if bias_flag:
         raise InputError(f"--params file {path!r} holds a network with several hidden layers: a layer's missing "
                          "'<layer>.bias' key already says it has no bias; drop --no-bias1/--no-bias2")
-    slopes = _slopes(meta, given, path)
+    slopes = _slopes({**meta, **{k: tensors.pop(k) for k in _SLOPES if k in tensors}}, given, path)  # .npz: stored
     if slopes.get("s_plus", 1.0) != 1.0:
         raise InputError(f"--params file {path!r}: a network with several hidden layers needs s_plus = 1 "
                          "(torch's ReLU / LeakyReLU)")
@@ -302,11 +301,12 @@ def _params_npz(path: str) -> dict:
     ``--data``) is refused: a file of another model must not be read as this one."""
     with _open_npz(path, "--params") as z:
         members = _members(z)
-        unknown = sorted(set(members) - set(_NPZ_KEYS) - set(_SLOPES) - set(_DATA_KEYS))
+        state = {k for k in members if k.endswith((".weight", ".bias"))}  # a DeepNet's state_dict (save_params)
+        unknown = sorted(set(members) - set(_NPZ_KEYS) - set(_SLOPES) - set(_DATA_KEYS) - state)
         if unknown:
             raise InputError(f"--params file {path!r} has unexpected key(s) {unknown}; a params .npz holds W1, b1, "
                              "W2, b2 and optionally s_plus, s_minus (and X, Y when it is also the --data file)")
-        return {k: _read_npy(z, members[k], k, path, "--params") for k in _NPZ_KEYS + _SLOPES if k in members}
+        return {k: _read_npy(z, members[k], k, path, "--params") for k in members if k not in _DATA_KEYS}
 
 
 def _from_named(arrays: dict, meta: dict, path: str, no_bias1: bool, no_bias2: bool, given: dict) -> TwoLayerNet:
@@ -492,8 +492,9 @@ def _layer_pairs(shapes) -> list[tuple]:
 
 def save_params(path: str, net: TwoLayerNet) -> None:
     """A params ``.npz`` that ``--params`` (:func:`load_params`) reads back: ``W1, b1, W2, b2`` (an absent
-    bias left out: read it with ``--no-bias1`` / ``--no-bias2``) and the slopes ``s_plus, s_minus``,
-    written to exactly ``path``."""
-    arrays = {k: v for k, v in (("W1", net.W1), ("b1", net.b1), ("W2", net.W2), ("b2", net.b2)) if v is not None}
+    bias left out: read it with ``--no-bias1`` / ``--no-bias2``; a DeepNet: its state_dict keys) and the slopes
+    ``s_plus, s_minus``, written to exactly ``path``."""
+    arrays = net.state_dict() if hasattr(net, "state_dict") else {
+        k: v for k, v in (("W1", net.W1), ("b1", net.b1), ("W2", net.W2), ("b2", net.b2)) if v is not None}
     with open(path, "wb") as f:
         np.savez(f, **arrays, s_plus=np.float64(net.s_plus), s_minus=np.float64(net.s_minus))

@@ -22,7 +22,8 @@ Every move but the rescaling counts against ``nearby_radius * |z|``. When no sta
 and holds no verdict: nothing is claimed about a far point. :func:`nearby_verdict` is the one
 implementation behind ``check(..., nearby=True)``, ``sospcheck check --nearby``,
 ``check_model(..., nearby=True)`` and the escape loop's :func:`sospcheck.escape.nearby_check`;
-each passes its own ``judge`` (the check it runs at ``z*``).
+each passes its own ``judge`` (the check it runs at ``z*``). Deep networks (:mod:`sospcheck.deep.nearby`)
+share :class:`NearbyResult` and the hold-restart loop (:func:`converge_holding`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -42,7 +44,11 @@ from .options import Tolerances
 from .result import CheckResult, Reason, Verdict
 from .stratum import StratumPoint, StratumStatus, converge_on_stratum
 
-__all__ = ["NEARBY_TOLERANCES", "NearbyResult", "nearby_verdict", "nearby_config", "rebalance", "rescaled_distance"]
+if TYPE_CHECKING:
+    from .deep.model import DeepNet
+
+__all__ = ["NEARBY_TOLERANCES", "NearbyResult", "nearby_verdict", "nearby_config", "rebalance", "rescaled_distance",
+           "converge_holding"]
 
 #: The check at ``z*`` (docs/tolerances.md). ``boundary 1e-12``: the held pairs sit on their kinks to a
 #: few eps of ``|xbar_i| |Z_k|`` (``kink_residual``, DESIGN.md 8.4) and every other pair is at least
@@ -76,8 +82,10 @@ class NearbyResult:
     """The verdict at ``z*``, the exact stationary point next to the weights ``z``, and how near it is.
 
     ``status``: the stratum iteration's (:class:`~sospcheck.stratum.StratumStatus` value); only
-    ``converged`` and ``rounding_floor`` are successes, and only then are ``net`` (``z*``) and
-    ``result`` (the check at ``z*``, with :data:`NEARBY_TOLERANCES`) set. ``distance`` /
+    ``converged`` and ``rounding_floor`` are successes, and only then are ``net`` (``z*``: a
+    :class:`~sospcheck.model.TwoLayerNet`, or a :class:`~sospcheck.deep.DeepNet` for deep networks,
+    :mod:`sospcheck.deep.nearby`) and ``result`` (the check at ``z*``, with :data:`NEARBY_TOLERANCES`,
+    :data:`~sospcheck.deep.nearby.DEEP_NEARBY_TOLERANCES` for deep networks) set. ``distance`` /
     ``relative_distance``: ``|z* - z|`` and that over ``|z|``; ``rescaled_distance``: the distance from
     ``z*`` to the rescaling orbits of ``z`` (:func:`rescaled_distance`; the same up to rounding
     without weight decay, where nothing is rescaled), the one ``radius`` bounds; ``loss_change``: ``R(z*) - R(z)``
@@ -93,7 +101,7 @@ class NearbyResult:
 
     status: str
     message: str
-    net: TwoLayerNet | None
+    net: TwoLayerNet | DeepNet | None
     result: CheckResult | None
     distance: float | None
     relative_distance: float | None
@@ -269,6 +277,25 @@ def _prepare(net: TwoLayerNet, X, Yp, loss: Loss, weight: float, lam: float, cfg
     return cur, ks, groups, steps
 
 
+def converge_holding(converge: Callable[[np.ndarray], StratumPoint], held: np.ndarray, holdable: np.ndarray,
+                     max_holds: int, notify: Callable) -> tuple[StratumPoint, list]:
+    """``converge(held)`` (an m x units mask), restarted with the crossing pair held too while the iteration
+    leaves the stratum across a pair within ``hold_tol`` of its kink (at most ``max_holds`` times): step 3 of
+    the module docstring, shared with deep networks (:mod:`sospcheck.deep.nearby`). Returns the last run and
+    the pairs added."""
+    added: list[tuple[int, int]] = []
+    while True:
+        notify("nearby: converging on the stratum", len(added), None)
+        sp = converge(held)
+        if (sp.status == StratumStatus.LEFT_STRATUM and sp.crossing is not None and not held[sp.crossing]
+                and holdable[sp.crossing] and len(added) < max_holds):
+            held = held.copy()
+            held[sp.crossing] = True
+            added.append(sp.crossing)
+            continue
+        return sp, added
+
+
 def nearby_verdict(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, weight: float, weight_decay: float,
                    nearby: Nearby, judge: Callable[[TwoLayerNet, Tolerances], CheckResult],
                    notify: Callable[[str, int, int | None], None] | None = None) -> NearbyResult:
@@ -291,19 +318,9 @@ def nearby_verdict(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, 
     room = max(budget - _dist(cur, net), 0.0)
     if weight_decay:
         cur = rebalance(cur)
-    B = on_kink(cur, X, nearby.snap_tol)
-    holdable = on_kink(cur, X, nearby.hold_tol)
-    added: list[tuple[int, int]] = []
-    while True:
-        notify("nearby: converging on the stratum", len(added), None)
-        sp = converge_on_stratum(cur, X, Yp, loss, weight, weight_decay, B, radius=room)
-        if (sp.status == StratumStatus.LEFT_STRATUM and sp.crossing is not None and not B[sp.crossing]
-                and holdable[sp.crossing] and len(added) < nearby.max_holds):
-            B = B.copy()
-            B[sp.crossing] = True
-            added.append(sp.crossing)
-            continue
-        break
+    sp, added = converge_holding(lambda B: converge_on_stratum(cur, X, Yp, loss, weight, weight_decay, B, radius=room),
+                                 on_kink(cur, X, nearby.snap_tol), on_kink(cur, X, nearby.hold_tol), nearby.max_holds,
+                                 notify)
     common = dict(steps=sp.steps, residual=sp.relative_gradient, radius=nearby.radius, zeroed=zeroed, merged=merged,
                   polish_steps=polished, held=int(sp.boundary.sum()), added=added, stratum=sp,
                   tolerances=NEARBY_TOLERANCES)

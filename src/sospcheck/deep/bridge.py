@@ -87,17 +87,16 @@ def deep_from_torch(module: nn.Module, *, negative_slope: float | None = None, c
 def check_model(model: nn.Module, X, Y, criterion: nn.Module | None = None, *, negative_slope: float | None = None,
                 **check_kwargs) -> CheckResult:
     """:func:`sospcheck.deep.check_deep` on ``model``'s weights with the risk ``criterion(model(X), Y)`` (default
-    ``nn.MSELoss()``), losses mapped as :func:`sospcheck.torch.torch_loss`. ``snap`` and ``nearby`` are not
-    available for deep networks yet."""
+    ``nn.MSELoss()``), losses mapped as :func:`sospcheck.torch.torch_loss`. ``nearby=True`` (and ``nearby_radius``)
+    as :func:`~sospcheck.deep.check_deep` (DESIGN.md 10.11); ``snap`` is not available for deep networks."""
     from ..torch import as_numpy, torch_loss
 
     for key in ("loss", "reduction"):
         if key in check_kwargs:
             raise TypeError(f"check_model() takes the loss from `criterion`; do not pass `{key}`")
-    for key in ("snap", "nearby"):
-        if check_kwargs.pop(key, False):
-            raise ValueError(f"`{key}=True` is not supported for networks with two or more hidden layers "
-                             "(sospcheck.deep); check the point as it is")
+    if check_kwargs.pop("snap", False):
+        raise ValueError("`snap=True` is not supported for networks with two or more hidden layers "
+                         "(sospcheck.deep); check the point as it is, or use nearby=True")
     for key in ("backend", "seed", "snap_tol"):  # the derivatives always come from torch; nothing is random
         check_kwargs.pop(key, None)
     spec = torch_loss(nn.MSELoss() if criterion is None else criterion)

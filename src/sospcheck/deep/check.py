@@ -24,6 +24,7 @@ from ..second_order import Outcome
 from .first_order import FirstOrder, first_order_likq, first_order_patterns, kink_geometry
 from .kinks import find_kinks, kink_orders
 from .model import DeepDirection, DeepNet, deep_forward
+from .nearby import attach_nearby, deep_nearby_config
 from .pieces import Pieces
 from .second_order import DeepSecondOrder, quotient_basis, second_order_deep
 from .switching import base_slopes, switching_variables
@@ -107,7 +108,7 @@ def _validate(net, X, Y, loss, reduction, weight_decay, solver, max_patterns):
 def check_deep(net: DeepNet, X, Y, loss="squared", reduction: str = "sum", weight_decay: float = 0.0,
                tolerances: Tolerances | dict | None = None, budget: Budget | dict | None = None,
                solver: str = "auto", fragility: bool = True, max_patterns: int = MAX_PATTERNS,
-               device=None, progress=None) -> CheckResult:
+               device=None, progress=None, nearby=False, nearby_radius: float | None = None) -> CheckResult:
     """Is the deep network ``net`` a local minimum, an SOSP, or not (with a verified descent) for ``(X, Y)``?
 
     Args:
@@ -117,12 +118,16 @@ def check_deep(net: DeepNet, X, Y, loss="squared", reduction: str = "sum", weigh
             of its threshold, and flag a changed verdict.
         max_patterns: most sign patterns enumerated for the first order without the kink qualification.
         device: torch device for the derivatives (float64; default CPU).
+        nearby, nearby_radius: nearby mode (:mod:`sospcheck.deep.nearby`, DESIGN.md 10.11): ``result.nearby``
+            holds the verdict at ``z*``, the exact stationary point on the weights' stratum within
+            ``nearby_radius * |z|`` (default 1e-3), or why there is none; as :func:`sospcheck.check`.
 
     Returns:
         :class:`~sospcheck.result.CheckResult`; a descent's ``direction`` is a :class:`DeepDirection`
         (``.tensors(step)`` gives the displacement in ``model.parameters()`` order).
     """
     X, Yp, lossobj, weight, lam = _validate(net, X, Y, loss, reduction, weight_decay, solver, max_patterns)
+    nearby_cfg = deep_nearby_config(nearby, nearby_radius, net, X.shape[0])
     tol = Tolerances.from_any(tolerances)
     bud = Budget.from_any(budget)
     problem = DeepProblem(net, X, Yp, lossobj, weight, lam)
@@ -137,6 +142,9 @@ def check_deep(net: DeepNet, X, Y, loss="squared", reduction: str = "sum", weigh
         result.timings["fragility"] = time.perf_counter() - t1
     elif fragility:
         result.fragility = {"tolerances_x10": result.verdict.value, "tolerances_x0.1": result.verdict.value}
+    if nearby_cfg is not None:  # the same check at z*, with the tolerances of the nearby mode
+        attach_nearby(result, problem, nearby_cfg, lambda z, tols: check_deep(
+            z, X, Y, loss, reduction, weight_decay, tols, budget, solver, fragility, max_patterns, device), progress)
     return result
 
 

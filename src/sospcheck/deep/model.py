@@ -135,6 +135,16 @@ class DeepNet:
     def activation(self, N: np.ndarray) -> np.ndarray:
         return np.where(N > 0, self.s_plus * N, self.s_minus * N)
 
+    def state_dict(self) -> dict:
+        """The arrays under the keys of the equivalent ``nn.Sequential``'s state_dict (``0.weight``, ``0.bias``,
+        ``2.weight``, ...; absent biases left out), which :func:`deep_from_state_dict` reads back."""
+        out = {}
+        for l, (W, b) in enumerate(zip(self.weights, self.biases)):
+            out[f"{2 * l}.weight"] = W
+            if b is not None:
+                out[f"{2 * l}.bias"] = b
+        return out
+
     def to_dict(self) -> dict:
         return {"weights": [W.tolist() for W in self.weights],
                 "biases": [None if b is None else b.tolist() for b in self.biases],
