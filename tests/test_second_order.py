@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import cases
+import pieces
 from sospcheck import TwoLayerNet, check
 from sospcheck.subspace import lanczos_min
 
@@ -66,3 +67,86 @@ def test_flat_directions_of_a_sparsely_active_neuron_are_quotiented():
     # with a leaky ReLU the inactive points move the output: nothing is quotiented
     leaky = check(net.with_weights(s_minus=0.01), X, Y, fragility=False)
     assert not (leaky.stats.quotient and leaky.stats.quotient.inactive_directions)
+
+
+def _planted_dy2(m=2000, dx=40, dh=8, dy=2, scale=0.1, seed=0):
+    """A ReLU net with ``dy`` outputs made exactly stationary: ``vec(r)`` projected onto the null space of
+    the stationarity equations ``[1 O]' r = 0`` and ``Xbar' (h'(N_k) * (r w_k)) = 0``; ``|r| = scale sqrt(m)``.
+    With ``dy = 1`` the cross term vanishes at such points; with ``dy = 2`` a large ``r`` makes a saddle."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((m, dx))
+    net = TwoLayerNet(rng.standard_normal((dh, dx)) / np.sqrt(dx), 0.1 * rng.standard_normal(dh),
+                      rng.standard_normal((dy, dh)) / np.sqrt(dh), np.zeros(dy))
+    N = X @ net.W1.T + net.b1
+    O = np.maximum(N, 0.0)
+    Xbar = np.hstack([X, np.ones((m, 1))])
+    C0 = np.hstack([np.ones((m, 1)), O])
+    A = np.vstack([np.kron(C0.T, np.eye(dy)[d]) for d in range(dy)]
+                  + [np.kron(((N[:, k] > 0)[:, None] * Xbar).T, net.W2[:, k]) for k in range(dh)])
+    e = rng.standard_normal(m * dy)
+    r = e - A.T @ np.linalg.solve(A @ A.T, A @ e)
+    r *= scale * np.sqrt(m) / np.linalg.norm(r)
+    return net, X, O @ net.W2.T + net.b2 - r.reshape(m, dy)
+
+
+@pytest.mark.parametrize("scale,verdict", [(0.1, "local_minimum"), (1.0, "descent")])
+def test_preconditioned_matrix_free_path_agrees_with_the_dense_certificate(scale, verdict):
+    # n = 346 > 300 coordinates: the matrix-free solver asks "Qww > 2 F eig_tol?" with the Kronecker
+    # preconditioner instead of running Lanczos to an invariant subspace
+    net, X, Y = _planted_dy2(scale=scale)
+    d = check(net, X, Y, solver="dense", fragility=False)
+    f = check(net, X, Y, solver="matrix_free", fragility=False)
+    assert d.verdict.value == f.verdict.value == verdict, (d.summary(), f.summary())
+    ed = next(q for q in d.stats.qps if q.kind == "ECQP")
+    ef = next(q for q in f.stats.qps if q.kind == "ECQP")
+    assert f.stats.n_params_reduced > 300 and "preconditioned" in ef.detail
+    if verdict == "local_minimum":
+        assert "Cholesky" in ed.detail
+        # a Rayleigh quotient: never below lambda_min, and the margin is read from [2 F eig_tol, value]
+        assert ed.min_eig - 1e-9 * d.stats.hessian_norm <= ef.min_eig
+        assert dict(f.margins)["ECQP: smallest eigenvalue"] == pytest.approx(20.0)
+        assert f.stats.hessian_products < 150
+    else:
+        assert ef.min_eig < -f.stats.eig_tol and ed.min_eig < -d.stats.eig_tol
+
+
+def test_data_span_from_the_gram_matrix():
+    from sospcheck.geometry import data_span
+
+    rng = np.random.default_rng(4)
+    m = 300
+    full = np.hstack([rng.standard_normal((m, 6)), np.ones((m, 1))])
+    V = data_span(full, 1e-10)
+    assert np.array_equal(V, np.eye(7))
+    # dependent columns, and singular values at 1e-7 (kept) and 1e-13 (cut) of the largest: the Gram's
+    # eigenvalues cannot tell those apart (1e-14, 1e-26 relative); the second look at them can
+    U, _ = np.linalg.qr(rng.standard_normal((m, 6)))
+    W, _ = np.linalg.qr(rng.standard_normal((9, 6)))
+    s = np.array([10.0, 3.0, 1.0, 0.5, 1e-6, 1e-12])
+    Xbar = (U * s) @ W.T
+    V = data_span(Xbar, 1e-10)
+    assert V.shape == (9, 5)
+    np.testing.assert_allclose(V.T @ V, np.eye(5), atol=1e-12)
+    np.testing.assert_allclose(V @ V.T, W[:, :5] @ W[:, :5].T, atol=1e-9)
+
+
+def test_span_coordinates_share_the_data_when_the_span_is_everything():
+    from sospcheck.quotient import bias_shift_rows, span_coordinates
+
+    net, X, Y = _planted_stationary(m=300, dx=6, dh=2)
+    pt = pieces.first_order(net, X, Y)[0]
+    c = span_coordinates(pt, 1e-10)
+    assert c.Xr is pt.fwd.Xbar and np.array_equal(c.V, np.eye(7))
+    np.testing.assert_allclose(c.gram, pt.fwd.Xbar.T @ pt.fwd.Xbar)
+    # a point with a constant feature: the span has one dimension less; the constant function is still
+    # in it, and nu_c = V' e (the ones column) is the least-squares solution of Xr nu = 1
+    Xc = np.hstack([X, np.full((X.shape[0], 1), 2.0)])
+    netc = TwoLayerNet(np.hstack([net.W1, np.zeros((2, 1))]), net.b1 + [50.0, 0.0], net.W2, net.b2)  # 0 always on
+    ptc = pieces.first_order(netc, Xc, Y)[0]
+    cc = span_coordinates(ptc, 1e-10)
+    assert cc.V.shape == (8, 7) and cc.gram is None
+    nu_c = np.linalg.lstsq(cc.Xr, np.ones(300), rcond=None)[0]
+    nts = pieces.first_order(netc, Xc, Y)[3]
+    rows = bias_shift_rows(ptc, cc.Xr, nts, set(), 1e-10, cc.V)
+    assert list(rows) == [0]
+    np.testing.assert_allclose(rows[0][netc.dy:], nu_c, atol=1e-10)

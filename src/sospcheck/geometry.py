@@ -13,15 +13,40 @@ def boundary_mask(N: np.ndarray, Z: np.ndarray, Xbar: np.ndarray, tol: float) ->
     return np.abs(N) <= tol * scale[None, :]
 
 
-def data_span(Xbar: np.ndarray, rank_tol: float) -> np.ndarray:
-    """Orthonormal basis ``V`` (d x rho) of the row space of ``Xbar``.
+def data_span(Xbar: np.ndarray, rank_tol: float, gram: np.ndarray | None = None) -> np.ndarray:
+    """Orthonormal basis ``V`` (d x rho) of the row space of ``Xbar``: the identity when that is all of ``R^d``.
 
     Components of ``Z_k`` orthogonal to every ``xbar_i`` never change ``N_ik``: working in
-    ``v_k = V nu_k`` quotients out these exactly flat directions (the affine hull of the data).
+    ``v_k = V nu_k`` quotients out these exactly flat directions (the affine hull of the data,
+    DESIGN.md section 4). A singular value counts when above ``rank_tol`` times the largest.
+
+    From the d x d Gram ``Xbar' Xbar = U diag(lam) U'`` (one pass over the data, no m x d factor):
+    its eigenvalues give the singular values only to ``~ eps s_max^2 / s`` in absolute terms, so the
+    directions with ``s < 1e-3 s_max`` are resolved again by the SVD of ``Xbar U_small`` (m x t, t
+    usually 0), where the mixing of the Gram's rounding adds at most ``~ 1e3 eps s_max`` (far below the
+    ``rank_tol`` cut). Any orthonormal basis of the span serves; the identity keeps ``Xbar V = Xbar``.
+    ``gram``: ``Xbar' Xbar`` when the caller has it.
     """
-    _, s, Vt = np.linalg.svd(Xbar, full_matrices=False)
-    rho = int(np.sum(s > rank_tol * s[0])) if s.size and s[0] > 0 else 0
-    return Vt[:rho].T
+    d = Xbar.shape[1]
+    if Xbar.size == 0:
+        return np.zeros((d, 0))
+    G = Xbar.T @ Xbar if gram is None else gram
+    lam = np.linalg.eigvalsh(G)
+    if lam[-1] <= 0:
+        return np.zeros((d, 0))
+    if lam[0] >= _GRAM_RELIABLE**2 * lam[-1]:
+        return np.eye(d)
+    lam, U = np.linalg.eigh(G)  # the eigenvectors only when some direction needs a second look
+    small = lam < _GRAM_RELIABLE**2 * lam[-1]
+    _, s, Wt = np.linalg.svd(Xbar @ U[:, small], full_matrices=False)
+    kept = U[:, small] @ Wt[s > rank_tol * np.sqrt(lam[-1])].T
+    if kept.shape[1] == int(small.sum()):
+        return np.eye(d)
+    return np.hstack([U[:, ~small], kept])
+
+
+# singular values at least this fraction of the largest are resolved by the Gram's eigenvalues alone
+_GRAM_RELIABLE = 1e-3
 
 
 def ray_directions(Xk: np.ndarray, rank_tol: float) -> tuple[np.ndarray | None, int]:

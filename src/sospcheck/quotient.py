@@ -81,12 +81,14 @@ class Quotient:
 @dataclass(frozen=True)
 class SpanCoordinates:
     """``nu_k = V' Z_k``-coordinates: ``V`` (d x rho) a basis of the data span (all of ``R^d`` under
-    weight decay, which is not flat outside it), ``Xr = Xbar V``, ``Zr = Z V`` and the layout of ``theta``."""
+    weight decay, which is not flat outside it), ``Xr = Xbar V``, ``Zr = Z V`` and the layout of ``theta``;
+    ``gram`` is ``Xr' Xr`` when it was computed on the way (None otherwise)."""
 
     V: np.ndarray
     Xr: np.ndarray
     Zr: np.ndarray
     layout: Layout
+    gram: np.ndarray | None = None
 
     @property
     def full_dim(self) -> int:
@@ -98,10 +100,16 @@ class SpanCoordinates:
 
 
 def span_coordinates(pt: Point, rank_tol: float) -> SpanCoordinates:
-    """The data-span coordinates of the point (DESIGN.md section 4)."""
+    """The data-span coordinates of the point (DESIGN.md section 4). When the span is all of ``R^d``
+    (always under weight decay) ``V`` is the identity and ``Xr`` is ``Xbar`` itself, not a copy."""
     net, Xbar = pt.net, pt.fwd.Xbar
-    V = data_span(Xbar, rank_tol) if pt.weight_decay == 0 else np.eye(Xbar.shape[1])
-    return SpanCoordinates(V, Xbar @ V, net.Z @ V, Layout(net.dy, net.dh, V.shape[1], net.has_b2))
+    d = Xbar.shape[1]
+    gram = Xbar.T @ Xbar if pt.weight_decay == 0 else None
+    V = data_span(Xbar, rank_tol, gram) if pt.weight_decay == 0 else np.eye(d)
+    layout = Layout(net.dy, net.dh, V.shape[1], net.has_b2)
+    if V.shape[1] == d and np.array_equal(V, np.eye(d)):
+        return SpanCoordinates(V, Xbar, net.Z, layout, gram)
+    return SpanCoordinates(V, Xbar @ V, net.Z @ V, layout)
 
 
 def dead_neurons(pt: Point, neurons: list[NeuronTest]) -> list[int]:
@@ -113,18 +121,18 @@ def dead_neurons(pt: Point, neurons: list[NeuronTest]) -> list[int]:
 
 
 def bias_shift_rows(pt: Point, Xr: np.ndarray, neurons: list[NeuronTest], removed: set[int],
-                    rank_tol: float) -> dict[int, np.ndarray]:
+                    rank_tol: float, V: np.ndarray | None = None) -> dict[int, np.ndarray]:
     """Per neuron with an exact bias-shift flat curve (module docstring), the slice row on ``(u_k, nu_k)``.
 
     Needs ``b2``, no weight decay, a constant function in the data span (``Xr nu_c = 1``), and a
     neuron whose ``nu_k`` is kept (not in ``removed``), with no boundary point and one slope ``> 0``
-    on all data.
+    on all data. ``V``: the span basis behind ``Xr = Xbar V``, when known (see :func:`_constant_in_span`).
     """
     net, N = pt.net, pt.fwd.N
     if pt.weight_decay != 0 or not net.has_b2 or Xr.shape[0] == 0:
         return {}
     ones = np.ones(Xr.shape[0])
-    nu_c = np.linalg.lstsq(Xr, ones, rcond=None)[0]
+    nu_c = _constant_in_span(pt, Xr, V)
     if np.linalg.norm(Xr @ nu_c - ones) > max(rank_tol, 1e-10) * np.sqrt(Xr.shape[0]):
         return {}
     rows = {}
@@ -137,6 +145,16 @@ def bias_shift_rows(pt: Point, Xr: np.ndarray, neurons: list[NeuronTest], remove
             continue
         rows[k] = np.concatenate([np.zeros(net.dy), nu_c])
     return rows
+
+
+def _constant_in_span(pt: Point, Xr: np.ndarray, V: np.ndarray | None) -> np.ndarray:
+    """The least-squares ``nu_c`` of ``Xr nu_c = 1``. With ``b1`` the ones are the last column of ``Xbar``
+    (``Xbar e = 1``) and ``Xr = Xbar V`` has full column rank, so ``nu_c = V' e``: the normal equations
+    give ``(V'GV)^-1 V'G e = V'e`` for the Gram ``G = V S^2 V' + (the cut directions, orthogonal to V)``.
+    Otherwise a least-squares solve."""
+    if V is not None and pt.net.has_b1:
+        return np.array(V[-1])
+    return np.linalg.lstsq(Xr, np.ones(Xr.shape[0]), rcond=None)[0]
 
 
 _INACTIVE_RANK_FLOPS = 5e7
@@ -197,7 +215,7 @@ def reduce(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray, coords: S
     for k in zero:
         keep[layout.nu_index(k)] = False
     removed = set(dead) | set(zero)
-    shift = bias_shift_rows(pt, coords.Xr, neurons, removed, rank_tol)
+    shift = bias_shift_rows(pt, coords.Xr, neurons, removed, rank_tol, coords.V)
     inactive = inactive_rows(pt, boundary, coords.Xr, neurons, removed, rank_tol)
     quotient = Quotient(int(coords.V.shape[1]), coords.full_dim, list(dead), list(zero), sorted(shift),
                         {k: int(F.shape[0]) for k, F in inactive.items()})
