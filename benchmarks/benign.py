@@ -149,6 +149,34 @@ def run_case(key: str, args, work: Path) -> dict:
     return row
 
 
+def label(row: dict) -> str:
+    """``(dx, dh, m)`` and what sets the case apart."""
+    extra = f", dy = {row['dy']}" if row["dy"] != 1 else ""
+    extra += f", {row['kink_pairs']} kink pairs" if row["kink_pairs"] else ""
+    return f"({row['dx']}, {row['dh']}, {row['m']}){extra}, n = {row['n']}"
+
+
+def markdown(rows: list[dict]) -> list[str]:
+    """The issue's table: ratios to one gradient and to the smooth test, CPU seconds, peak memory / |X|."""
+    out = ["| (dx, dh, m), reduced n | gradient (CPU) | check, fragility off | check, default | "
+           "smooth test: check / smooth (default) | peak memory / size of X |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        g = r["gradient_s"]
+        off = f"**{r['check_off_s'] / g:.0f}x** ({r['check_off_s']:.3g} s; {r['solver']}, {r['products']} products)"
+        on = f"**{r['check_s'] / g:.0f}x** ({r['check_s']:.3g} s), {r['verdict']}"
+        sm = r.get("smooth")
+        if sm:
+            lt = "<" if sm.get("interrupted") else ""
+            smooth = (f"**{lt}{r['check_off_s'] / sm['cpu_s']:.3g}** ({lt}{r['check_s'] / sm['cpu_s']:.3g}); smooth "
+                      f"{'>' if lt else ''}{sm['cpu_s']:.3g} s, {sm.get('verdict', 'stopped')}")
+        else:
+            smooth = "-"
+        mem = ", ".join(f"{v['peak_over_X']:.1f}x ({v['solver_used']})" if "peak_over_X" in v else f"{k}: {v}"
+                        for k, v in r.get("memory", {}).items()) or "-"
+        out.append(f"| {label(r)} | {g * 1e3:.3g} ms | {off} | {on} | {smooth} | {mem} |")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default="a,b,c,d")
@@ -164,6 +192,7 @@ def main(argv=None) -> int:
     info = common.machine_info()
     print(f"machine: {info}", flush=True)
     rows = [run_case(k, args, work) for k in args.cases.split(",")]
+    print("\n".join(markdown(rows)))
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": info, "rows": rows}, indent=1, default=str))
     return 0
