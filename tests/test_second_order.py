@@ -111,7 +111,7 @@ def test_preconditioned_matrix_free_path_agrees_with_the_dense_certificate(scale
 
 
 def test_data_span_from_the_gram_matrix():
-    from sospcheck.geometry import data_span
+    from sospcheck.geometry import data_span, row_space
 
     rng = np.random.default_rng(4)
     m = 300
@@ -128,6 +128,13 @@ def test_data_span_from_the_gram_matrix():
     assert V.shape == (9, 5)
     np.testing.assert_allclose(V.T @ V, np.eye(5), atol=1e-12)
     np.testing.assert_allclose(V @ V.T, W[:, :5] @ W[:, :5].T, atol=1e-9)
+    # the complement, as the inactive directions of a neuron use it: orthonormal, orthogonal to V
+    V2, C = row_space(Xbar, 1e-10)
+    np.testing.assert_allclose(V2 @ V2.T, V @ V.T, atol=1e-12)
+    assert C.shape == (9, 4)
+    np.testing.assert_allclose(C.T @ C, np.eye(4), atol=1e-12)
+    np.testing.assert_allclose(V.T @ C, 0.0, atol=1e-9)
+    assert row_space(full, 1e-10)[0] is None and row_space(full, 1e-10)[1].shape == (7, 0)
 
 
 def test_span_coordinates_share_the_data_when_the_span_is_everything():

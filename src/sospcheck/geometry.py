@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["boundary_mask", "data_span", "ray_directions", "validity_radius"]
+__all__ = ["boundary_mask", "data_span", "row_space", "ray_directions", "validity_radius"]
 
 
 def boundary_mask(N: np.ndarray, Z: np.ndarray, Xbar: np.ndarray, tol: float) -> np.ndarray:
@@ -18,31 +18,38 @@ def data_span(Xbar: np.ndarray, rank_tol: float, gram: np.ndarray | None = None)
 
     Components of ``Z_k`` orthogonal to every ``xbar_i`` never change ``N_ik``: working in
     ``v_k = V nu_k`` quotients out these exactly flat directions (the affine hull of the data,
-    DESIGN.md section 4). A singular value counts when above ``rank_tol`` times the largest.
-
-    From the d x d Gram ``Xbar' Xbar = U diag(lam) U'`` (one pass over the data, no m x d factor):
-    its eigenvalues give the singular values only to ``~ eps s_max^2 / s`` in absolute terms, so the
-    directions with ``s < 1e-3 s_max`` are resolved again by the SVD of ``Xbar U_small`` (m x t, t
-    usually 0), where the mixing of the Gram's rounding adds at most ``~ 1e3 eps s_max`` (far below the
-    ``rank_tol`` cut). Any orthonormal basis of the span serves; the identity keeps ``Xbar V = Xbar``.
-    ``gram``: ``Xbar' Xbar`` when the caller has it.
+    DESIGN.md section 4). A singular value counts when above ``rank_tol`` times the largest
+    (:func:`row_space`). ``gram``: ``Xbar' Xbar`` when the caller has it.
     """
-    d = Xbar.shape[1]
-    if Xbar.size == 0:
-        return np.zeros((d, 0))
-    G = Xbar.T @ Xbar if gram is None else gram
-    lam = np.linalg.eigvalsh(G)
-    if lam[-1] <= 0:
-        return np.zeros((d, 0))
+    V, _ = row_space(Xbar, rank_tol, gram)
+    return np.eye(Xbar.shape[1]) if V is None else V
+
+
+def row_space(A: np.ndarray, rank_tol: float, gram: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+    """``(V, W)``: orthonormal bases (columns) of the row space of ``A`` (n x d) and of its orthogonal
+    complement, a singular value counting when above ``rank_tol`` times the largest; ``V`` is None when
+    the row space is all of ``R^d`` (``W`` is then d x 0).
+
+    From the d x d Gram ``A' A = U diag(lam) U'`` (one pass over the rows, no n x d factor): its
+    eigenvalues give the singular values only to ``~ eps s_max^2 / s`` in absolute terms, so the
+    directions with ``s < 1e-3 s_max`` are resolved again by the SVD of ``A U_small`` (n x t, t usually
+    0), where the mixing of the Gram's rounding adds at most ``~ 1e3 eps s_max`` (far below the cut).
+    """
+    d = A.shape[1]
+    G = A.T @ A if gram is None else gram
+    lam = np.linalg.eigvalsh(G) if d else np.zeros(0)
+    if not d or lam[-1] <= 0:
+        return np.zeros((d, 0)), np.eye(d)
     if lam[0] >= _GRAM_RELIABLE**2 * lam[-1]:
-        return np.eye(d)
+        return None, np.zeros((d, 0))
     lam, U = np.linalg.eigh(G)  # the eigenvectors only when some direction needs a second look
     small = lam < _GRAM_RELIABLE**2 * lam[-1]
-    _, s, Wt = np.linalg.svd(Xbar @ U[:, small], full_matrices=False)
-    kept = U[:, small] @ Wt[s > rank_tol * np.sqrt(lam[-1])].T
-    if kept.shape[1] == int(small.sum()):
-        return np.eye(d)
-    return np.hstack([U[:, ~small], kept])
+    Us = U[:, small]
+    _, s, Wt = np.linalg.svd(A @ Us)  # Wt: t x t
+    r = int(np.sum(s > rank_tol * np.sqrt(lam[-1])))
+    if r == Us.shape[1]:
+        return None, np.zeros((d, 0))
+    return np.hstack([U[:, ~small], Us @ Wt[:r].T]), Us @ Wt[r:].T
 
 
 # singular values at least this fraction of the largest are resolved by the Gram's eigenvalues alone

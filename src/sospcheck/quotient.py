@@ -8,9 +8,9 @@ Inactive directions (ReLU, ``s_minus = 0``): moving ``nu_k`` orthogonally to the
 neuron ``k`` is active or on its kink changes only pre-activations that are negative and stay
 negative nearby, so no output moves, here or at any nearby point: a translation invariance,
 quotiented by the rows ``f . nu_k = 0`` for a basis of that orthogonal complement. A dead neuron is
-the extreme case (all of ``nu_k``, and then ``u_k`` too). The rank of those points is computed
-when they are fewer than the span dimension, or when the SVD is cheap (``n_act rho^2 <= 5e7``);
-more points in general position span everything.
+the extreme case (all of ``nu_k``, and then ``u_k`` too). The rank of those points (from their Gram
+matrix) is computed when they are fewer than the span dimension, or when that is cheap
+(``n_act rho^2 <= 5e7``); more points in general position span everything.
 
 Bias shifts: a neuron with no boundary point and one slope ``s`` on all data (always active, or
 always inactive under a leaky ReLU) is affine on a neighbourhood, so shifting its pre-activation
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .first_order import NeuronTest
-from .geometry import data_span
+from .geometry import data_span, row_space
 from .operators import Layout
 from .point import Point
 
@@ -179,10 +179,9 @@ def inactive_rows(pt: Point, boundary: np.ndarray, Xr: np.ndarray, neurons: list
         # is then skipped on large problems (no quotient: at worst `sosp` instead of a certificate)
         if n_act == 0 or (n_act >= rho and n_act * rho * rho > _INACTIVE_RANK_FLOPS):
             continue
-        _, sv, Vt = np.linalg.svd(Xr[act], full_matrices=n_act < rho)  # Vt: rho x rho either way
-        rank = int(np.sum(sv > max(rank_tol, 1e-12) * max(sv[0], 1e-300)))
-        if rank < rho:
-            rows[k] = Vt[rank:]
+        _, W = row_space(Xr[act], max(rank_tol, 1e-12))  # the rho x rho Gram, not an SVD of the points
+        if W.shape[1]:
+            rows[k] = W.T
     return rows
 
 

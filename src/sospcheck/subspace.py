@@ -472,7 +472,6 @@ class KroneckerPreconditioner:
         full[self.keep] = x
         F = full.reshape(lay.n, -1)
         U, Nu, c = lay.split(F)
-        b = F.shape[1]
         Ph, Pg, inv = self._small
         Z = U if c is None else np.concatenate([U, c[:, :, None]], axis=2)  # (b, dy, dh [+ 1])
         Z = Ph @ ((Ph.T @ Z @ Pg) * inv) @ Pg.T
