@@ -1,6 +1,7 @@
-"""Cost of the first-order test at a degenerate kink against the naive 2^M enumeration (issue 14).
+"""Cost of the first-order test and of the whole check at a degenerate kink against the naive 2^M
+enumeration (issue 14).
 
-    .venv/bin/python benchmarks/degenerate.py [--naive-max-M 10] [--max-cells 4096] [--quick]
+    .venv/bin/python benchmarks/degenerate.py [--naive-max-M 10] [--oracle-max-M 8] [--max-cells 4096] [--quick]
 
 One neuron with ``M`` boundary rows of rank ``r`` (deficiency ``M - r``): generic rows (points in
 general position on a kink inside an ``r``-dimensional data span) and duplicated rows (every point
@@ -11,6 +12,15 @@ the ``2^M`` sign vectors the LP ``min g_sigma . v`` over ``{sigma_i xbar_i . v >
 (HiGHS), as the oracle does. Both are measured in this run up to ``--naive-max-M``; beyond it the
 naive time is ``2^M`` times its per-LP time measured here (marked ``est``). A case whose count
 exceeds ``--max-cells`` is reported "over budget" (what the check would answer), in no time.
+
+Second table, the whole check (``check(..., fragility=False)``, first and second order) on one neuron
+with ``M`` kink points of rank ``r`` among off-kink points, planted first-order stationary
+(``tests/degenerate_instances.wide_kink_instance``: ``a_i > 0``; slopes ``s_i = 1`` on every kink point
+("one flat cell": the cell where every ``t_i >= 0`` is a critical face, so the second order solves an
+ICQP per face) or from ``{0, 1/2, 1}``). Naive: the brute-force oracle of the tests
+(``tests/oracle.py``: ``2^M`` LPs for the first order, then all ``3^M`` faces ``tau`` of the sign
+regions, an eigendecomposition and at most two LPs each), timed up to ``--oracle-max-M``; beyond it
+``2^M + 3^M`` times its time per region or face, measured here at the last timed case (``est``).
 """
 
 from __future__ import annotations
@@ -23,10 +33,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
 import common  # noqa: E402,F401  (single-threaded BLAS, sospcheck from src/)
 import numpy as np  # noqa: E402
 from scipy.optimize import linprog  # noqa: E402
 
+from degenerate_instances import wide_kink_instance  # noqa: E402
+from oracle import oracle_on  # noqa: E402
+from sospcheck import TwoLayerNet, check  # noqa: E402
 from sospcheck.arrangement import DEFAULT_MAX_CELLS  # noqa: E402
 from sospcheck.degenerate import OVER_BUDGET, degenerate_first_order  # noqa: E402
 
@@ -60,12 +75,8 @@ def stationary_neuron(Xk, rng):
     return a, -(rng.uniform(0.0, 1.0, len(Xk)) * a) @ Xk
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--naive-max-M", type=int, default=10, help="largest M whose 2^M LPs are all solved")
-    ap.add_argument("--max-cells", type=int, default=DEFAULT_MAX_CELLS)
-    ap.add_argument("--quick", action="store_true", help="M <= 10 only")
-    args = ap.parse_args(argv)
+def first_order_table(args) -> None:
+    """The first table (module docstring): ``degenerate_first_order`` against ``2^M`` LPs."""
     rng = np.random.default_rng(0)
     Ms = (6, 8, 10) if args.quick else (6, 8, 10, 12, 16, 24)
     cases = [("generic", M, r) for M in Ms for r in (2, 3, 4, 6) if r < M]
@@ -104,6 +115,57 @@ def main(argv=None) -> int:
     print(f"(n: distinct hyperplanes; count: cells known before solving, '(bd)' = the bound; NNLS: cone "
           f"projections incl. one slope per cell; naive: 2^M LPs of the oracle's kind, 'est' = 2^M x its per-LP "
           f"time in this run; ratio = naive / ours; total {time.perf_counter() - t_all:.1f} s)")
+
+
+def whole_check_table(args) -> None:
+    """The second table (module docstring): the whole check against the oracle's enumeration."""
+    rng = np.random.default_rng(1)
+    Ms = (4, 6, 8, 10, 12) if args.quick else (4, 6, 8, 10, 12, 16, 24)
+    cases = [(M, r, dup, sv) for M in Ms for r, dup in ((2, False), (3, False), (4, False), (M // 2, True))
+             for sv in ((1.0,), None) if 1 <= r < M and (r < 4 or M <= 16) and not (dup and r < 2)]
+    per_unit = None
+    print(f"\n{'M':>3} {'rank':>4} {'def':>4} {'rows':>10} {'slopes':>8} {'cells':>6} {'faces':>5} {'QPs':>4} "
+          f"{'verdict':>14} {'1st s':>7} {'2nd s':>7} {'check s':>8} {'naive s':>11} {'ratio':>9}")
+    t_all = time.perf_counter()
+    for M, r, dup, sv in cases:
+        inst = wide_kink_instance(rng, M, r, duplicated=dup, s_values=sv)
+        net = TwoLayerNet(inst["W1"], inst["b1"], inst["W2"], inst["b2"])
+        def run():
+            return check(net, inst["X"], inst["Y"], fragility=False, budget={"max_cells": args.max_cells})
+
+        res = run()
+        ours = common.best_time(run, repeats=3)
+        rec = res.neurons[0]
+        if M <= args.oracle_max_M:
+            t0 = time.perf_counter()
+            o = oracle_on(inst)
+            naive_t = time.perf_counter() - t0
+            assert o.verdict == res.verdict.value, (M, r, o.verdict, res.summary())
+            per_unit = naive_t / (o.n_regions + o.n_faces)
+            naive_s = f"{naive_t:.3g}"
+        else:
+            naive_t = (2.0**M + 3.0**M) * per_unit
+            naive_s = f"{naive_t:.3g} est"
+        t1, t2 = res.timings.get("first_order", 0.0), res.timings.get("second_order", 0.0)
+        print(f"{M:>3} {r:>4} {M - r:>4} {'duplicated' if dup else 'generic':>10} "
+              f"{'all 1' if sv else '0,.5,1':>8} {rec.n_cells if rec.n_cells is not None else '-':>6} "
+              f"{rec.n_faces if rec.n_faces is not None else '-':>5} {len(res.stats.qps):>4} "
+              f"{res.reason_code.value:>14} {t1:>7.3f} {t2:>7.3f} {ours:>8.3f} {naive_s:>11} {naive_t / ours:>9.1f}")
+    print(f"(def: rank deficiency M - rank; cells, faces: of the kink arrangement, critical faces with a ray; "
+          f"QPs: ECQP + ICQPs; 1st / 2nd s: the check's phases (one run); check s: best of 3 whole checks; "
+          f"naive: the oracle, 'est' = 2^M + 3^M times its time per region or face at the last timed case; "
+          f"total {time.perf_counter() - t_all:.1f} s)")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--naive-max-M", type=int, default=10, help="largest M whose 2^M LPs are all solved")
+    ap.add_argument("--oracle-max-M", type=int, default=8, help="largest M the oracle is timed on (3^M faces)")
+    ap.add_argument("--max-cells", type=int, default=DEFAULT_MAX_CELLS)
+    ap.add_argument("--quick", action="store_true", help="M <= 10 (first table), M <= 12 (second)")
+    args = ap.parse_args(argv)
+    first_order_table(args)
+    whole_check_table(args)
     return 0
 
 

@@ -242,3 +242,69 @@ def _planted_residuals(rng, kind, N, B, O, W2, Xb, s_minus, bias2, dup, nonneg_p
             continue
         return r * 2.0 ** int(rng.integers(-2, 2))
     return None
+
+
+# ------------------------------------------------------------------------------ wide kinks (M_k large)
+def wide_kink_instance(rng: np.random.Generator, M: int, rank: int, *, duplicated: bool = False,
+                       convex: bool = True, s_minus: float = 0.0, s_values: tuple | None = None,
+                       max_tries: int = 200) -> dict:
+    """One neuron (``dh = 1``, ``dy = 1``, squared loss, with b1 and b2) with ``M`` data points on its kink
+    whose ``xbar_i`` have rank ``rank`` (``dx = rank``: the points lie on the kink hyperplane, an affine
+    set of dimension ``rank - 1``; ``duplicated``: ``M / 2`` points, each twice), plus off-kink points.
+    Too many points for the oracle (``M`` up to 12 and more): for the check's budget and cost.
+
+    Residuals: ``a_i = r_i`` on the kink drawn from {1/2, 1, 2} (``convex``; else also negative), slopes
+    ``s_i`` from ``s_values`` (default ``{s_minus, midpoint, 1}``; an end value makes flat directions, all
+    ``1``: the cell where every ``t_i >= 0`` is flat, hence critical faces),
+    and the off-kink residuals solved (least squares, float) from ``sum_i r_i = 0``, ``r' O = 0`` and
+    ``c_k = -sum_{i on the kink} s_i a_i xbar_i``: with ``convex`` the point is first-order stationary
+    (``f_k`` convex with 0 a subgradient) up to rounding."""
+    dx = rank
+    for _ in range(max_tries):
+        w = _random_w(rng, dx)
+        U = np.array([np.eye(dx)[j] - w[j] * w / (w @ w) for j in range(dx)])  # spans the kink's directions
+        U = U[np.argsort(-np.linalg.norm(U, axis=1))][: dx - 1] * float(w @ w)  # integer rows
+        x0 = rng.integers(-2, 3, size=dx).astype(float)
+        n_pts = M // 2 if duplicated else M
+        side = 7  # distinct integer points on the kink: a grid of side**(dx - 1) points, drawn without replacement
+        while dx > 1 and side ** (dx - 1) < 2 * n_pts:
+            side += 2
+        coefs = np.zeros((n_pts, 0))  # dx = 1: the kink is one point
+        if dx > 1:
+            cells = rng.choice(side ** (dx - 1), size=n_pts, replace=False)
+            coefs = np.array(np.unravel_index(cells, (side,) * (dx - 1))).T - side // 2
+        P = x0 + coefs.astype(float) @ U
+        if duplicated:
+            P = np.repeat(P, 2, axis=0)
+        Pb = np.hstack([P, np.ones((len(P), 1))])
+        if np.linalg.matrix_rank(Pb) != rank:
+            continue
+        off = rng.integers(-4, 5, size=(rank + 8, dx)).astype(float)
+        b = -float(w @ x0)
+        N_off = off @ w + b
+        off = off[N_off != 0]
+        X = np.vstack([P, off])
+        m = len(X)
+        Xb = np.hstack([X, np.ones((m, 1))])
+        N = Xb @ np.r_[w, b]
+        on = N == 0
+        if on.sum() != M:
+            continue
+        slope = np.where(N > 0, 1.0, s_minus)
+        O = slope * N
+        a_on = rng.choice([0.5, 1.0, 2.0], size=M) * (1.0 if convex else rng.choice([-1.0, 1.0], size=M))
+        s = rng.choice(s_values or [s_minus, (s_minus + 1.0) / 2, 1.0], size=M)
+        # unknown: r on the off-kink points; rows: sum r = 0, r . O = 0, sum_off slope r xbar = -sum_on s a xbar
+        A = np.vstack([np.ones(m - M), O[~on], (slope[~on, None] * Xb[~on]).T])
+        rhs = np.r_[-a_on.sum(), 0.0, -(s * a_on) @ Xb[on]]
+        r_off, *_ = np.linalg.lstsq(A, rhs, rcond=None)
+        if np.linalg.norm(A @ r_off - rhs) > 1e-9 * max(1.0, np.linalg.norm(rhs)):
+            continue
+        r = np.zeros(m)
+        r[on], r[~on] = a_on, r_off
+        W2, b2 = np.ones((1, 1)), np.zeros(1)
+        out = O[:, None] @ W2.T + b2
+        return dict(W1=w[None, :], b1=np.array([b]), W2=W2, b2=b2, X=X, Y=(out[:, 0] - r), s_plus=1.0,
+                    s_minus=s_minus, loss="squared", weight_decay=0.0, kind="wide", degenerate=[0] if M > rank else [],
+                    M=M, rank=rank)
+    raise RuntimeError(f"no wide kink instance with M = {M}, rank {rank} in {max_tries} tries")

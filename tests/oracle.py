@@ -28,7 +28,8 @@ Method (``M`` = number of boundary pairs ``(i, k)`` with ``N_ik == 0``, exact fo
    ``tau in {-1, 0, +1}^M`` (0 = held at the kink): ``3^M`` faces.
 
 Scales (all thresholds relative, ``tol`` is the only knob):
-- first-order LP value: ``tol * max(1, max|g_sigma|)`` (``|eta|_inf <= 1``);
+- first-order LP value: ``tol * max(1, max|g_sigma|)`` (``|eta|_inf <= 1``); the same threshold on
+  ``max|Q' g_sigma|`` says the row ``g_sigma . eta = 0`` is void (float instances: rounding noise);
 - eigenvalues of ``H`` on a face: ``tol * max(1, max|H_sigma|)`` (orthonormal bases, so the
   eigenvalues of the restriction are bounded by ``||H||``);
 - the LP "does span E meet the cone": optimum of ``sum_j (G E c)_j`` over ``G E c >= 0``,
@@ -226,16 +227,22 @@ class Instance:
 
 
 # ------------------------------------------------------------------------------ allowed subspace
-def allowed_basis(inst: Instance, tol: float = 1e-8):
+def allowed_basis(inst: Instance, tol: float = 1e-8, extra_rows: np.ndarray | None = None, no_shift=()):
     """Orthonormal basis (p x q) of the allowed second-order directions S, and what was removed.
+
+    ``extra_rows`` (rows in theta coordinates): further slice rows, e.g. the flat directions shared by
+    several neurons that a checker claims; ``no_shift``: neurons whose bias-shift row (d) those rows
+    replace. Without them the oracle quotients nothing shared, so it can only report ``sosp`` where
+    such directions are flat.
 
     weight_decay > 0: S = everything. Otherwise, starting from all coordinates:
     (a) v_k is restricted to the row space of Xbar (other components change no t_ik), and for a
         ReLU (s_minus = 0) to the span of the points with N_ik >= 0 (the others stay inactive);
     (b) dead neuron (s_minus == 0 and N_ik < 0 for all i): the whole (u_k, v_k) block goes;
     (c) w_k == 0 and ``E_k(sigma) = sum_i J_ik(sigma) r_i xbar_i'`` vanishes on the row space of
-        Xbar for every sign pattern of neuron k's boundary pairs: v_k goes (it then enters neither
-        g, H nor any other block);
+        Xbar for every realizable sign pattern of neuron k's boundary pairs (some ``v`` with
+        ``sigma_i xbar_i . v > 0``, one LP each: dependent ``xbar_i`` rule some patterns out): v_k goes
+        (it then enters neither g, H nor any other block);
     then the symmetry rows ``-w_k . u_k + Z_k . v_k = 0`` of the surviving neurons with v_k kept,
     and (d) for a neuron that is affine on the data (no boundary pair, one slope > 0) when b2 is a
     parameter and some c has ``Xbar c = 1``: moving z_k by t c and b2 by -t s w_k keeps every
@@ -260,6 +267,8 @@ def allowed_basis(inst: Instance, tol: float = 1e-8):
             Bk = [i for (i, kk) in inst.pairs if kk == k]
             flat_v = True
             for signs in product((1, -1), repeat=len(Bk)):
+                if not _realizable(np.array(signs, float)[:, None] * inst.Xb[Bk]):
+                    continue
                 Jk = np.where(inst.N[:, k] > 0, inst.sp, inst.sm).astype(float)
                 for i, s in zip(Bk, signs):
                     Jk[i] = inst.sp if s > 0 else inst.sm
@@ -287,7 +296,7 @@ def allowed_basis(inst: Instance, tol: float = 1e-8):
         row[zk] = inst.Z[k]
         sym.append(row)
         slopes = np.where(inst.N[:, k] > 0, inst.sp, np.where(inst.N[:, k] < 0, inst.sm, 0.0))
-        if len(inst.ib2()) and inst.m and np.all(slopes == slopes[0]) and slopes[0] > 0:
+        if len(inst.ib2()) and inst.m and np.all(slopes == slopes[0]) and slopes[0] > 0 and k not in no_shift:
             c = np.linalg.lstsq(inst.Xb, np.ones(inst.m), rcond=None)[0]
             if np.allclose(inst.Xb @ c, 1.0, atol=1e-12):
                 row = np.zeros(p)
@@ -300,6 +309,8 @@ def allowed_basis(inst: Instance, tol: float = 1e-8):
     if not cols:
         return np.zeros((p, 0)), info
     T0 = np.array(cols).T  # orthonormal columns (disjoint supports, R orthonormal)
+    if extra_rows is not None:
+        sym.extend(np.atleast_2d(extra_rows))
     if sym:
         A = np.array(sym) @ T0
         # a row that vanishes on the kept coordinates (up to rounding) constrains nothing
@@ -307,6 +318,20 @@ def allowed_basis(inst: Instance, tol: float = 1e-8):
         Kn = null_space(A) if A.size else np.eye(T0.shape[1])
         return T0 @ Kn, info
     return T0, info
+
+
+def _realizable(S: np.ndarray) -> bool:
+    """Is ``{v : S v > 0 on the nonzero rows}`` nonempty? Max margin ``t`` with ``S v >= t``, ``|v|_inf <= 1``,
+    beyond ``LP_POS`` (rows scaled to unit length; a zero row has ``t = 0`` whatever its sign, and
+    ``r_i xbar_i' = 0`` in ``E_k``)."""
+    norms = np.linalg.norm(S, axis=1)
+    G = S[norms > 0] / norms[norms > 0, None]
+    if not len(G):
+        return True
+    q = S.shape[1]
+    res = linprog(np.r_[np.zeros(q), -1.0], A_ub=np.c_[-G, np.ones(len(G))], b_ub=np.zeros(len(G)),
+                  bounds=[(-1, 1)] * q + [(None, 1)], method="highs")
+    return res.status == 0 and -res.fun > LP_POS
 
 
 # --------------------------------------------------------------------------------- cone vs. span
@@ -365,9 +390,10 @@ def flat_counts(inst: Instance, tol: float = 1e-8):
 
 
 def oracle_check(W1, b1, W2, b2, X, Y, loss="squared", s_plus=1.0, s_minus=0.0, weight_decay=0.0,
-                 tol=1e-8) -> OracleResult:
+                 tol=1e-8, extra_rows=None, no_shift=()) -> OracleResult:
     """Brute-force verdict. Also accepts the older positional form ``(..., Y, s_plus, s_minus,
-    weight_decay)`` (squared loss) used by ``tests/test_oracle.py``: a non-string 7th argument."""
+    weight_decay)`` (squared loss) used by ``tests/test_oracle.py``: a non-string 7th argument.
+    ``extra_rows``, ``no_shift``: see :func:`allowed_basis`."""
     if not isinstance(loss, str):  # legacy positional call
         loss, s_plus, s_minus, weight_decay = "squared", loss, s_plus, s_minus
     inst = Instance(W1, b1, W2, b2, X, Y, s_plus, s_minus, weight_decay, loss)
@@ -398,7 +424,7 @@ def oracle_check(W1, b1, W2, b2, X, Y, loss="squared", s_plus=1.0, s_minus=0.0, 
                                 n_lps=n_lps)
 
     # ---- second order: faces tau in {-1, 0, +1}^M of the critical cones, inside S
-    Q, info = allowed_basis(inst, tol)
+    Q, info = allowed_basis(inst, tol, extra_rows, no_shift)
     L, K = flat_counts(inst, tol)
     base = dict(n_regions=2**M, M=M, dim_S=Q.shape[1], L=L, K=K, removed=info)
     TS = T @ Q
@@ -407,7 +433,12 @@ def oracle_check(W1, b1, W2, b2, X, Y, loss="squared", s_plus=1.0, s_minus=0.0, 
     def projected(sigma):
         if sigma not in proj:
             g, H, _ = piece(sigma)
-            proj[sigma] = (Q.T @ g, Q.T @ H @ Q, max(1.0, np.abs(H).max()))
+            gS = Q.T @ g
+            # a gradient that is zero to the first-order test's tolerance is no constraint: kept as a
+            # row, its rounding noise (inexact instances) would remove a random direction from V
+            if np.abs(gS).max(initial=0.0) <= tol * max(1.0, np.abs(g).max()):
+                gS = np.zeros_like(gS)
+            proj[sigma] = (gS, Q.T @ H @ Q, max(1.0, np.abs(H).max()))
         return proj[sigma]
 
     zero = None

@@ -9,10 +9,10 @@ from sospcheck.losses import get_loss, risk
 from sospcheck.model import Direction
 
 
-def probe_minimum(net, X, Y, rng, n_dirs=400, radii=(1e-1, 1e-2, 1e-3, 1e-4)):
+def probe_minimum(net, X, Y, rng, n_dirs=400, radii=(1e-1, 1e-2, 1e-3, 1e-4), loss="squared"):
     """Smallest R(z + t d) - R(z) over random unit directions, kink-aligned directions and a
     short derivative-free descent from each probe; a strict minimum keeps it >= 0."""
-    L = get_loss("squared")
+    L = get_loss(loss)
     Yp = L.prepare(Y, net.dy)
     R0 = risk(net, X, Yp, L)
     n = net.n_params
@@ -22,6 +22,9 @@ def probe_minimum(net, X, Y, rng, n_dirs=400, radii=(1e-1, 1e-2, 1e-3, 1e-4)):
         d = Direction.zeros_like(net)
         parts, off = [], 0
         for a in (d.W1, d.b1, d.W2, d.b2):
+            if a is None:  # a network without that bias
+                parts.append(None)
+                continue
             parts.append(v[off:off + a.size].reshape(a.shape))
             off += a.size
         return Direction(*parts)
@@ -30,7 +33,7 @@ def probe_minimum(net, X, Y, rng, n_dirs=400, radii=(1e-1, 1e-2, 1e-3, 1e-4)):
     for _ in range(n_dirs):
         v = rng.standard_normal(n)
         if rng.random() < 0.5:  # keep the kink points on their kinks, the hardest directions
-            v[: net.W1.size + net.dh] *= rng.random() < 0.5
+            v[: net.W1.size + (net.dh if net.has_b1 else 0)] *= rng.random() < 0.5
         v /= np.linalg.norm(v)
         for t in radii:
             d = from_vec(t * v)
@@ -62,3 +65,28 @@ def test_the_probe_does_find_descent_where_there_is_one(make):
     net, X, Y = make()
     worst, R0 = probe_minimum(net, X, Y, np.random.default_rng(0), n_dirs=100)
     assert worst < 0
+
+
+def _shared(make):
+    import shared_instances as si
+
+    inst = make(si)
+    return si.net_of(inst), inst["X"], inst["Y"], inst.get("loss", "squared")
+
+
+@pytest.mark.parametrize("make", [
+    lambda si: si.affine_group(np.random.default_rng(1), 3, 2, "squared", 0.5, 1, zero=True),
+    lambda si: si.affine_group(np.random.default_rng(2), 2, 1, "logistic", 0.0, 0, dead=True),
+    lambda si: si.split_neuron(si.stratum_point(2, "logistic", dh=2, m=7), 0),
+    lambda si: si.split_neuron(si.stratum_point(48, "logistic", dh=2, m=7, s_minus=0.5), 0, (0.5, 1.0, 4.0),
+                               (0.5, 0.25, 0.125)),
+    lambda si: si.split_neuron(si.stratum_point(39, "squared", dh=2, m=7, s_minus=0.5), 0),
+], ids=["affine-squared-dy2-leaky-zero", "affine-logistic-dead", "duplicates-logistic", "duplicates-logistic-leaky",
+        "duplicates-squared-leaky"])
+def test_minima_with_shared_flat_directions_survive_adversarial_probes(make):
+    net, X, Y, loss = _shared(make)
+    r = check(net, X, Y, loss=loss)
+    assert r.verdict == Verdict.LOCAL_MINIMUM
+    assert r.stats.quotient.affine_groups or r.stats.quotient.duplicate_groups
+    worst, R0 = probe_minimum(net, X, Y, np.random.default_rng(0), n_dirs=150, loss=loss)
+    assert worst >= -1e-12 * max(1.0, R0)

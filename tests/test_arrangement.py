@@ -4,10 +4,11 @@ from itertools import product
 
 import numpy as np
 import pytest
-from scipy.optimize import linprog
+from scipy.optimize import linprog, nnls
 
 from sospcheck.arrangement import (COMPLETE, OVER_BUDGET, count_cells, enumerate_cells, enumerate_faces,
                                    group_hyperplanes, region_bound)
+from sospcheck.arrangement_rays import enumerate_rays
 
 
 def _feasible(A_gt: np.ndarray, A_eq: np.ndarray | None = None) -> bool:
@@ -194,3 +195,36 @@ def test_cone_projection_falls_back_to_bvls_when_nnls_stalls(monkeypatch):
     monkeypatch.setattr(arr, "nnls", stalled)
     np.testing.assert_allclose(arr.cone_projection(walls, x), p, atol=1e-10)
     np.testing.assert_allclose(arr.cone_projection(np.zeros((0, 3)), x), x)
+
+
+RAY_ARRANGEMENTS = {
+    "collinear 4 (rank 2)": np.array([[0, 0, 1], [1, 1, 1], [2, 2, 1], [-1, -1, 1]], float),
+    "coplanar 5 (rank 3)": np.c_[np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0], [2, -1, 0]], float),
+                                 np.ones(5)],
+    "duplicates (rank 3)": np.repeat(np.array([[1.0, 0, 1], [0, 1, 1], [1, 1, 0], [1, -1, 2]]), 2, axis=0),
+    "x, -x, 2x": np.array([[1.0, 2.0], [-1.0, -2.0], [2.0, 4.0]]),
+    "generic rank 4": np.random.default_rng(3).standard_normal((7, 4)),
+}
+
+
+@pytest.mark.parametrize("name", list(RAY_ARRANGEMENTS))
+def test_rays_are_the_one_dimensional_faces_and_generate_every_cell(name):
+    rows = RAY_ARRANGEMENTS[name]
+    rays = enumerate_rays(rows)
+    hp = rays.hyperplanes
+    faces = enumerate_faces(rows)
+    lineality = hp.d - hp.rank
+    one_dim = {tuple(t) for t, dim in zip(faces.signs.tolist(), faces.dims) if dim == lineality + 1}
+    assert {tuple(t) for t in rays.signs.tolist()} == one_dim
+    np.testing.assert_allclose(np.linalg.norm(rays.directions, axis=1), 1.0)
+    cells = enumerate_cells(rows)
+    inside = rays.in_cells(cells.signs.astype(int))
+    index = {tuple(sig): j for j, sig in enumerate(cells.signs.tolist())}
+    # the cells' interior points and random points (within the span of the normals), each in its cell
+    P = np.vstack([cells.points, np.random.default_rng(0).standard_normal((300, hp.d))]) @ hp.basis @ hp.basis.T
+    for p in P:
+        j = index[tuple(np.sign(hp.normals @ p).astype(int).tolist())]
+        R = rays.directions[inside[j]]
+        assert np.all(R @ (cells.signs[j][:, None] * hp.normals).T >= -1e-12)  # its rays lie in the closed cell
+        _, res = nnls(R.T, p)  # and generate it
+        assert res <= 1e-9 * np.linalg.norm(p)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import cases
+from oracle import oracle_check
 from sospcheck import Budget, TwoLayerNet, Verdict, check
 from sospcheck.losses import get_loss, risk
 
@@ -183,18 +184,16 @@ def test_weight_decay_removes_the_symmetry_rows_and_mean_reduction_scales():
     assert_true_decrease(r, X, Y, lam=0.5)
 
 
-def test_assumption2_violation_is_inconclusive_not_a_guess():
-    # two parallel boundary vectors for one neuron (1-D data, b1 = 0, points at 0 duplicated)
+def test_assumption2_violation_is_decided_by_the_cells_not_guessed():
+    # two parallel boundary vectors for one neuron (1-D data, b1 = 0, points at 0 duplicated): the cells
+    # of its kink arrangement and their critical face decide it (DESIGN.md section 9), as the oracle does
     X = np.array([[0.0], [0.0], [1.0], [2.0], [-1.0]])
     net = TwoLayerNet([[1.0]], [0.0], [[1.0]], [0.0])
     Y = np.array([-1.0, -1.0, 1.0, 2.0, 2.0])
     net = cases.refit(net, X, Y)
     r = check(net, X, Y)
-    if r.verdict == Verdict.INCONCLUSIVE:
-        assert "Assumption 2" in r.reason
-    else:  # a first-order descent was found before the question arose: it must lower the true risk
-        assert r.verdict == Verdict.DESCENT
-        assert_true_decrease(r, X, Y)
+    assert r.verdict.value == oracle_check(net.W1, net.b1, net.W2, net.b2, X, Y).verdict == "local_minimum"
+    assert (r.neurons[0].rank_deficiency, r.neurons[0].n_cells, r.neurons[0].n_faces) == (1, 2, 1)
 
 
 def test_budget_past_2_to_K_is_inconclusive_with_what_was_established():
@@ -229,7 +228,7 @@ def test_fragile_flag_when_a_gradient_sits_near_the_tolerance():
 def test_result_serialises_to_json_with_schema():
     net, X, Y = cases.smooth_saddle_dy2()
     d = json.loads(check(net, X, Y).to_json())
-    assert d["schema_version"] == "2.0" and d["verdict"] == "descent"
+    assert d["schema_version"] == "2.1" and d["verdict"] == "descent"
     assert d["descent"]["order"] == 2 and d["descent"]["slope_or_curvature"] < 0
     assert d["stats"]["n_qp"] == 1 and d["stats"]["qps"][0]["outcome"] == "T3"
     assert set(d["timings"]) >= {"forward", "first_order", "second_order", "verify"}
@@ -386,7 +385,8 @@ def test_neuron_records_say_what_decided_each_neuron():
     assert all(n.decided == Decision.NOT_REACHED and n.residual is None for n in early.neurons)
     d = json.loads(ray.to_json())
     assert d["neurons"][0] == {"k": 0, "M": 1, "L": 1, "K": 0, "rank": 1, "assumption2": True, "residual": 0.0,
-                               "scale": ray.neurons[0].scale, "decided": "descent"}
+                               "scale": ray.neurons[0].scale, "decided": "descent", "rank_deficiency": 0,
+                               "n_cells": None, "n_faces": None}
 
 
 def _fragility_by_reruns(net, X, Y, **kw):

@@ -121,7 +121,7 @@ def test_quiet_and_json_stdout_print_nothing_else(files, capsys):
     assert capsys.readouterr().out == "descent\n"
     assert main(["check", "--params", params, "--data", data, "--loss", "squared", "--json", "-"]) == 0
     out = capsys.readouterr().out
-    assert json.loads(out)["schema_version"] == "2.0" and out.lstrip().startswith("{")
+    assert json.loads(out)["schema_version"] == "2.1" and out.lstrip().startswith("{")
 
 
 def test_s_minus_option_sets_the_activation_when_the_file_has_none(files, capsys):
@@ -213,3 +213,11 @@ def test_grid_is_bounded_before_any_work(files, capsys):
     assert main(["plot", "--params", params, "--data", data, "--loss", "squared", "-o", "x.png", "--grid", "100000"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "--grid must be at least 5 and at most 401" in captured.err
+
+
+def test_a_non_finite_slope_flag_is_named(tmp_path, capsys):
+    np.savez(tmp_path / "p.npz", W1=np.ones((2, 3)), b1=np.zeros(2), W2=np.ones((1, 2)), b2=np.zeros(1))
+    np.savez(tmp_path / "d.npz", X=np.ones((4, 3)), Y=np.ones(4))
+    argv = ["check", "--params", str(tmp_path / "p.npz"), "--data", str(tmp_path / "d.npz"), "--loss", "squared"]
+    assert main(argv + ["--s-plus", "nan"]) == 2
+    assert "--s-plus must be a finite number" in capsys.readouterr().err

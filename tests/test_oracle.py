@@ -23,6 +23,17 @@ def verdict_of(r):
     return r.verdict.value, (r.descent.order if r.descent else None)
 
 
+def shared_quotient_explains(inst, o, r):
+    """The check certifies a minimum the oracle leaves at ``sosp`` because of flat directions shared by
+    several neurons (which only the check quotients): the oracle, given the check's shared rows, agrees."""
+    from shared_instances import oracle_of
+
+    q = r.stats.quotient
+    return (o.verdict == "sosp" and r.verdict.value == "local_minimum" and q is not None
+            and bool(q.affine_groups or q.pattern_groups or q.duplicate_groups)
+            and oracle_of(dict(inst, loss=inst.get("loss", "squared")), quotient=True).verdict == "local_minimum")
+
+
 def compare(instances, solver="auto", weight_decay=0.0):
     seen, bad = Counter(), []
     for n, inst in enumerate(instances):
@@ -30,7 +41,7 @@ def compare(instances, solver="auto", weight_decay=0.0):
         seen[(o.verdict, o.order)] += 1
         seen["L>0"] += r.stats.L > 0
         seen["K>0"] += r.stats.K > 0
-        if (o.verdict, o.order) != verdict_of(r):
+        if (o.verdict, o.order) != verdict_of(r) and not shared_quotient_explains(inst, o, r):
             bad.append((n, (o.verdict, o.order), verdict_of(r), r.reason))
         if r.descent is not None:  # the step lowers the risk, evaluated independently
             d = r.descent
@@ -116,10 +127,12 @@ def test_affine_neurons_are_certified_minima_by_check_and_oracle(solver):
     for n, inst in enumerate(insts):
         o, r = run_pair(inst, solver)
         # two affine neurons also trade their linear parts off (nu_1 w_1 + nu_2 w_2 fixed): flat
-        # directions beyond the bias shifts, so both stop at sosp there
-        expected = "sosp" if inst["s_minus"] > 0 and len(inst["b1"]) == 2 else "local_minimum"
-        assert o.verdict == expected, (n, o)
-        assert r.verdict.value == expected, (n, r.summary())
+        # directions beyond the bias shifts, which the check quotients (an affine group) and the oracle
+        # does not, so it stops at sosp there, finding no descent
+        group = inst["s_minus"] > 0 and len(inst["b1"]) == 2
+        assert o.verdict == ("sosp" if group else "local_minimum"), (n, o)
+        assert r.verdict.value == "local_minimum", (n, r.summary())
+        assert r.stats.quotient.affine_groups == ([[0, 1]] if group else [])
         assert r.stats.quotient.bias_shift_neurons == ([0, 1] if len(inst["b1"]) == 2 and inst["s_minus"] else [0])
         perturbed = dict(inst, Y=inst["Y"] + rng.standard_normal(inst["Y"].shape))  # now not stationary
         o, r = run_pair(perturbed, solver)

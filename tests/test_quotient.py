@@ -15,7 +15,8 @@ from sospcheck.quotient import Quotient, span_coordinates
 def test_record_writes_the_json_dict_and_one_summary_line():
     q = Quotient(3, 4, [1], [], [0], {2: 5})
     assert q.to_dict() == {"data_span_dim": 3, "full_dim": 4, "dead_neurons": [1], "zero_output_neurons": [],
-                           "bias_shift_neurons": [0], "inactive_directions": {"2": 5}}
+                           "bias_shift_neurons": [0], "inactive_directions": {"2": 5}, "affine_groups": [],
+                           "pattern_groups": [], "duplicate_groups": [], "shared_dims": []}
     assert json.loads(json.dumps(q.to_dict())) == q.to_dict()
     assert q.nontrivial and not Quotient(4, 4).nontrivial and Quotient(3, 4).nontrivial
     assert q.summary_line() == ("quotiented: data span 3/4 dims, dead neurons [1], zero-output neurons [], bias shifts "
@@ -50,3 +51,25 @@ def test_data_span_is_kept_only_without_weight_decay():
         coords = span_coordinates(evaluate_point(net3, X3, L.prepare(Y, 1), L, 1.0, lam), 1e-10)
         assert coords.V.shape == (3, rho) and coords.layout.rho == rho
         assert np.allclose(coords.Xr @ coords.V.T, np.hstack([X3, np.ones((4, 1))]))
+
+
+def test_orbit_of_a_linear_group_two_ways():
+    """At a generic point the orbit tangent (the generators) is the kernel of the group map's differential;
+    at a non-generic one (parallel output weights and inputs, dy = 2) it is strictly smaller."""
+    from scipy.linalg import subspace_angles
+
+    from sospcheck.shared_flat import _group_differential, _group_generators
+
+    rng = np.random.default_rng(0)
+    for a, dy, rho in ((2, 1, 3), (3, 2, 3), (4, 2, 5)):
+        W, Nu, s = rng.standard_normal((dy, a)), rng.standard_normal((a, rho)), rng.uniform(0.5, 1, a)
+        nu_c = rng.standard_normal(rho)
+        G = _group_generators(W, Nu, s, nu_c)
+        D = _group_differential(W, Nu, s, nu_c)
+        assert np.allclose(D @ G.T, 0, atol=1e-12)  # every generator keeps the map (first order)
+        kernel = np.linalg.svd(D)[2][np.linalg.matrix_rank(D):]
+        assert np.linalg.matrix_rank(G) == kernel.shape[0]
+        assert np.max(subspace_angles(G.T, kernel.T)) < 1e-8
+    W, Nu = np.outer([1.0, 2.0], [1.0, 0.5]), np.outer([1.0, 2.0], [1.0, -1.0, 0.5])  # ranks 1 and 1
+    G, D = _group_generators(W, Nu, np.ones(2), None), _group_differential(W, Nu, np.ones(2), None)
+    assert np.linalg.matrix_rank(G) < D.shape[1] - np.linalg.matrix_rank(D)

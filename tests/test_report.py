@@ -123,7 +123,7 @@ def test_every_kind_of_report_matches_the_schema():
 
 def test_schema_version_is_the_results_and_changes_are_caught(demo_results):
     validator = _validator()
-    assert REPORT_SCHEMA["properties"]["schema_version"]["const"] == SCHEMA_VERSION == "2.0"
+    assert REPORT_SCHEMA["properties"]["schema_version"]["const"] == SCHEMA_VERSION == "2.1"
     report = json.loads(demo_results[2][1].to_json())
     for broken in ({**report, "new_field": 1}, {**report, "schema_version": "1.0"}, {**report, "verdict": "maybe"},
                    {k: v for k, v in report.items() if k != "stats"},

@@ -8,8 +8,8 @@ from scipy.linalg import null_space
 from instances import random_kink_instance
 from sospcheck import TwoLayerNet
 from sospcheck.losses import get_loss, risk
-from sospcheck.stratum import NEARBY_RADIUS, StratumStatus, _DenseSolver, _evaluate, _project, _Stratum, \
-    converge_on_stratum
+from sospcheck.stratum import NEARBY_RADIUS, StratumStatus, _evaluate, _project, _Stratum, converge_on_stratum
+from sospcheck.stratum_solvers import DenseSolver
 
 EPS = np.finfo(float).eps
 
@@ -87,7 +87,7 @@ def _min_eig_at_planted(inst):
     bases = [null_space(Xbar[B[:, k]]) if B[:, k].any() else np.eye(Xbar.shape[1]) for k in range(planted.dh)]
     st = _Stratum(planted, Xbar, B, Z0, bases)
     s = _evaluate(st, st.theta0(), inst["X"], Yp, loss, 1.0, inst["weight_decay"])
-    return float(_DenseSolver(st, s, inst["weight_decay"], 1e-12, 0).l.min()), s.rel
+    return float(DenseSolver(st, s, inst["weight_decay"], 1e-12, 0).l.min()), s.rel
 
 
 def test_a_saddle_on_the_stratum_is_recovered_too():

@@ -249,3 +249,16 @@ def test_quick_preset_from_the_command_line(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "sospcheck.table1", "table1", "--preset", "quick", "--out",
                           str(out), "--seeds", "x-y"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "`seeds`" in bad.stderr
+
+
+def test_unwritable_out_folder_is_refused_before_training(tmp_path, capsys):
+    from sospcheck.table1.cli import main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert main(["experiment", "table1", "--preset", "quick", "--out", str(blocker)]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "not a folder" in err
+    assert main(["experiment", "table1", "--preset", "quick", "--out", str(blocker / "inside")]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]

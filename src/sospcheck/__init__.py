@@ -5,8 +5,9 @@ from .check import check
 from .losses import Loss, get_loss
 from .model import Direction, TwoLayerNet
 from .options import Budget, Tolerances
-from .result import CheckResult, DescentCertificate, Stats, Verdict
+from .point import Problem
+from .result import CheckResult, Decision, DescentCertificate, NeuronRecord, Reason, Stats, Verdict
 
 __all__ = ["check", "TwoLayerNet", "Direction", "Loss", "get_loss", "Tolerances", "Budget",
-           "CheckResult", "DescentCertificate", "Stats", "Verdict"]
+           "CheckResult", "DescentCertificate", "Stats", "Verdict", "Reason", "Decision", "NeuronRecord", "Problem"]
 __version__ = "0.1.0"

@@ -34,8 +34,7 @@ from scipy.optimize import linprog, lsq_linear, nnls
 
 __all__ = ["COMPLETE", "OVER_BUDGET", "DEFAULT_MAX_CELLS", "DEFAULT_MAX_FACES", "MARGIN", "RANK_TOL",
            "Hyperplanes", "Cells", "Faces", "group_hyperplanes", "region_bound", "count_cells", "polar_multipliers",
-           "cone_projection",
-           "enumerate_cells", "enumerate_faces"]
+           "cone_projection", "enumerate_cells", "enumerate_faces"]
 
 COMPLETE = "complete"
 OVER_BUDGET = "over budget"

@@ -1,21 +1,22 @@
 """SOSP-CHECK end to end: model -> boundary geometry -> first order -> second order -> verification -> result.
 
-DESIGN.md section 3; every returned direction is verified on the true risk (section 4). Each step is a
-function that returns a small record; :func:`_analyze` runs them once, recording every thresholded
-decision's margin, and the fragility probe (section 6) re-runs the analysis only at a tolerance scaling
-that some margin says could flip a decision.
+DESIGN.md section 3; every returned direction is verified on the true risk (section 4). Each step returns
+a small record; :func:`_analyze` runs them once, recording each thresholded decision's margin, and the
+fragility probe (section 6) re-runs only at a tolerance scaling that some margin says could flip.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import math
 import time
 
 import numpy as np
 
+from .degenerate import DESCENT, OVER_BUDGET, DegenerateFirstOrder, degenerate_neuron
+from .degenerate_second import NeuronFaces, neuron_faces
 from .first_order import (NeuronTest, OutputLayerTest, neuron_tests, output_layer_test, ratios, record_sides,
                           steepest_ray)
 from .geometry import boundary_mask
@@ -178,9 +179,19 @@ class Start:
 
 
 @dataclass(frozen=True)
+class DegenerateStep:
+    """Step 3 for a neuron whose boundary vectors are dependent (DESIGN.md section 9): the first order over
+    the cells of its kink arrangement and, when the check goes on to the second order, its critical faces."""
+
+    first: DegenerateFirstOrder
+    faces: NeuronFaces | None = None
+
+
+@dataclass(frozen=True)
 class FirstOrder:
     """Steps 1-3: the tests that ran (``neurons`` None before step 2; ``rays_examined`` after step 3), a
-    predicted descent or an ending (both None: on to the second order), what they established, margins."""
+    predicted descent or an ending (both None: on to the second order), what they established, margins;
+    ``degenerate``: neuron -> :class:`DegenerateStep` for the neurons step 3 decided by their cells."""
 
     output: OutputLayerTest
     neurons: list[NeuronTest] | None = None
@@ -189,6 +200,7 @@ class FirstOrder:
     ending: Ending | None = None
     established: tuple = ()
     margins: tuple = ()
+    degenerate: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -220,8 +232,9 @@ def interpolation_ending(pt: Point) -> Ending | None:
     return None
 
 
-def first_order(pt: Point, boundary: np.ndarray, tol: Tolerances) -> FirstOrder:
-    """Steps 1-3 (DESIGN.md section 3): the output-layer gradient, one BVLS per neuron, the extreme rays."""
+def first_order(pt: Point, boundary: np.ndarray, tol: Tolerances, budget: Budget | None = None) -> FirstOrder:
+    """Steps 1-3 (DESIGN.md section 3): the output-layer gradient, one BVLS per neuron, the extreme rays, and
+    the cells of the neurons whose boundary vectors are dependent (section 9; ``budget.max_cells``)."""
     margins = Margins()
     ol = output_layer_test(pt, tol)
     margins.add("output-layer gradient", ol.ratio, 1.0)
@@ -238,10 +251,13 @@ def first_order(pt: Point, boundary: np.ndarray, tol: Tolerances) -> FirstOrder:
         return FirstOrder(ol, neurons, candidate=candidate, established=tuple(established),
                           margins=tuple(margins.items()))
     established.append("Clarke stationary")
-    candidate, ending = ray_step(pt, neurons, tol, margins)
+    candidate, ending, degenerate = ray_step(pt, neurons, tol, margins, budget)
     if candidate is None and ending is None:
         established.append("no descent along extreme rays" if boundary.any() else "differentiable: gradient zero")
-    return FirstOrder(ol, neurons, True, candidate, ending, tuple(established), tuple(margins.items()))
+        if degenerate:
+            established.append("no descent in the cells of the degenerate neuron(s) (neuron: cells) "
+                               + str({k: st.first.n_cells for k, st in degenerate.items()}))
+    return FirstOrder(ol, neurons, True, candidate, ending, tuple(established), tuple(margins.items()), degenerate)
 
 
 def output_candidate(net: TwoLayerNet, ol: OutputLayerTest) -> Candidate:
@@ -265,10 +281,11 @@ def clarke_candidate(net: TwoLayerNet, neurons: list[NeuronTest], zero_output: n
     return Candidate(Direction.hidden(net, dZ), 1, "Clarke subgradient (BVLS)", Reason.CLARKE_DESCENT, nt.k)
 
 
-def ray_step(pt: Point, neurons: list[NeuronTest], tol: Tolerances,
-             margins: Margins) -> tuple[Candidate | None, Ending | None]:
-    """Step 3: the steepest descending extreme ray, or Assumption 2's failure where rays cannot decide;
-    the zero-output and flat-ray decisions' margins go to ``margins``."""
+def ray_step(pt: Point, neurons: list[NeuronTest], tol: Tolerances, margins: Margins,
+             budget: Budget | None = None) -> tuple[Candidate | None, Ending | None, dict]:
+    """Step 3: the steepest descending extreme ray; then, where Assumption 2 fails and rays do not exist,
+    the cells of the kink arrangements (:func:`degenerate_step`). The zero-output, flat-ray and cell
+    decisions' margins go to ``margins``."""
     net = pt.net
     zero_output = zero_output_mask(pt, tol.a_zero)
     flat = np.hstack([nt.flat_ratios for nt in neurons])
@@ -278,19 +295,45 @@ def ray_step(pt: Point, neurons: list[NeuronTest], tol: Tolerances,
     if ray is not None:
         dZ = np.zeros_like(net.Z)
         dZ[ray.k] = ray.direction
-        return Candidate(Direction.hidden(net, dZ), 1, "extreme ray", Reason.RAY_DESCENT, ray.k), None
-    bad = [nt.k for nt in neurons if nt.M and not nt.assumption2 and not zero_output[nt.k]]
-    if bad:
-        detail = (f"Assumption 2 fails for neuron(s) {bad}: their boundary vectors xbar_i are linearly dependent "
-                  f"(rank {[neurons[k].rank for k in bad]} < M_k {[neurons[k].M for k in bad]}), so the extreme "
-                  "rays and cone reduction do not apply; no first-order descent was found elsewhere")
-        return None, Ending(Reason.ASSUMPTION2, detail)
-    return None, None
+        return Candidate(Direction.hidden(net, dZ), 1, "extreme ray", Reason.RAY_DESCENT, ray.k), None, {}
+    bad = [nt for nt in neurons if nt.M and not nt.assumption2 and not zero_output[nt.k]]
+    if not bad:
+        return None, None, {}
+    return degenerate_step(pt, bad, tol, budget or Budget(), margins)
+
+
+def degenerate_step(pt: Point, bad: list[NeuronTest], tol: Tolerances, budget: Budget,
+                    margins: Margins) -> tuple[Candidate | None, Ending | None, dict]:
+    """Step 3 for the neurons whose boundary vectors are dependent (DESIGN.md section 9): each one's
+    steepest slope over the cells of its kink arrangement (:func:`sospcheck.degenerate.degenerate_neuron`,
+    counted against ``budget.max_cells``). The steepest descent (relative to the neuron's scale) is the
+    candidate; else a neuron over budget ends the check; else each neuron's critical faces for step 4."""
+    net = pt.net
+    steps = {nt.k: DegenerateStep(degenerate_neuron(pt, nt, tol, budget.max_cells)) for nt in bad}
+    done = [st.first for st in steps.values() if st.first.status != OVER_BUDGET]
+    record_sides(margins, "degenerate neuron: steepest cell slope", [ratios(f.slope, f.threshold) for f in done])
+    descents = [(k, st.first) for k, st in steps.items() if st.first.status == DESCENT]
+    if descents:
+        k, f = min(descents, key=lambda kf: kf[1].slope / kf[1].scale)
+        dZ = np.zeros_like(net.Z)
+        dZ[k] = f.direction
+        return Candidate(Direction.hidden(net, dZ), 1, "arrangement cell", Reason.CELL_DESCENT, k), None, steps
+    over = [k for k, st in steps.items() if st.first.status == OVER_BUDGET]
+    if over:
+        detail = "; ".join(f"neuron {k} (M_k = {steps[k].first.M}, rank {steps[k].first.rank}): "
+                           f"{steps[k].first.cells.message}" for k in over)
+        return None, Ending(Reason.CELL_BUDGET, detail + "; no first-order descent was found elsewhere"), steps
+    by_k = {nt.k: nt for nt in bad}
+    steps = {k: DegenerateStep(st.first, neuron_faces(pt, by_k[k], st.first)) for k, st in steps.items()}
+    record_sides(margins, "degenerate neuron: flat ray |f_k(rho)|",
+                 np.concatenate([st.faces.ratios for st in steps.values()]))
+    return None, None, steps
 
 
 # Step 4's inconclusive causes, as second_order_test words them, and their codes.
 _SECOND_ORDER_CAUSES = (
     ("zero-output neuron", Reason.ZERO_OUTPUT_UNDECIDED),
+    ("critical faces exceed budget", Reason.FACE_BUDGET),
     ("ICQPs exceed budget", Reason.ICQP_BUDGET),
     ("flat-ray constraints are linearly dependent", Reason.DEPENDENT_FLAT_RAYS),
     ("ECQP eigenvalue not computed", Reason.EIGENVALUE_FAILED),
@@ -299,7 +342,7 @@ _SECOND_ORDER_CAUSES = (
     ("copositivity witness", Reason.SCHUR_INACCURATE),
 )
 _SECOND_ORDER_DESCENT = {"ECQP": Reason.ECQP_DESCENT, "ICQP": Reason.ICQP_DESCENT,
-                         "zero_output": Reason.ZERO_OUTPUT_DESCENT}
+                         "critical-face ICQP": Reason.FACE_DESCENT, "zero_output": Reason.ZERO_OUTPUT_DESCENT}
 
 
 def second_order(so: SecondOrderOutcome) -> SecondOrder:
@@ -320,12 +363,17 @@ def second_order(so: SecondOrderOutcome) -> SecondOrder:
     if quot.bias_shift_neurons:
         established.append(f"affine neuron(s) {quot.bias_shift_neurons}: bias shift against b2 is exactly "
                            "flat (quotiented)")
+    for kind, groups in (("affine", quot.affine_groups), ("same-pattern", quot.pattern_groups),
+                         ("duplicate", quot.duplicate_groups)):
+        if groups:
+            established.append(f"{kind} neuron group(s) {groups}: the flat directions they share are quotiented")
     ecqp = next((q for q in so.records if q.kind == "ECQP"), None)
     if ecqp is not None:
         established.append(f"ECQP {ecqp.outcome}")
     n_icqp = sum(q.kind == "ICQP" for q in so.records)
     if n_icqp:
-        established.append(f"{n_icqp} ICQP(s) without negative curvature")
+        faces = " (flat rays and critical faces)" if so.source == "critical-face ICQP" else ""
+        established.append(f"{n_icqp} ICQP(s){faces} without negative curvature")
     reason = Reason.SOSP if so.outcome == Outcome.ZERO else Reason.MINIMUM
     return SecondOrder(so, ending=Ending(reason), established=tuple(established))
 
@@ -373,13 +421,14 @@ def _analyze(problem: Problem, tol: Tolerances, bud: Budget, seed: int, engine: 
     first = so = None
     ending = interpolation_ending(st.pt)
     if ending is None:
-        first = first_order(st.pt, st.boundary, tol)
+        first = first_order(st.pt, st.boundary, tol, bud)
         ending = first.ending
     clock.lap("first_order")
     candidate = first.candidate if first is not None else None
     if ending is None and candidate is None:
+        faces = [step.faces for step in first.degenerate.values()]
         so = second_order(second_order_test(st.pt, first.neurons, st.boundary, tol, bud, np.random.default_rng(seed),
-                                            *engine, progress=progress))
+                                            *engine, progress=progress, faces=faces))
         candidate, ending = so.candidate, so.ending
         clock.lap("second_order")
     if candidate is not None:
@@ -399,7 +448,8 @@ def _result(problem: Problem, st: Start, first: FirstOrder | None, so: SecondOrd
     quotient = outcome.quotient if outcome is not None else None
     neurons = first.neurons if first is not None else None
     records = neuron_records(st.boundary.sum(axis=0), neurons, first is not None and first.rays_examined,
-                             ending.descent.neuron if ending.descent is not None else None, quotient)
+                             ending.descent.neuron if ending.descent is not None else None, quotient,
+                             first.degenerate if first is not None else {})
     stats = Stats(m=problem.m, p=problem.net.n_params, neurons=records)
     if first is not None:
         stats.output_gradient_norm, stats.output_gradient_scale = first.output.norm, first.output.scale
@@ -418,21 +468,33 @@ def _result(problem: Problem, st: Start, first: FirstOrder | None, so: SecondOrd
 
 
 def neuron_records(M_k: np.ndarray, neurons: list[NeuronTest] | None, rays_examined: bool, descent_neuron: int | None,
-                   quotient: Quotient | None) -> list[NeuronRecord]:
+                   quotient: Quotient | None, degenerate: dict | None = None) -> list[NeuronRecord]:
     """Per hidden neuron, its numbers and what decided it (the first that applies: the descent moves it,
-    quotiented dead or zero-output, not Clarke stationary, Assumption 2, no kink, the rays)."""
+    quotiented dead or zero-output, not Clarke stationary, its cells (``degenerate``: neuron ->
+    :class:`DegenerateStep`), dependent boundary vectors not examined, no kink, the rays)."""
     if neurons is None:
         return [NeuronRecord(k, int(M)) for k, M in enumerate(M_k)]
     dead = set(quotient.dead_neurons) if quotient is not None else set()
     zero = set(quotient.zero_output_neurons) if quotient is not None else set()
+    degenerate = degenerate or {}
     records = []
     for nt in neurons:
         L, K = (nt.n_flat, nt.n_both_flat) if rays_examined else (None, None)
+        step = degenerate.get(nt.k)
+        n_cells = n_faces = None
+        if step is not None:  # no extreme rays: the cells and faces say what L and K would
+            L = K = None
+            n_cells = step.first.cells.count if step.first.status == OVER_BUDGET else step.first.n_cells
+            n_faces = step.faces.n_faces if step.faces is not None else None
         decided = next(d for d, applies in (
             (Decision.DESCENT, nt.k == descent_neuron), (Decision.DEAD, nt.k in dead),
             (Decision.ZERO_OUTPUT, nt.k in zero), (Decision.NOT_STATIONARY, not nt.stationary),
+            (Decision.CELL_BUDGET, step is not None and step.first.status == OVER_BUDGET),
+            (Decision.CRITICAL_FACES, bool(n_faces)), (Decision.CELLS_ASCEND, n_faces == 0),
+            (Decision.CELLS_STATIONARY, step is not None),
             (Decision.ASSUMPTION2, nt.M > 0 and not nt.assumption2), (Decision.DIFFERENTIABLE, nt.M == 0),
             (Decision.STATIONARY, not rays_examined), (Decision.RAYS_ASCEND, L == 0), (Decision.FLAT_RAYS, True),
         ) if applies)
-        records.append(NeuronRecord(nt.k, nt.M, decided, L, K, nt.rank, nt.assumption2, nt.residual, nt.scale))
+        records.append(NeuronRecord(nt.k, nt.M, decided, L, K, nt.rank, nt.assumption2, nt.residual, nt.scale,
+                                    n_cells, n_faces))
     return records

@@ -8,6 +8,7 @@ check ran (whatever the verdict), 2 with one line ``sospcheck: error: ...`` on b
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import sys
 from contextlib import contextmanager
@@ -153,6 +154,9 @@ def _output_targets(args) -> None:
 
 def _check(args, display: ProgressDisplay):
     """Load, validate and run the check; returns ``(result, X, Y)``."""
+    for option, value in (("--s-plus", args.s_plus), ("--s-minus", args.s_minus)):
+        if value is not None and not math.isfinite(value):
+            raise InputError(f"{option} must be a finite number, got {value!r}")
     with display.phase("reading --params"):
         net = load_params(args.params, args.no_bias1, args.no_bias2, s_plus=args.s_plus, s_minus=args.s_minus)
     with display.phase("reading --data"):
@@ -161,6 +165,13 @@ def _check(args, display: ProgressDisplay):
               tolerances=Tolerances.from_any(_json_arg(args.tolerances, "--tolerances")),
               budget=Budget.from_any(_json_arg(args.budget, "--budget")), snap=args.snap, snap_tol=args.snap_tol,
               fragility=not args.no_fragility)
+    if getattr(net, "depth", 1) > 1:  # several hidden layers: sospcheck.deep (DESIGN.md section 10)
+        from .deep import check_deep
+
+        if kw.pop("snap") or getattr(args, "plot", None) or args.command == "plot":
+            raise InputError("--snap and plots are not available for networks with several hidden layers")
+        kw.pop("snap_tol")
+        return check_deep(net, X, Y, progress=display, **kw), X, Y
     result = check(net, X, Y, progress=display, **kw)
     return result, X, Y
 

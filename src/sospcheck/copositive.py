@@ -22,7 +22,7 @@ from scipy.optimize import Bounds, LinearConstraint, linprog, milp, nnls
 from .margins import Margins
 
 __all__ = ["CopositivityResult", "copositivity", "copositivity_enumerate", "copositivity_milp",
-           "copositivity_pretests"]
+           "copositivity_pretests", "orthant_lower_bound"]
 
 STRICT = "strictly_copositive"
 COPOSITIVE = "copositive"
@@ -224,3 +224,23 @@ def copositivity(S: np.ndarray, tol: float, max_subsets: int, time_limit: float 
     if 2.0**r - 1 <= max_subsets:
         return copositivity_enumerate(S, tol, m)
     return copositivity_milp(S, tol, time_limit, m)
+
+
+def orthant_lower_bound(S: np.ndarray, time_limit: float = 60.0) -> float | None:
+    """A lower bound of ``min y'Sy`` over ``y >= 0``, ``|y|_2 = 1`` (how strictly ``S`` is copositive), or None.
+
+    ``lambda_min(S)`` when positive; with nonnegative off-diagonal entries the smallest diagonal entry
+    (``y'Sy >= sum_i S_ii y_i^2``); otherwise the minimum ``v`` over the simplex (the MILP of
+    :func:`copositivity_milp`), since ``y'Sy >= v (sum y)^2 >= v |y|^2`` for ``y >= 0`` when ``v > 0``.
+    None when none of them is positive (not strictly copositive, or the MILP failed).
+    """
+    if S.size == 0:
+        return None
+    lam = float(np.linalg.eigvalsh(S)[0])
+    if lam > 0:
+        return lam
+    off = S - np.diag(np.diag(S))
+    if np.all(off >= 0) and np.min(np.diag(S)) > 0:
+        return float(np.min(np.diag(S)))
+    res = copositivity_milp(S, 0.0, time_limit)
+    return res.value if res.value is not None and res.value > 0 else None

@@ -25,7 +25,7 @@ from .arrangement import DEFAULT_MAX_CELLS, MARGIN, OVER_BUDGET, RANK_TOL, Cells
 from .options import Tolerances
 
 __all__ = ["DESCENT", "STATIONARY", "OVER_BUDGET", "DegenerateFirstOrder", "CellProduct", "kink_terms",
-           "cell_gradients", "degenerate_first_order", "degenerate_neuron", "cell_product"]
+           "cell_gradients", "degenerate_first_order", "neuron_kink_data", "degenerate_neuron", "cell_product"]
 
 DESCENT = "descent"
 STATIONARY = "stationary"
@@ -163,12 +163,18 @@ def degenerate_first_order(Xk, a, c, s_plus: float = 1.0, s_minus: float = 0.0, 
         multipliers=lams, **base)
 
 
-def degenerate_neuron(pt, nt, tol: Tolerances, max_cells: int = DEFAULT_MAX_CELLS) -> DegenerateFirstOrder:
-    """:func:`degenerate_first_order` for neuron ``nt.k`` of the check (a ``Point`` and its ``NeuronTest``):
-    ``c_k = vt - sum_i s*_i a_ik xbar_i`` is read back from the BVLS step, the threshold is shared with it."""
+def neuron_kink_data(pt, nt) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(Xk, a, c_k)`` of neuron ``nt.k`` of the check (a ``Point`` and its ``NeuronTest``): the boundary
+    rows, their ``a_ik``, and ``c_k = vt - sum_i s*_i a_ik xbar_i`` read back from the BVLS step."""
     Xk = pt.fwd.Xbar[nt.boundary]
     aB = pt.a[nt.boundary, nt.k]
-    c = nt.vt - Xk.T @ (nt.s_star * aB)
+    return Xk, aB, nt.vt - Xk.T @ (nt.s_star * aB)
+
+
+def degenerate_neuron(pt, nt, tol: Tolerances, max_cells: int = DEFAULT_MAX_CELLS) -> DegenerateFirstOrder:
+    """:func:`degenerate_first_order` for neuron ``nt.k`` of the check (a ``Point`` and its ``NeuronTest``,
+    :func:`neuron_kink_data`); the threshold is shared with the BVLS step."""
+    Xk, aB, c = neuron_kink_data(pt, nt)
     return degenerate_first_order(Xk, aB, c, pt.net.s_plus, pt.net.s_minus, tol=tol.gradient, scale=nt.scale,
                                   max_cells=max_cells, rank_tol=tol.rank)
 

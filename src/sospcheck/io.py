@@ -125,6 +125,22 @@ def check_writable(path: str, option: str) -> None:
         os.unlink(full)
 
 
+def check_writable_folder(path: str, option: str) -> None:
+    """Fail now, naming ``option``, when ``path`` cannot serve as an output folder: an existing
+    non-folder, or a folder (or, when it is still to be made, its nearest existing parent) that
+    cannot be written."""
+    full = os.path.abspath(path)
+    if os.path.lexists(full) and not os.path.isdir(full):
+        raise InputError(f"{option} {path!r} exists and is not a folder")
+    existing = full
+    while not os.path.isdir(existing):
+        if os.path.lexists(existing):
+            raise InputError(f"{option} {path!r}: {existing!r} is not a folder")
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {path!r}: the folder {existing!r} cannot be written")
+
+
 def _open_npz(path: str, what: str) -> zipfile.ZipFile:
     _regular_file(path, what)
     try:
@@ -254,11 +270,31 @@ def load_params(path: str, no_bias1: bool = False, no_bias2: bool = False, s_plu
     tensors, meta = _read_torch(path) if fmt == "torch" else _read_safetensors(path)
     if set(tensors) <= set(_NPZ_KEYS) | set(_SLOPES) and "W1" in tensors:
         return _from_named(tensors, meta, path, no_bias1, no_bias2, given)
+    if sum(k.endswith(".weight") for k in tensors) > 2:
+        return _deep(tensors, meta, path, no_bias1 or no_bias2, given)
     kw = two_layer_from_tensors(tensors, path)
     for key, flag in (("b1", no_bias1), ("b2", no_bias2)):
         if flag and kw[key] is not None:
             raise InputError(f"--params file {path!r} has a bias for {key} but --no-bias{key[1]} says the network has none")
     return _net({**kw, **_slopes(meta, given, path)}, path)
+
+
+def _deep(tensors: dict, meta: dict, path: str, bias_flag: bool, given: dict):
+    """A state_dict of three or more Linear layers: a :class:`sospcheck.deep.DeepNet` (DESIGN.md section 10),
+    the architecture read from the layer names and shapes, the activation slope from the file or the flag."""
+    from .deep.model import deep_from_state_dict
+
+    if bias_flag:
+        raise InputError(f"--params file {path!r} holds a network with several hidden layers: a layer's missing "
+                         "'<layer>.bias' key already says it has no bias; drop --no-bias1/--no-bias2")
+    slopes = _slopes(meta, given, path)
+    if slopes.get("s_plus", 1.0) != 1.0:
+        raise InputError(f"--params file {path!r}: a network with several hidden layers needs s_plus = 1 "
+                         "(torch's ReLU / LeakyReLU)")
+    try:
+        return deep_from_state_dict(tensors, slopes.get("s_minus", 0.0), f"--params file {path!r}")
+    except (TypeError, ValueError) as exc:
+        raise InputError(str(exc)) from exc
 
 
 def _params_npz(path: str) -> dict:
@@ -430,6 +466,25 @@ def load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 def save_direction(path: str, d: Direction) -> None:
     """Keys ``W1, b1, W2, b2`` (an absent bias left out), an ``.npz`` archive written to exactly ``path``
-    (NumPy would add ``.npz`` to a name without it)."""
+    (NumPy would add ``.npz`` to a name without it). A deep network's direction: ``W1, b1, W2, ...`` per
+    parameter, and ``zeta_W1, ...`` for the second-order part of a curve (DESIGN.md 10.6)."""
+    if hasattr(d, "arrays"):
+        names = [f"{kind}{l + 1}" for l, (_, b) in enumerate(_layer_pairs(d.shapes)) for kind in ("W", "b")[:1 + b]]
+        arrays = dict(zip(names, d.arrays()))
+        if d.zeta is not None:
+            arrays.update({f"zeta_{n}": a for n, a in zip(names, d.arrays_of(d.zeta))})
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+        return
     with open(path, "wb") as f:
         np.savez(f, **{k: v for k, v in (("W1", d.W1), ("b1", d.b1), ("W2", d.W2), ("b2", d.b2)) if v is not None})
+
+
+def _layer_pairs(shapes) -> list[tuple]:
+    """``(weight shape, has bias)`` per layer from parameter shapes in ``model.parameters()`` order."""
+    out, i = [], 0
+    while i < len(shapes):
+        has_bias = i + 1 < len(shapes) and len(shapes[i + 1]) == 1
+        out.append((shapes[i], has_bias))
+        i += 2 if has_bias else 1
+    return out

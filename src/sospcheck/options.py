@@ -81,7 +81,10 @@ class Tolerances(Options):
     boundary: pair (i, k) is on the kink if ``|N_ik| <= boundary * |Z_k| * max_i |xbar_i|``.
     gradient: a gradient (output layer, or a neuron's min-norm subgradient) is zero if its norm is
         at most ``gradient`` times its natural scale (``|r| |[O 1]|``, resp. ``s_hi |a_k| |Xbar|``).
-    a_zero: ``a_ik = w_k . r_i`` is zero if ``|a_ik| <= a_zero * |w_k| * max_i |r_i|``.
+    a_zero: ``a_ik = w_k . r_i`` is zero if ``|a_ik| <= a_zero * |w_k| * max_i |r_i|``; a neuron's
+        output column counts as zero if ``|w_k| <= a_zero * |W2|`` or its whole output contribution
+        ``s_hi |w_k| |Z_k| max|xbar| sqrt(m) <= a_zero * (|outputs| + |targets|)`` (then both sides of
+        its kinks are searched, as for ``w_k = 0``).
     s_bound: ``s*_i`` sits at a bound if within ``s_bound * |s_plus - s_minus|`` of it.
     eigen: an eigenvalue (or copositivity value) is zero if at most ``eigen * |H|_2`` in size.
     rank: singular values below ``rank`` times the largest count as zero (data span, Assumption 2).
@@ -119,12 +122,16 @@ class Budget(Options):
     milp_time_limit: seconds for one such mixed-integer program.
     max_dense_params: largest reduced parameter count for which ``solver="auto"`` forms the dense
         reduced Hessian; larger problems use Hessian-vector products (Lanczos, CG).
+    max_cells: most cells of one degenerate neuron's kink arrangement (first order), and most
+        combinations of one critical face per degenerate neuron (second order), counted before
+        anything is solved (DESIGN.md section 9); the default fits every neuron with ``M_k <= 12``.
     """
 
     max_icqp: int = 4096
     max_copositive_subsets: int = 2**14
     milp_time_limit: float = 60.0
     max_dense_params: int = 6000
+    max_cells: int = 4096
 
     argument = "budget"
     label = "budget"

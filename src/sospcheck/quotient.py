@@ -20,6 +20,8 @@ curves foliate a neighbourhood, and the loss is constant on each, so the test ru
 ``nu_c . nu_k = 0`` (one more row of the neuron's block; a transversal slice as long as it is
 independent of the rescaling row, which is checked). Without this slice the ECQP reports the
 exact flat direction as T2 and a minimum is only certified as ``sosp``.
+
+Flat directions shared by several neurons: :mod:`sospcheck.shared_flat`.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ import numpy as np
 from .first_order import NeuronTest
 from .geometry import data_span, row_space
 from .operators import Layout
+from .options import Tolerances
 from .point import Point
 
-__all__ = ["Quotient", "SpanCoordinates", "Reduction", "span_coordinates", "dead_neurons", "bias_shift_rows",
-           "inactive_rows", "reduce"]
+__all__ = ["Quotient", "SpanCoordinates", "Reduction", "span_coordinates", "dead_neurons",
+           "constant_direction", "span_guess", "bias_shift_rows", "inactive_rows", "affine_neurons", "reduce"]
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,11 @@ class Quotient:
 
     ``data_span_dim`` of ``full_dim``: the ``v_k`` coordinates kept (the span of the data).
     ``dead_neurons``: ``u_k, nu_k`` removed. ``zero_output_neurons``: ``nu_k`` removed (``g == 0``).
-    ``bias_shift_neurons``: one slice row each. ``inactive_directions``: neuron -> number of ``nu_k``
-    directions orthogonal to its active points.
+    ``bias_shift_neurons``: one slice row each (for members of an affine group, part of the group's
+    rows). ``inactive_directions``: neuron -> number of ``nu_k`` directions orthogonal to its active points.
+    ``affine_groups`` / ``pattern_groups`` / ``duplicate_groups``: neurons whose flat directions are shared
+    (module docstring); ``shared_dims``: per group (in that order) the number of flat directions
+    quotiented beyond the members' own rescaling and bias-shift rows.
     """
 
     data_span_dim: int
@@ -53,12 +59,18 @@ class Quotient:
     zero_output_neurons: list[int] = field(default_factory=list)
     bias_shift_neurons: list[int] = field(default_factory=list)
     inactive_directions: dict[int, int] = field(default_factory=dict)
+    affine_groups: list[list[int]] = field(default_factory=list)
+    pattern_groups: list[list[int]] = field(default_factory=list)
+    duplicate_groups: list[list[int]] = field(default_factory=list)
+    shared_dims: list[int] = field(default_factory=list)
 
     @property
     def nontrivial(self) -> bool:
         """Whether anything at all was quotiented out."""
         return bool(self.dead_neurons or self.zero_output_neurons or self.bias_shift_neurons
-                    or self.inactive_directions or self.data_span_dim < self.full_dim)
+                    or self.inactive_directions or self.affine_groups or self.pattern_groups
+                    or self.duplicate_groups
+                    or self.data_span_dim < self.full_dim)
 
     def inactive_by_name(self) -> dict[str, int]:
         """``inactive_directions`` with string keys, as JSON writes them."""
@@ -68,14 +80,25 @@ class Quotient:
         return {"data_span_dim": int(self.data_span_dim), "full_dim": int(self.full_dim),
                 "dead_neurons": list(self.dead_neurons), "zero_output_neurons": list(self.zero_output_neurons),
                 "bias_shift_neurons": list(self.bias_shift_neurons),
-                "inactive_directions": self.inactive_by_name()}
+                "inactive_directions": self.inactive_by_name(),
+                "affine_groups": [list(g) for g in self.affine_groups],
+                "pattern_groups": [list(g) for g in self.pattern_groups],
+                "duplicate_groups": [list(g) for g in self.duplicate_groups],
+                "shared_dims": [int(n) for n in self.shared_dims]}
 
     def summary_line(self) -> str:
         inactive = ", ".join(f"{k}: {n}" for k, n in self.inactive_directions.items()) or "none"
-        return (f"quotiented: data span {self.data_span_dim}/{self.full_dim} dims, dead neurons "
+        line = (f"quotiented: data span {self.data_span_dim}/{self.full_dim} dims, dead neurons "
                 f"{self.dead_neurons}, zero-output neurons {self.zero_output_neurons}, "
                 f"bias shifts of affine neurons {self.bias_shift_neurons}, inactive directions "
                 f"(neuron: dims) {inactive}")
+        groups = ([("affine group", g) for g in self.affine_groups]
+                  + [("pattern group", g) for g in self.pattern_groups]
+                  + [("duplicates", g) for g in self.duplicate_groups])
+        if groups:
+            line += ", shared flat directions " + ", ".join(
+                f"{kind} {g}: {n}" for (kind, g), n in zip(groups, self.shared_dims))
+        return line
 
 
 @dataclass(frozen=True)
@@ -120,41 +143,58 @@ def dead_neurons(pt: Point, neurons: list[NeuronTest]) -> list[int]:
     return [nt.k for nt in neurons if nt.M == 0 and np.all(N[:, nt.k] < 0)]
 
 
+def constant_direction(Xr: np.ndarray, rank_tol: float, guess: np.ndarray | None = None) -> np.ndarray | None:
+    """``nu_c`` with ``Xr nu_c = 1``: the constant function in the data span, or None when there is none.
+
+    ``guess``: a candidate kept when its residual passes the same test (:func:`span_guess`), which
+    saves the m x rho least-squares solve; otherwise that solve decides."""
+    if Xr.shape[0] == 0:
+        return None
+    ones = np.ones(Xr.shape[0])
+    tol = max(rank_tol, 1e-10) * np.sqrt(Xr.shape[0])
+    if guess is not None and np.linalg.norm(Xr @ guess - ones) <= tol:
+        return guess
+    nu_c = np.linalg.lstsq(Xr, ones, rcond=None)[0]
+    if np.linalg.norm(Xr @ nu_c - ones) > tol:
+        return None
+    return nu_c
+
+
+def span_guess(pt: Point, V: np.ndarray | None) -> np.ndarray | None:
+    """``V' e`` for the ones column ``e`` of ``Xbar`` (with ``b1``): the least-squares ``nu_c`` of
+    ``Xr nu_c = 1`` when ``V`` holds eigenvectors of the Gram ``G = Xbar' Xbar`` (:func:`data_span`),
+    since ``Xr' 1 = V' G e = S^2 V' e`` and ``Xr' Xr = S^2``. None without ``b1`` or ``V``."""
+    return np.array(V[-1]) if V is not None and pt.net.has_b1 else None
+
+
+def affine_neurons(pt: Point, neurons: list[NeuronTest], removed: set[int]) -> list[int]:
+    """Neurons not in ``removed`` with no boundary point and one slope ``> 0`` on all data (always
+    active, or always inactive under a leaky ReLU): affine on a neighbourhood of the point."""
+    net, N = pt.net, pt.fwd.N
+    affine = []
+    for nt in neurons:
+        if nt.M or nt.k in removed:
+            continue
+        signs = np.unique(np.sign(N[:, nt.k]))
+        if signs.size == 1 and signs[0] != 0 and not (signs[0] < 0 and net.s_minus == 0):
+            affine.append(nt.k)
+    return affine
+
+
 def bias_shift_rows(pt: Point, Xr: np.ndarray, neurons: list[NeuronTest], removed: set[int],
                     rank_tol: float, V: np.ndarray | None = None) -> dict[int, np.ndarray]:
     """Per neuron with an exact bias-shift flat curve (module docstring), the slice row on ``(u_k, nu_k)``.
 
-    Needs ``b2``, no weight decay, a constant function in the data span (``Xr nu_c = 1``), and a
-    neuron whose ``nu_k`` is kept (not in ``removed``), with no boundary point and one slope ``> 0``
-    on all data. ``V``: the span basis behind ``Xr = Xbar V``, when known (see :func:`_constant_in_span`).
+    Needs ``b2``, no weight decay, a constant function in the data span (``Xr nu_c = 1``), and an
+    affine neuron (:func:`affine_neurons`) whose ``nu_k`` is kept (not in ``removed``). ``V``: the
+    span basis behind ``Xr = Xbar V``, when known (:func:`span_guess`).
     """
-    net, N = pt.net, pt.fwd.N
-    if pt.weight_decay != 0 or not net.has_b2 or Xr.shape[0] == 0:
+    net = pt.net
+    ok = pt.weight_decay == 0 and net.has_b2
+    nu_c = constant_direction(Xr, rank_tol, span_guess(pt, V)) if ok else None
+    if nu_c is None:
         return {}
-    ones = np.ones(Xr.shape[0])
-    nu_c = _constant_in_span(pt, Xr, V)
-    if np.linalg.norm(Xr @ nu_c - ones) > max(rank_tol, 1e-10) * np.sqrt(Xr.shape[0]):
-        return {}
-    rows = {}
-    for nt in neurons:
-        k = nt.k
-        if nt.M or k in removed:
-            continue
-        signs = np.unique(np.sign(N[:, k]))
-        if signs.size != 1 or signs[0] == 0 or (signs[0] < 0 and net.s_minus == 0):
-            continue
-        rows[k] = np.concatenate([np.zeros(net.dy), nu_c])
-    return rows
-
-
-def _constant_in_span(pt: Point, Xr: np.ndarray, V: np.ndarray | None) -> np.ndarray:
-    """The least-squares ``nu_c`` of ``Xr nu_c = 1``. With ``b1`` the ones are the last column of ``Xbar``
-    (``Xbar e = 1``) and ``Xr = Xbar V`` has full column rank, so ``nu_c = V' e``: the normal equations
-    give ``(V'GV)^-1 V'G e = V'e`` for the Gram ``G = V S^2 V' + (the cut directions, orthogonal to V)``.
-    Otherwise a least-squares solve."""
-    if V is not None and pt.net.has_b1:
-        return np.array(V[-1])
-    return np.linalg.lstsq(Xr, np.ones(Xr.shape[0]), rcond=None)[0]
+    return {k: np.concatenate([np.zeros(net.dy), nu_c]) for k in affine_neurons(pt, neurons, removed)}
 
 
 _INACTIVE_RANK_FLOPS = 5e7
@@ -188,13 +228,16 @@ def inactive_rows(pt: Point, boundary: np.ndarray, Xr: np.ndarray, neurons: list
 @dataclass(frozen=True)
 class Reduction:
     """The coordinates kept (``keep``, indices into ``theta``), what was quotiented, and the slice rows
-    the constraint blocks add: ``shift_rows`` (on ``(u_k, nu_k)``) and ``inactive_rows`` (on ``nu_k``)."""
+    the constraint blocks add: ``shift_rows`` (on ``(u_k, nu_k)``), ``inactive_rows`` (on ``nu_k``) and
+    ``shared`` (on several neurons' coordinates; members of an affine group have no ``shift_rows``,
+    their bias shifts being part of the group's rows)."""
 
     coords: SpanCoordinates
     keep: np.ndarray
     quotient: Quotient
     shift_rows: dict[int, np.ndarray]
     inactive_rows: dict[int, np.ndarray]
+    shared: list = field(default_factory=list)  # shared_flat.SharedRows
 
     @property
     def kept_mask(self) -> np.ndarray:
@@ -204,9 +247,12 @@ class Reduction:
 
 
 def reduce(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray, coords: SpanCoordinates,
-           dead: list[int], zero: list[int], rank_tol: float) -> Reduction:
-    """Remove the dead blocks and the ``nu_k`` of zero-output neurons, then find the bias shifts and
-    inactive directions of the neurons left."""
+           dead: list[int], zero: list[int], rank_tol: float, tol: Tolerances | None = None) -> Reduction:
+    """Remove the dead blocks and the ``nu_k`` of zero-output neurons, then find the bias shifts,
+    inactive directions and shared flat directions of the neurons left (``tol``: the boundary and
+    gradient tolerances that decide duplicates and responses; default :class:`Tolerances`)."""
+    from .shared_flat import shared_rows  # it builds on this module's coordinates
+
     layout = coords.layout
     keep = np.ones(layout.n, bool)
     for k in dead:
@@ -216,6 +262,11 @@ def reduce(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray, coords: S
     removed = set(dead) | set(zero)
     shift = bias_shift_rows(pt, coords.Xr, neurons, removed, rank_tol, coords.V)
     inactive = inactive_rows(pt, boundary, coords.Xr, neurons, removed, rank_tol)
+    shared = shared_rows(pt, coords, neurons, boundary, list(dead), list(zero), keep, tol or Tolerances())
+    grouped = {k for g in shared if g.kind == "affine" for k in g.neurons}
+    groups = {kind: [g.neurons for g in shared if g.kind == kind] for kind in ("affine", "pattern", "duplicate")}
     quotient = Quotient(int(coords.V.shape[1]), coords.full_dim, list(dead), list(zero), sorted(shift),
-                        {k: int(F.shape[0]) for k, F in inactive.items()})
-    return Reduction(coords, np.flatnonzero(keep), quotient, shift, inactive)
+                        {k: int(F.shape[0]) for k, F in inactive.items()}, groups["affine"], groups["pattern"],
+                        groups["duplicate"], [g.extra for g in shared])
+    shift = {k: row for k, row in shift.items() if k not in grouped}
+    return Reduction(coords, np.flatnonzero(keep), quotient, shift, inactive, shared)

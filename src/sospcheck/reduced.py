@@ -3,8 +3,11 @@ of the critical cone (DESIGN.md section 3, step 4).
 
 Constraints: ``A theta = 0`` holds the symmetry rows ``-w_k . u_k + Z_k . v_k = 0`` (no weight
 decay) and ``t_ik = 0`` for non-flat boundary pairs; the ``L`` flat pairs give ``sigma_ik t_ik >= 0``.
-Every row acts on one neuron's ``(u_k, nu_k)``: the constraints are block diagonal, so projections
-are local.
+A neuron whose boundary vectors are dependent (Assumption 2 fails) holds all its pairs here; its
+critical faces add their generators per ICQP (:mod:`sospcheck.degenerate_second`).
+Every row acts on one neuron's ``(u_k, nu_k)``, except the rows of flat directions shared by a group
+of neurons (:class:`sospcheck.shared_flat.SharedRows`), which join the group's blocks into one (with
+``b2`` for an affine group): the constraints are block diagonal, so projections are local.
 """
 
 from __future__ import annotations
@@ -98,15 +101,24 @@ class ReducedProblem:
 
 @dataclass
 class Block:
-    """One neuron's constraints in its own kept coordinates ``idx`` (into the kept vector)."""
+    """One neuron's constraints in its own kept coordinates ``idx`` (into the kept vector); a group's
+    block (shared flat directions) holds several neurons, ``k`` the first."""
 
     k: int
     idx: np.ndarray
-    A: np.ndarray  # equality rows: symmetry, slices, t_ik = 0 for non-flat pairs
+    A: np.ndarray  # equality rows: the n_slice slice rows (symmetry, slices), then t_ik = 0 for non-flat pairs
     B: np.ndarray  # flat rows t_ik (unsigned)
     flat: list  # (i, allowed signs) per row of B
     QE: np.ndarray | None = None  # orthonormal basis of the row space of [A; B]
     dependent: bool = False
+    n_slice: int = 0  # leading rows of A that quotient flat directions (not kink rows)
+    flat_neurons: list = field(default_factory=list)  # the neuron of each row of B (empty: all k)
+
+    @property
+    def flat_pairs(self) -> list:
+        """``(i, k, allowed signs)`` per row of ``B``."""
+        ks = self.flat_neurons or [self.k] * len(self.flat)
+        return [(i, k, allowed) for (i, allowed), k in zip(self.flat, ks)]
 
 
 def rank_tol_of(sv: np.ndarray) -> float:
@@ -115,8 +127,9 @@ def rank_tol_of(sv: np.ndarray) -> float:
 
 
 def _neuron_rows(prob: ReducedProblem, nt: NeuronTest, kept: np.ndarray, nu_kept: bool, Zr: np.ndarray,
-                 red: Reduction) -> tuple[list, list, list]:
-    """Equality rows, flat rows and their allowed signs of neuron ``nt.k`` on its kept coordinates."""
+                 red: Reduction) -> tuple[list, list, list, int]:
+    """Equality rows (the slice rows first), flat rows, their allowed signs, and the number of slice
+    rows of neuron ``nt.k`` on its kept coordinates."""
     layout, net, k = prob.layout, prob.pt.net, nt.k
     rows, flat_rows, flat = [], [], []
     if prob.pt.weight_decay == 0 and k not in red.quotient.zero_output_neurons:
@@ -129,23 +142,30 @@ def _neuron_rows(prob: ReducedProblem, nt: NeuronTest, kept: np.ndarray, nu_kept
         # transversal to both flat curves only if the two slice rows are independent (Gram determinant)
         if r1 is None or (r1 @ r1) * (r2 @ r2) - (r1 @ r2) ** 2 > 1e-12 * (r1 @ r1) * (r2 @ r2):
             rows.append(r2)
+    n_slice = len(rows)
     if nu_kept:
         for j, i in enumerate(nt.boundary):
             row = np.concatenate([np.zeros(layout.dy), prob.Xr[i]])[kept]
             fp, fm = bool(nt.flat_plus[j]), bool(nt.flat_minus[j])
-            if fp or fm:
+            if nt.assumption2 and (fp or fm):
                 flat_rows.append(row)
                 flat.append((int(i), tuple(s for s, f in ((1, fp), (-1, fm)) if f)))
             else:
                 rows.append(row)
-    return rows, flat_rows, flat
+    return rows, flat_rows, flat, n_slice
 
 
-def _block(k: int, idx: np.ndarray, d: int, rows: list, flat_rows: list, flat: list) -> Block:
+def _block(k: int, idx: np.ndarray, d: int, rows: list, flat_rows: list, flat: list, n_slice: int = 0,
+           flat_neurons: list | None = None, basis: np.ndarray | None = None) -> Block:
+    """``basis``: an orthonormal basis (columns) of the row space of ``rows``, when known (no flat rows)."""
     A = np.array(rows) if rows else np.zeros((0, d))
-    A = A[np.any(A != 0, axis=1)] if A.size else A
+    nonzero = np.any(A != 0, axis=1) if A.size else np.zeros(A.shape[0], bool)
+    A = A[nonzero] if A.size else A
     B = np.array(flat_rows) if flat_rows else np.zeros((0, d))
-    b = Block(k, idx, A, B, flat)
+    b = Block(k, idx, A, B, flat, n_slice=int(nonzero[:n_slice].sum()), flat_neurons=list(flat_neurons or []))
+    if basis is not None and not B.shape[0]:
+        b.QE = basis
+        return b
     AB = np.vstack([A, B])
     if not AB.shape[0]:
         b.QE = np.zeros((d, 0))
@@ -171,10 +191,43 @@ def constraint_blocks(prob: ReducedProblem, neurons: list[NeuronTest], red: Redu
         kept = keep[coords]
         if not np.any(kept):
             continue
-        rows, flat_rows, flat = _neuron_rows(prob, nt, kept, bool(keep[layout.nu_index(nt.k)[0]]),
-                                             red.coords.Zr, red)
-        blocks.append(_block(nt.k, pos[coords[kept]], int(kept.sum()), rows, flat_rows, flat))
-    prob.flat_pairs = [(i, b.k, allowed) for b in blocks for i, allowed in b.flat]
+        rows, flat_rows, flat, n_slice = _neuron_rows(prob, nt, kept, bool(keep[layout.nu_index(nt.k)[0]]),
+                                                      red.coords.Zr, red)
+        blocks.append(_block(nt.k, pos[coords[kept]], int(kept.sum()), rows, flat_rows, flat, n_slice))
+    blocks = _join_shared(blocks, red, pos)
+    prob.flat_pairs = [p for b in blocks for p in b.flat_pairs]
+    return blocks
+
+
+def _join_shared(blocks: list[Block], red: Reduction, pos: np.ndarray) -> list[Block]:
+    """One block per group of shared flat directions: its members' rows side by side, the group's rows
+    (on ``g.idx``, which may add ``b2``) as further slice rows; the group's block stands where its first
+    member's stood."""
+    for g in red.shared:
+        members = [b for b in blocks if b.k in g.neurons]
+        idx = np.unique(np.concatenate([b.idx for b in members] + [pos[g.idx]]))
+        at = {int(p): j for j, p in enumerate(idx)}
+        d = idx.size
+
+        def place(M: np.ndarray, cols: np.ndarray) -> np.ndarray:
+            out = np.zeros((M.shape[0], d))
+            out[:, [at[int(c)] for c in cols]] = M
+            return out
+
+        shared = place(g.rows, pos[g.idx])
+        slices = [place(b.A[:b.n_slice], b.idx) for b in members] + [shared]
+        kinks = [place(b.A[b.n_slice:], b.idx) for b in members]
+        flat_rows = [place(b.B, b.idx) for b in members]
+        rows = np.vstack(slices + kinks)
+        # a large linear group: its members' rows are usually in the span of the group's (orthonormal)
+        # rows, which then are the block's basis, without an SVD of the whole block
+        inside = np.linalg.norm(rows - (rows @ shared.T) @ shared) <= 1e-10 * max(np.linalg.norm(rows), 1.0)
+        joined = _block(members[0].k, idx, d, list(rows), list(np.vstack(flat_rows)),
+                        [f for b in members for f in b.flat], sum(s.shape[0] for s in slices),
+                        [p[1] for b in members for p in b.flat_pairs], shared.T if inside else None)
+        first = blocks.index(members[0])
+        blocks = [b for b in blocks if b not in members]
+        blocks.insert(first, joined)
     return blocks
 
 

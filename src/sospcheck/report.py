@@ -2,7 +2,9 @@
 and the JSON schema of ``CheckResult.to_dict()``.
 
 The rendering is a verdict panel, a per-neuron table (``M_k``, flat rays ``L_k``/``K_k``, the Clarke
-residual ``|vt_k|`` and what decided the neuron), the second-order subproblems, and the tolerances.
+residual ``|vt_k|`` and what decided the neuron; for neurons with dependent boundary vectors also the
+rank deficiency and the cells and critical faces of the kink arrangement), the second-order
+subproblems, and the tolerances.
 """
 
 from __future__ import annotations
@@ -23,14 +25,15 @@ __all__ = ["NeuronRow", "neuron_rows", "render", "REPORT_SCHEMA", "VERDICT_STYLE
 VERDICT_STYLE = {"local_minimum": "green", "sosp": "yellow", "descent": "cyan", "inconclusive": "magenta"}
 _OUTCOME = {"T1": "T1 positive", "T2": "T2 zero", "T3": "T3 negative"}
 _TOLERANCE_SCALE = {
-    "boundary": "|Z_k| max|xbar|", "gradient": "natural gradient scale", "a_zero": "|w_k| max|r_i|",
+    "boundary": "|Z_k| max|xbar|", "gradient": "natural gradient scale", "a_zero": "|w_k| max|r_i|; |W2|, |out|+|Y|",
     "s_bound": "|s_plus - s_minus|", "eigen": "|H|_2", "rank": "largest singular value",
     "near_zero": "RMS outputs + targets",
 }
 _DECIDED = {
     Decision.NOT_REACHED: "not reached", Decision.DEAD: "dead (flat, quotiented)",
     Decision.ZERO_OUTPUT: "zero output (closed form)", Decision.NOT_STATIONARY: "not Clarke stationary",
-    Decision.ASSUMPTION2: "Assumption 2 fails", Decision.DIFFERENTIABLE: "differentiable, grad 0",
+    Decision.ASSUMPTION2: "dependent kinks, not examined", Decision.DIFFERENTIABLE: "differentiable, grad 0",
+    Decision.CELLS_STATIONARY: "cells: no descent", Decision.CELLS_ASCEND: "cells ascend off the kinks",
     Decision.STATIONARY: "Clarke stationary", Decision.RAYS_ASCEND: "stationary, rays ascend",
 }
 
@@ -49,6 +52,9 @@ class NeuronRow:
     scale: float | None
     assumption2: bool | None
     decided: str
+    rank_deficiency: int | None = None
+    n_cells: int | None = None
+    n_faces: int | None = None
 
 
 def _decided(rec: NeuronRecord, result: CheckResult) -> str:
@@ -56,13 +62,17 @@ def _decided(rec: NeuronRecord, result: CheckResult) -> str:
         return f"descent: {result.descent.test}"
     if rec.decided == Decision.FLAT_RAYS:
         return f"{rec.L} flat ray{'s' if rec.L > 1 else ''} -> 2nd order"
+    if rec.decided == Decision.CRITICAL_FACES:
+        return f"{rec.n_faces} critical face{'s' if rec.n_faces > 1 else ''} -> 2nd order"
+    if rec.decided == Decision.CELL_BUDGET:
+        return f"cells over budget ({rec.n_cells} > max_cells {result.budget.max_cells})"
     return _DECIDED[rec.decided]
 
 
 def neuron_rows(result: CheckResult) -> list[NeuronRow]:
     """One row per hidden neuron, read off the result's :class:`~sospcheck.result.NeuronRecord` s."""
-    return [NeuronRow(r.k, r.M, r.L, r.K, r.residual, r.scale, r.assumption2, _decided(r, result))
-            for r in result.neurons]
+    return [NeuronRow(r.k, r.M, r.L, r.K, r.residual, r.scale, r.assumption2, _decided(r, result),
+                      r.rank_deficiency, r.n_cells, r.n_faces) for r in result.neurons]
 
 
 def _g(x, spec: str = ".3g") -> str:
@@ -97,18 +107,21 @@ def _verdict_panel(result: CheckResult) -> Panel:
 
 def _neuron_table(rows: list[NeuronRow], max_rows: int) -> Table:
     t = Table(title="per neuron", title_justify="left", caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for name, just in (("k", "right"), ("M_k", "right"), ("L_k flat", "right"), ("K_k both", "right"),
-                       ("Clarke |vt_k|", "right"), ("rel.", "right"), ("decided by", "left")):
+    cells = any(r.n_cells is not None for r in rows)  # a neuron decided by the cells of its kinks (section 9)
+    columns = [("k", "right"), ("M_k", "right"), ("L_k flat", "right"), ("K_k both", "right")]
+    columns += [("rank def.", "right"), ("cells", "right"), ("faces", "right")] if cells else []
+    for name, just in columns + [("Clarke |vt_k|", "right"), ("rel.", "right"), ("decided by", "left")]:
         t.add_column(name, justify=just, no_wrap=name != "decided by")
     shown = rows
     if len(rows) > max_rows:
-        notable = ("descent", "not Clarke", "Assumption", "zero", "dead")
+        notable = ("descent", "not Clarke", "dependent", "zero", "dead")
         keep = [r for r in rows if r.M or r.decided.startswith(notable)][:max_rows]
         rest = [r for r in rows if r not in keep][:max_rows - len(keep)]
         shown = sorted(keep + rest, key=lambda r: r.k)
     for r in shown:
         rel = None if r.residual is None or not r.scale else r.residual / r.scale
-        t.add_row(str(r.k), str(r.M), _g(r.flat, "d"), _g(r.both_flat, "d"), _g(r.residual, ".2g"),
+        degenerate = [_g(r.rank_deficiency, "d"), _g(r.n_cells, "d"), _g(r.n_faces, "d")] if cells else []
+        t.add_row(str(r.k), str(r.M), _g(r.flat, "d"), _g(r.both_flat, "d"), *degenerate, _g(r.residual, ".2g"),
                   _g(rel, ".2g"), r.decided)
     if len(shown) < len(rows):
         t.caption = f"{len(rows) - len(shown)} more neuron(s) not shown (those with kinks first); --json has all"
@@ -129,7 +142,9 @@ def _second_order(result: CheckResult, max_rows: int):
                      no_wrap=name != "signs")
     for q in qps[:max_rows]:
         style = {Outcome.NEGATIVE: "cyan", Outcome.ZERO: "yellow", Outcome.POSITIVE: "green"}.get(q.outcome, "")
-        t.add_row(q.kind, str(list(q.signs)) if q.signs else "", str(q.n_vars), f"{q.n_eq}/{q.n_ineq}",
+        # an ICQP's detail names its critical faces (degenerate kinks) or how it ended
+        signs = " ".join(x for x in (str(list(q.signs)) if q.signs else "", q.detail if q.kind == "ICQP" else "") if x)
+        t.add_row(q.kind, signs, str(q.n_vars), f"{q.n_eq}/{q.n_ineq}",
                   _g(q.min_eig), (q.copositivity or "").replace("_", " "),
                   Text(_OUTCOME.get(Outcome(q.outcome).value), style=style))
     t.caption = (f"solver {s.solver or '-'}, {s.n_params_reduced} reduced parameters, ICQPs planned "
@@ -230,12 +245,17 @@ _VERDICT = {"enum": ["local_minimum", "sosp", "descent", "inconclusive"]}
 _INT_OR_NULL = {"type": ["integer", "null"], "minimum": 0}
 _NEURON = {
     "type": "object", "additionalProperties": False,
-    "required": ["k", "M", "L", "K", "rank", "assumption2", "residual", "scale", "decided"],
-    "description": "null: the check ended before the step that computes the field",
+    "required": ["k", "M", "L", "K", "rank", "assumption2", "residual", "scale", "decided", "rank_deficiency",
+                 "n_cells", "n_faces"],
+    "description": "null: the check ended before the step that computes the field (L, K: also for a neuron decided "
+                   "by the cells of its kink arrangement; n_cells, n_faces: only for those)",
     "properties": {
         "k": _INT, "M": _INT, "L": _INT_OR_NULL, "K": _INT_OR_NULL, "rank": _INT_OR_NULL,
         "assumption2": {"type": ["boolean", "null"]}, "residual": _NUM, "scale": _NUM,
-        "decided": {"enum": [d.value for d in Decision]},
+        "decided": {"enum": [d.value for d in Decision]}, "rank_deficiency": _INT_OR_NULL,
+        "n_cells": {**_INT_OR_NULL, "description": "cells of the kink arrangement (the count past the budget for "
+                                                   "cell_budget)"},
+        "n_faces": {**_INT_OR_NULL, "description": "critical faces with a ray, for the second order"},
     },
 }
 _MARGIN = {
@@ -263,7 +283,8 @@ REPORT_SCHEMA = {
         "tolerances": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0},
                        "required": ["boundary", "gradient", "a_zero", "s_bound", "eigen", "rank"]},
         "budget": {"type": "object", "additionalProperties": {"type": "number", "exclusiveMinimum": 0},
-                   "required": ["max_icqp", "max_copositive_subsets", "milp_time_limit", "max_dense_params"]},
+                   "required": ["max_icqp", "max_copositive_subsets", "milp_time_limit", "max_dense_params",
+                                "max_cells"]},
         "timings": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0}},
         "established": {"type": "array", "items": {"type": "string"}},
         "margins": {"type": "array", "items": _MARGIN}, "fragile": {"type": "boolean"},

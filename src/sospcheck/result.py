@@ -19,7 +19,7 @@ from .snap import SnapInfo
 __all__ = ["Verdict", "Reason", "REASON_MESSAGES", "Decision", "NeuronRecord", "DescentCertificate", "Stats",
            "CheckResult", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION = "2.0"
+SCHEMA_VERSION = "2.1"
 
 
 class Verdict(str, Enum):
@@ -47,19 +47,25 @@ class Reason(str, Enum):
     NEURON_GRADIENT_DESCENT = "neuron_gradient_descent"
     CLARKE_DESCENT = "clarke_descent"
     RAY_DESCENT = "ray_descent"
+    CELL_DESCENT = "cell_descent"
     ECQP_DESCENT = "ecqp_descent"
     ICQP_DESCENT = "icqp_descent"
+    FACE_DESCENT = "face_descent"
     ZERO_OUTPUT_DESCENT = "zero_output_descent"
     UNVERIFIED_DESCENT = "unverified_descent"
-    ASSUMPTION2 = "assumption2"
+    CELL_BUDGET = "cell_budget"
     ZERO_OUTPUT_UNDECIDED = "zero_output_undecided"
     ICQP_BUDGET = "icqp_budget"
+    FACE_BUDGET = "face_budget"
     DEPENDENT_FLAT_RAYS = "dependent_flat_rays"
     EIGENVALUE_FAILED = "eigenvalue_failed"
     SINGULAR_UNRESOLVED = "singular_unresolved"
     COPOSITIVITY_UNDECIDED = "copositivity_undecided"
     SCHUR_INACCURATE = "schur_inaccurate"
     SECOND_ORDER_UNDECIDED = "second_order_undecided"
+    TANGENT_GRADIENT_DESCENT = "tangent_gradient_descent"
+    CONE_DESCENT = "cone_descent"
+    KINK_QUALIFICATION = "kink_qualification"
 
     @property
     def verdict(self) -> Verdict:
@@ -73,8 +79,9 @@ class Reason(str, Enum):
 _VERDICT_OF = {
     Reason.MINIMUM: Verdict.LOCAL_MINIMUM, Reason.INTERPOLATION: Verdict.LOCAL_MINIMUM, Reason.SOSP: Verdict.SOSP,
     **{r: Verdict.DESCENT for r in (Reason.OUTPUT_LAYER_DESCENT, Reason.NEURON_GRADIENT_DESCENT, Reason.CLARKE_DESCENT,
-                                    Reason.RAY_DESCENT, Reason.ECQP_DESCENT, Reason.ICQP_DESCENT,
-                                    Reason.ZERO_OUTPUT_DESCENT)},
+                                    Reason.RAY_DESCENT, Reason.CELL_DESCENT, Reason.ECQP_DESCENT, Reason.ICQP_DESCENT,
+                                    Reason.FACE_DESCENT, Reason.ZERO_OUTPUT_DESCENT, Reason.TANGENT_GRADIENT_DESCENT,
+                                    Reason.CONE_DESCENT)},
 }
 _SECOND_ORDER_UNDECIDED = "first-order stationary; second order not decided: "
 REASON_MESSAGES: dict[Reason, str] = {
@@ -90,15 +97,21 @@ REASON_MESSAGES: dict[Reason, str] = {
     Reason.CLARKE_DESCENT: "order-1 descent along a neuron's min-norm Clarke subgradient (BVLS), verified on the "
                            "true loss",
     Reason.RAY_DESCENT: "order-1 descent along an extreme ray of a neuron's sign cones, verified on the true loss",
+    Reason.CELL_DESCENT: "order-1 descent inside a cell of the kink arrangement of a neuron whose boundary vectors "
+                         "are linearly dependent, verified on the true loss",
     Reason.ECQP_DESCENT: "order-2 descent: negative curvature with every kink held (ECQP), verified on the true loss",
     Reason.ICQP_DESCENT: "order-2 descent into a sign cone of the flat rays (ICQP), verified on the true loss",
+    Reason.FACE_DESCENT: "order-2 descent into a critical face of a degenerate neuron's kink arrangement (ICQP), "
+                         "verified on the true loss",
     Reason.ZERO_OUTPUT_DESCENT: "order-2 descent through a neuron with zero output weights (closed form), verified "
                                 "on the true loss",
     Reason.UNVERIFIED_DESCENT: "a predicted descent direction was not verified on the true loss",
-    Reason.ASSUMPTION2: "not decided: Assumption 2 fails (linearly dependent boundary vectors), so the extreme rays "
-                        "and the cone reduction do not apply",
+    Reason.CELL_BUDGET: "not decided: the kink arrangement of a neuron with linearly dependent boundary vectors has "
+                        "more cells than the budget (Budget.max_cells)",
     Reason.ZERO_OUTPUT_UNDECIDED: _SECOND_ORDER_UNDECIDED + "whether a zero-output neuron's kinks give descent",
     Reason.ICQP_BUDGET: _SECOND_ORDER_UNDECIDED + "the 2^K ICQPs exceed the budget (Budget.max_icqp)",
+    Reason.FACE_BUDGET: _SECOND_ORDER_UNDECIDED + "the combinations of critical faces of the degenerate neurons "
+                        "exceed the budget (Budget.max_cells)",
     Reason.DEPENDENT_FLAT_RAYS: _SECOND_ORDER_UNDECIDED + "the flat-ray constraints are linearly dependent",
     Reason.EIGENVALUE_FAILED: _SECOND_ORDER_UNDECIDED + "the ECQP's smallest eigenvalue was not computed",
     Reason.SINGULAR_UNRESOLVED: _SECOND_ORDER_UNDECIDED + "a singular ECQP block whose null-space direction "
@@ -107,6 +120,15 @@ REASON_MESSAGES: dict[Reason, str] = {
     Reason.SCHUR_INACCURATE: _SECOND_ORDER_UNDECIDED + "a copositivity witness loses its negative curvature "
                              "once recomputed (inaccurate Schur complement)",
     Reason.SECOND_ORDER_UNDECIDED: _SECOND_ORDER_UNDECIDED + "see the reason",
+    Reason.TANGENT_GRADIENT_DESCENT: "order-1 descent along the negative gradient projected onto the tangent space "
+                                     "of the kink surfaces (every kink held; deep networks, DESIGN.md 10.5), "
+                                     "verified on the true loss",
+    Reason.CONE_DESCENT: "order-1 descent inside one sign cone of the kinks (the negative piece gradient projected "
+                         "onto its linearised cone; deep networks without the kink qualification, DESIGN.md 10.9), "
+                         "verified on the true loss",
+    Reason.KINK_QUALIFICATION: "not decided: the kink qualification fails (the gradients of the switching variables "
+                               "are linearly dependent, DESIGN.md 10.9): no first-order descent was found, and the "
+                               "second-order test needs the qualification",
 }
 
 
@@ -116,7 +138,11 @@ class Decision(str, Enum):
     NOT_REACHED = "not_reached"  # the check ended before step 2
     DESCENT = "descent"  # the returned direction moves this neuron
     NOT_STATIONARY = "not_stationary"  # |vt_k| above tolerance (another neuron's descent was steeper)
-    ASSUMPTION2 = "assumption2"  # boundary vectors linearly dependent
+    ASSUMPTION2 = "assumption2"  # boundary vectors linearly dependent; its cells not examined (the check ended first)
+    CELL_BUDGET = "cell_budget"  # dependent boundary vectors, more cells than Budget.max_cells
+    CELLS_STATIONARY = "cells_stationary"  # dependent boundary vectors, no first-order descent in any cell
+    CELLS_ASCEND = "cells_ascend"  # ... and no critical face beyond its kinks: every cell ascends off them
+    CRITICAL_FACES = "critical_faces"  # ... with n_faces critical faces, left to the second order
     DEAD = "dead"  # quotiented: flat in every direction
     ZERO_OUTPUT = "zero_output"  # w_k = 0 and g == 0: decided in closed form
     DIFFERENTIABLE = "differentiable"  # no boundary point, gradient zero
@@ -129,7 +155,10 @@ class Decision(str, Enum):
 class NeuronRecord:
     """Hidden neuron ``k``: ``M`` data points on its kink, of which ``L`` have a flat ray and ``K`` are flat
     both ways; ``rank`` of its boundary vectors (``assumption2``: rank ``M``); the min-norm Clarke subgradient
-    ``|vt_k|`` (``residual``) and the scale it is compared with; what decided it. None: step not reached."""
+    ``|vt_k|`` (``residual``) and the scale it is compared with; what decided it. With dependent boundary
+    vectors (DESIGN.md section 9): ``n_cells`` of its kink arrangement (the count that exceeded the budget
+    when ``decided`` is ``cell_budget``) and ``n_faces``, its critical faces for the second order. None:
+    step not reached (or not a degenerate neuron)."""
 
     k: int
     M: int
@@ -140,11 +169,19 @@ class NeuronRecord:
     assumption2: bool | None = None
     residual: float | None = None
     scale: float | None = None
+    n_cells: int | None = None
+    n_faces: int | None = None
+
+    @property
+    def rank_deficiency(self) -> int | None:
+        """``M - rank``: how many boundary vectors are linearly dependent on the others (0: Assumption 2)."""
+        return None if self.rank is None else self.M - self.rank
 
     def to_dict(self) -> dict:
         return {"k": self.k, "M": self.M, "L": self.L, "K": self.K, "rank": self.rank,
                 "assumption2": self.assumption2, "residual": self.residual, "scale": self.scale,
-                "decided": self.decided.value}
+                "decided": self.decided.value, "rank_deficiency": self.rank_deficiency, "n_cells": self.n_cells,
+                "n_faces": self.n_faces}
 
 
 @dataclass(frozen=True)
@@ -380,6 +417,9 @@ class CheckResult:
         if s.neurons:
             lines.append("per neuron: " + ", ".join(
                 f"k{n.k}: M={n.M}" + (f" res={n.residual:.2g}" if n.residual is not None else "")
+                + (f" rank deficiency {n.rank_deficiency}" if n.rank_deficiency else "")
+                + (f" cells={n.n_cells}" if n.n_cells is not None else "")
+                + (f" faces={n.n_faces}" if n.n_faces is not None else "")
                 + f" ({n.decided.value})" for n in s.neurons))
         if self.descent:
             lines.append("descent: " + self.descent.description)
@@ -387,7 +427,8 @@ class CheckResult:
             extra = f", min eig {q.min_eig:.3g}" if q.min_eig is not None else ""
             if q.copositivity:
                 extra += f", S {q.copositivity}"
-            lines.append(f"  {q.kind}{list(q.signs) if q.signs else ''}: {q.outcome} ({q.n_vars} vars{extra})")
+            faces = f" [{q.detail}]" if q.kind == "ICQP" and q.detail else ""
+            lines.append(f"  {q.kind}{list(q.signs) if q.signs else ''}{faces}: {q.outcome} ({q.n_vars} vars{extra})")
         if len(s.qps) > 8:
             lines.append(f"  ... {len(s.qps) - 8} more QPs")
         lines += self.note_lines()

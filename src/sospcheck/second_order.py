@@ -5,7 +5,9 @@ zero-output neurons by the closed form of :mod:`sospcheck.zero_output`, which ma
 descent); the per-neuron constraints of the critical cone are set up (:mod:`sospcheck.reduced`); the
 ECQP, all kinks held, is decided by ``lambda_min(Qww)`` on the subspace of the constraints
 (:mod:`sospcheck.subspace`); each ICQP adds ``y >= 0`` on the flat rays and is decided by ``Qww`` and
-the Schur complement ``S = Qyy - Qyw Qww^+ Qwy`` (copositivity, :mod:`sospcheck.copositive`).
+the Schur complement ``S = Qyy - Qyw Qww^+ Qwy`` (copositivity, :mod:`sospcheck.copositive`). A neuron
+whose kinks are degenerate (Assumption 2 fails) holds all its kinks in the ECQP and adds, per ICQP, the
+flat rays of one of its critical faces (:mod:`sospcheck.degenerate_second`, DESIGN.md section 9).
 
 Every decision against a tolerance that the fragility probe scales is recorded with its margin
 (:mod:`sospcheck.margins`).
@@ -13,6 +15,7 @@ Every decision against a tolerance that the fragility probe scales is recorded w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from itertools import product
@@ -20,6 +23,8 @@ from itertools import product
 import numpy as np
 
 from .copositive import NOT, STRICT, UNKNOWN, copositivity
+from .degenerate import cell_product
+from .degenerate_second import NeuronFaces, face_choices, face_combinations
 from .first_order import NeuronTest
 from .margins import Margins
 from .model import Direction
@@ -30,7 +35,7 @@ from .reduced import Block, ReducedProblem, constraint_blocks, particular_soluti
 from .subspace import MinEig, SubspaceSolver, make_subspace
 from .zero_output import zero_output_ratios, zero_output_test
 
-__all__ = ["Outcome", "QPRecord", "SecondOrderOutcome", "second_order_test"]
+__all__ = ["Outcome", "QPRecord", "SecondOrderOutcome", "second_order_test", "IcqpStep", "icqp_step"]
 
 
 class Outcome(str, Enum):
@@ -58,6 +63,11 @@ class QPRecord:
     copositivity: str | None = None
     copositivity_value: float | None = None
     detail: str = ""
+    # for the certified radius (sospcheck.radius), not reported: the accuracy of min_eig, and of an ICQP
+    # its Schur complement S and |My - Mw Qww^+ Mw' H My|_2 (its cone is {(My - ...) y + Mw w : y >= 0})
+    min_eig_accuracy: float = field(default=0.0, repr=False)
+    schur: np.ndarray | None = field(default=None, repr=False)
+    particular_norm: float | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         return {
@@ -71,7 +81,8 @@ class QPRecord:
 @dataclass
 class SecondOrderOutcome:
     """Step 4's answer. ``outcome`` None: inconclusive (``inconclusive`` says why). ``direction``: the
-    descent direction of a NEGATIVE outcome, found by ``source`` ("ECQP", "ICQP" or "zero_output").
+    descent direction of a NEGATIVE outcome, found by ``source`` ("ECQP", "ICQP", "critical-face ICQP"
+    or "zero_output").
     ``products``: Hessian-vector products used. ``margins``: ``(decision, |value| / threshold)`` for
     every decision taken against a tolerance that the fragility probe scales (:mod:`sospcheck.margins`)."""
 
@@ -107,14 +118,16 @@ def _undecided(reason: str) -> _Decided:
 def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray, tol: Tolerances,
                       budget: Budget, rng: np.random.Generator | None = None,
                       solver: str = "auto", backend: str = "numpy", device: str | None = None,
-                      progress=None) -> SecondOrderOutcome:
+                      progress=None, faces: Sequence[NeuronFaces] = ()) -> SecondOrderOutcome:
     """Step 4 at a first-order stationary point whose rays were all nonnegative.
 
     Returns NEGATIVE (T3) with a second-order descent direction (``second < 0``, ``first = 0``), ZERO
     (T2) if some nonzero critical direction has zero curvature, POSITIVE (T1) if the form is positive
     on the critical cone. ``solver``: "dense" (reduced H formed), "matrix_free" (products only), or
     "auto" (dense up to ``budget.max_dense_params`` kept coordinates). ``backend``: "numpy" or "torch"
-    (Hessian products on ``device``, a GPU when available).
+    (Hessian products on ``device``, a GPU when available). ``faces``: the critical faces of the
+    neurons whose kinks are degenerate (:func:`sospcheck.degenerate_second.neuron_faces`); each ICQP
+    takes one per neuron (their product, counted against ``budget.max_cells`` first).
     """
     rng = rng or np.random.default_rng(0)
     margins = Margins()
@@ -124,22 +137,25 @@ def second_order_test(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray
     if decided is not None:  # only the neurons before the deciding one were examined
         quot = coords.partial_quotient([k for k in dead if k < k_stop], zero)
         return _outcome(decided, records, quot, margins)
-    red = reduce(pt, neurons, boundary, coords, dead, zero, tol.rank)
+    red = reduce(pt, neurons, boundary, coords, dead, zero, tol.rank, tol)
     prob = ReducedProblem.of(pt, red, boundary, backend, device)
     blocks = constraint_blocks(prob, neurons, red)
     L = len(prob.flat_pairs)
     K = sum(1 for p in prob.flat_pairs if len(p[2]) == 2)
-    sizes = dict(n_params_reduced=prob.n, n_icqp_planned=2**K if L else 0)
-    reason = _not_applicable(blocks, L, K, budget)
+    with_faces = [f for f in faces if f.n_faces]
+    n_icqp = 2**K * face_combinations(with_faces) if L or with_faces else 0
+    sizes = dict(n_params_reduced=prob.n, n_icqp_planned=n_icqp)
+    reason = _not_applicable(blocks, K, n_icqp, with_faces, budget)
     if reason is not None:
         return _outcome(_undecided(reason), [], red.quotient, margins, **sizes)
     sub = make_subspace(prob, blocks, solver, budget.max_dense_params, progress)
     eig_tol = tol.eigen * sub.hessian_norm
     sizes.update(hessian_norm=sub.hessian_norm, eig_tol=eig_tol, solver=sub.name)
-    ecqp, eig, decided = _ecqp(sub, prob, blocks, eig_tol, margins)
+    ecqp, eig, decided = _ecqp(sub, prob, blocks, eig_tol, margins, bool(with_faces))
     records = [ecqp]
     if decided is None:
-        icqps, decided = _icqps(sub, prob, blocks, ecqp, eig, eig_tol, budget, margins, progress)
+        icqps, decided = _icqps(sub, prob, blocks, ecqp, eig, eig_tol, budget, margins, progress, with_faces,
+                                n_icqp)
         records += icqps
     return _outcome(decided, records, red.quotient, margins, products=prob.products, **sizes)
 
@@ -150,10 +166,18 @@ def _outcome(decided: _Decided, records: list[QPRecord], quotient: Quotient, mar
                               quotient, margins=margins.items(), **numbers)
 
 
-def _not_applicable(blocks: list[Block], L: int, K: int, budget: Budget) -> str | None:
+def _not_applicable(blocks: list[Block], K: int, n_icqp: int, faces: list[NeuronFaces],
+                    budget: Budget) -> str | None:
     """Why the cone reduction cannot be run here, or None."""
-    if L and 2**K > budget.max_icqp:
-        return f"2^{K} = {2**K} ICQPs exceed budget.max_icqp={budget.max_icqp}"
+    if faces:
+        cp = cell_product({f.k: f.n_faces for f in faces}, budget.max_cells)
+        if cp.over_budget:
+            return (f"the critical faces exceed budget.max_cells={budget.max_cells}: {cp.total} combinations of "
+                    f"one face per degenerate neuron {cp.per_neuron} (neuron: faces), the most at neuron "
+                    f"{cp.dominant}")
+    if n_icqp > budget.max_icqp:
+        faces_part = f" x {face_combinations(faces)} face combinations" if faces else ""
+        return f"2^{K}{faces_part} = {n_icqp} ICQPs exceed budget.max_icqp={budget.max_icqp}"
     if any(b.dependent for b in blocks):
         return ("the flat-ray constraints are linearly dependent on the critical subspace; "
                 "the cone reduction of step 4 does not apply")
@@ -214,13 +238,15 @@ def _zero_output_descent(pt: Point, coords: SpanCoordinates, boundary: np.ndarra
 
 
 def _ecqp(sub: SubspaceSolver, prob: ReducedProblem, blocks: list[Block], eig_tol: float,
-          margins: Margins) -> tuple[QPRecord, MinEig, _Decided | None]:
+          margins: Margins, faces: bool = False) -> tuple[QPRecord, MinEig, _Decided | None]:
     """Every kink held (``t = 0`` on all boundary pairs): ``lambda_min(Qww)`` against ``+-eig_tol``.
-    Decides the test when negative, when it fails, or when there are no flat rays."""
+    Decides the test when negative, when it fails, or when there are no flat rays and no critical
+    face (``faces``)."""
     L = len(prob.flat_pairs)
     n_eq = int(sum(b.A.shape[0] for b in blocks))
     eig = sub.min_eig(eig_tol)
-    rec = QPRecord("ECQP", Outcome.POSITIVE, sub.dim, n_eq=n_eq + L, min_eig=eig.value, detail=eig.detail)
+    rec = QPRecord("ECQP", Outcome.POSITIVE, sub.dim, n_eq=n_eq + L, min_eig=eig.value, detail=eig.detail,
+                   min_eig_accuracy=eig.accuracy)
     if eig.failed:
         return rec, eig, _undecided(f"ECQP eigenvalue not computed: {eig.failed}")
     if eig.value is not None:
@@ -230,7 +256,7 @@ def _ecqp(sub: SubspaceSolver, prob: ReducedProblem, blocks: list[Block], eig_to
             return rec, eig, _Decided(Outcome.NEGATIVE, prob.direction(eig.vector), "ECQP")
         if eig.value <= eig_tol:
             rec.outcome = Outcome.ZERO
-    if L == 0:
+    if L == 0 and not faces:
         return rec, eig, _Decided(rec.outcome, None, "ECQP")
     return rec, eig, None
 
@@ -244,28 +270,37 @@ def _sign_choices(prob: ReducedProblem):
 
 
 def _icqps(sub: SubspaceSolver, prob: ReducedProblem, blocks: list[Block], ecqp: QPRecord, eig: MinEig,
-           eig_tol: float, budget: Budget, margins: Margins, progress) -> tuple[list[QPRecord], _Decided]:
-    """The ``2^K`` ICQPs in turn; the first descent or undecided one ends the test."""
+           eig_tol: float, budget: Budget, margins: Margins, progress, faces: list[NeuronFaces],
+           n_icqp: int) -> tuple[list[QPRecord], _Decided]:
+    """The ``2^K`` ICQPs (times the combinations of critical faces) in turn; the first descent or undecided
+    one ends the test."""
     singular = ecqp.outcome == Outcome.ZERO
     overall = ecqp.outcome
     My0 = particular_solutions(prob, blocks)
     n_eq = int(sum(b.A.shape[0] for b in blocks))
-    n_icqp = 2 ** sum(1 for p in prob.flat_pairs if len(p[2]) == 2)
+    source = "critical-face ICQP" if faces else "ICQP"
     records = []
-    for n_done, signs in enumerate(_sign_choices(prob)):
-        if progress is not None:
-            progress("ICQPs (2^K sign choices)", n_done, n_icqp)
-        L = len(prob.flat_pairs)
-        rec = QPRecord("ICQP", Outcome.POSITIVE, int(L + sub.dim), n_eq=n_eq, n_ineq=L,
-                       signs=tuple(signs[(i, k)] for i, k, allowed in prob.flat_pairs if len(allowed) == 2),
-                       min_eig=eig.value)
-        records.append(rec)
-        decided = _icqp(sub, prob, My0, signs, singular, rec, eig_tol, budget, margins)
-        if decided is not None:
-            return records, decided
-        if rec.outcome == Outcome.ZERO:
-            overall = Outcome.ZERO
-    return records, _Decided(overall, None, "ICQP")
+    n_done = 0
+    for signs in _sign_choices(prob):
+        sig = np.array([signs[(i, k)] for i, k, _ in prob.flat_pairs], float)
+        J0 = prob.J_for(signs)
+        for choice in face_choices(prob, faces):
+            if progress is not None:
+                progress("ICQPs (2^K sign choices x critical faces)", n_done, n_icqp)
+            n_done += 1
+            My = np.hstack([My0 * sig[None, :], choice.My])
+            if not My.shape[1]:  # every face quotiented away: the ECQP decided this cone
+                continue
+            rec = QPRecord("ICQP", Outcome.POSITIVE, int(My.shape[1] + sub.dim), n_eq=n_eq, n_ineq=My.shape[1],
+                           signs=tuple(signs[(i, k)] for i, k, allowed in prob.flat_pairs if len(allowed) == 2),
+                           min_eig=eig.value, detail=choice.detail, min_eig_accuracy=eig.accuracy)
+            records.append(rec)
+            decided = _icqp(sub, prob, My, choice.apply_slopes(J0), singular, rec, eig_tol, budget, margins, source)
+            if decided is not None:
+                return records, decided
+            if rec.outcome == Outcome.ZERO:
+                overall = Outcome.ZERO
+    return records, _Decided(overall, None, source)
 
 
 def _negative(prob: ReducedProblem, J: np.ndarray, theta: np.ndarray, hessian_norm: float) -> bool:
@@ -277,38 +312,61 @@ def _negative(prob: ReducedProblem, J: np.ndarray, theta: np.ndarray, hessian_no
     return q < -1e-13 * hessian_norm * float(theta @ theta)
 
 
-def _icqp(sub: SubspaceSolver, prob: ReducedProblem, My0: np.ndarray, signs: dict, singular: bool, rec: QPRecord,
-          eig_tol: float, budget: Budget, margins: Margins) -> _Decided | None:
-    """One sign cone: ``y >= 0`` on the flat rays, ``w`` free. None when it gives no descent; then
+def _icqp(sub: SubspaceSolver, prob: ReducedProblem, My: np.ndarray, J: np.ndarray, singular: bool, rec: QPRecord,
+          eig_tol: float, budget: Budget, margins: Margins, source: str = "ICQP") -> _Decided | None:
+    """One cone ``theta = My y + Mw w``, ``y >= 0`` (``My``: the signed flat rays and the critical faces'
+    generators), ``w`` free in the ECQP subspace, slopes ``J``. None when it gives no descent; then
     ``rec.outcome`` is ZERO if some direction of it has zero curvature."""
-    sig = np.array([signs[(i, k)] for i, k, _ in prob.flat_pairs], float)
-    My = My0 * sig[None, :]
-    J = prob.J_for(signs)
     HMy = prob.apply(J, My)
+    step = icqp_step(sub, My, HMy, singular, rec, eig_tol, budget, margins)
+    if step.theta is None:
+        return None if step.undecided is None else _undecided(step.undecided)
+    if not _negative(prob, J, step.theta, sub.hessian_norm):
+        return _undecided(step.not_negative)
+    rec.outcome = Outcome.NEGATIVE
+    rec.detail = "; ".join(x for x in (rec.detail, step.detail) if x)
+    return _Decided(Outcome.NEGATIVE, prob.direction(step.theta), source)
+
+
+@dataclass(frozen=True)
+class IcqpStep:
+    """An ICQP decided on the subspace: a candidate ``theta`` (to be confirmed by recomputing its curvature,
+    else ``not_negative`` says why it is not a descent), or ``undecided``, or neither (no descent; ``rec`` says
+    T1 or T2)."""
+
+    theta: np.ndarray | None = None
+    not_negative: str = ""
+    undecided: str | None = None
+    detail: str = ""  # the record's detail once the descent is confirmed
+
+
+def icqp_step(sub: SubspaceSolver, My: np.ndarray, HMy: np.ndarray, singular: bool, rec: QPRecord, eig_tol: float,
+              budget: Budget, margins: Margins) -> IcqpStep:
+    """One ICQP with particular solutions ``My`` (signed, ``y >= 0``) and their products ``HMy``: the unbounded
+    direction when ``Qww`` is singular, else the Schur complement ``S = Qyy - Qyw Qww^+ Qwy`` and its
+    copositivity (DESIGN.md section 3, step 4). Sets ``rec``'s copositivity fields and, without descent, its
+    outcome (ZERO unless strictly copositive with ``Qww`` definite)."""
     Qyy = My.T @ HMy
     Qyy = 0.5 * (Qyy + Qyy.T)
     theta = sub.unbounded_direction(My, HMy, Qyy, eig_tol, margins) if singular else None
     if theta is not None:
-        if not _negative(prob, J, theta, sub.hessian_norm):
-            return _undecided("Qww is (nearly) singular and the solver's null-space direction does not have "
-                              "negative curvature; rerun with solver='dense'")
-        rec.outcome, rec.detail = Outcome.NEGATIVE, "Qww singular and coupled to y: unbounded below"
-        return _Decided(Outcome.NEGATIVE, prob.direction(theta), "ICQP")
+        return IcqpStep(theta, "Qww is (nearly) singular and the solver's null-space direction does not have "
+                               "negative curvature; rerun with solver='dense'",
+                        detail="Qww singular and coupled to y: unbounded below")
     Xs = sub.solve(HMy, eig_tol, margins)  # Mw Qww^+ Mw' H My
     S = Qyy - HMy.T @ Xs
     S = 0.5 * (S + S.T)
     cop = copositivity(S, eig_tol, budget.max_copositive_subsets, budget.milp_time_limit)
     margins.extend(cop.margins)
     rec.copositivity, rec.copositivity_value = cop.status, cop.value
+    rec.schur, rec.particular_norm = S, float(np.linalg.norm(My - Xs, 2))
     if cop.status == UNKNOWN:
-        return _undecided(f"copositivity of a {S.shape[0]}x{S.shape[0]} Schur complement not decided: {cop.method}")
+        return IcqpStep(undecided=f"copositivity of a {S.shape[0]}x{S.shape[0]} Schur complement not decided: "
+                                  f"{cop.method}")
     if cop.status == NOT:
-        theta = My @ cop.witness - Xs @ cop.witness
-        if not _negative(prob, J, theta, sub.hessian_norm):
-            return _undecided(f"the copositivity witness (y'Sy = {cop.value:.3g}) does not give negative "
-                              "curvature once recomputed: the Schur complement is inaccurate")
-        rec.outcome = Outcome.NEGATIVE
-        return _Decided(Outcome.NEGATIVE, prob.direction(theta), "ICQP")
+        return IcqpStep(My @ cop.witness - Xs @ cop.witness,
+                        f"the copositivity witness (y'Sy = {cop.value:.3g}) does not give negative curvature once "
+                        "recomputed: the Schur complement is inaccurate")
     if cop.status != STRICT or singular:
         rec.outcome = Outcome.ZERO
-    return None
+    return IcqpStep()

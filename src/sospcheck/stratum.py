@@ -22,13 +22,12 @@ from enum import Enum
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.linalg import eigh, null_space
-from scipy.sparse.linalg import LinearOperator, minres
+from scipy.linalg import null_space
 
 from .loss_change import risk_change
 from .losses import Loss
 from .model import TwoLayerNet, as_float_array
-from .operators import HessianOperator
+from .stratum_solvers import DenseSolver, MatrixFreeSolver
 
 __all__ = ["StratumStatus", "StratumStep", "StratumPoint", "converge_on_stratum", "NEARBY_RADIUS"]
 
@@ -245,80 +244,6 @@ def _evaluate(st: _Stratum, theta: np.ndarray, X: np.ndarray, Yp: np.ndarray, lo
     return _State(theta, N, O, out, r, Hl, g, float(np.linalg.norm(g)), scale, value, W2)
 
 
-def _operator(st: _Stratum, s: _State, lam: float) -> HessianOperator:
-    """The exact Hessian of the restricted risk in full coordinates (DESIGN.md 8.2): Gauss-Newton part
-    plus the cross term ``w_k``/``Z_k``, with the stratum's fixed slopes."""
-    identity = bool(np.all(s.Hl == s.Hl[0, 0, 0] * np.eye(st.dy)))
-    return HessianOperator(s.O, st.Xbar, s.W2, s.r, s.Hl, st.S, lam, identity_hessian=identity,
-                           has_b2=st.net.has_b2)
-
-
-def _deflate(H: np.ndarray, Q: np.ndarray) -> np.ndarray:
-    """``Pi H Pi`` with ``Pi = I - Q Q'`` (``Q`` orthonormal), by rank-``q`` updates."""
-    if Q.shape[1] == 0:
-        return H
-    HQ = H @ Q
-    return H - Q @ HQ.T - HQ @ Q.T + Q @ (Q.T @ HQ) @ Q.T
-
-
-class _DenseSolver:
-    """``Pi H Pi = V diag(l) V'`` (``Pi`` removes the rescaling orbits, DESIGN.md 8.2); the step
-    ``-V diag(f(l)) V' g`` with ``f(l) = l / (l^2 + mu)`` for ``|l| > rcond max|l|`` and 0 below.
-    One factorisation serves every damping and, while it contracts well, later steps too."""
-
-    name = "dense"
-    reuse = True
-    nu_min = 1e-8
-
-    def __init__(self, st: _Stratum, s: _State, lam: float, rcond: float, max_products: int):
-        Hf = _operator(st, s, lam).dense()
-        H = np.asarray(st.P.T @ (st.P.T @ Hf).T)
-        if not lam:
-            H = _deflate(H, st.symmetry_basis(s.theta))
-        self.l, self.V = eigh(0.5 * (H + H.T))
-        self.lmax = float(np.max(np.abs(self.l))) if self.l.size else 0.0
-        keep = np.abs(self.l) > rcond * self.lmax
-        self.l, self.V = self.l[keep], self.V[:, keep]
-
-    def step(self, g: np.ndarray, nu: float, g_rel: float) -> tuple[np.ndarray, float, float]:
-        """The step, its ``mu = nu max|l| |g| / |z|`` and the fraction 1."""
-        mu = nu * self.lmax * g_rel
-        coef = (self.V.T @ g) * (self.l / (self.l * self.l + mu))
-        return -(self.V @ coef), mu, 1.0
-
-
-class _MatrixFreeSolver:
-    """Inexact Newton: MINRES on ``Pi H Pi d = -Pi g`` with Hessian products only (from 0 it tends
-    to the minimum-norm solution), to a residual ``rtol |g|``; damping by taking the fraction
-    ``1 / nu`` of that step."""
-
-    name = "matrix_free"
-    reuse = False
-    nu_min = 1.0
-    rtol = 1e-6
-
-    def __init__(self, st: _Stratum, s: _State, lam: float, rcond: float, max_products: int):
-        op = _operator(st, s, lam)
-        P = st.P
-        Q = st.symmetry_basis(s.theta) if not lam else np.zeros((st.n, 0))
-
-        def mv(v):
-            v = np.asarray(v).ravel()
-            v = v - Q @ (Q.T @ v)
-            Hv = P.T @ op.matmat((P @ v)[:, None])[:, 0]
-            return Hv - Q @ (Q.T @ Hv)
-
-        self.H = LinearOperator((st.n, st.n), matvec=mv, rmatvec=mv, dtype=float)
-        self.Q, self.max_products = Q, max_products
-        self._newton = None
-
-    def step(self, g: np.ndarray, nu: float, g_rel: float) -> tuple[np.ndarray, float, float]:
-        if self._newton is None:  # one solve per Hessian; damping rescales it
-            b = -(g - self.Q @ (self.Q.T @ g))
-            self._newton = minres(self.H, b, rtol=self.rtol, maxiter=self.max_products)[0]
-        return self._newton / nu, 0.0, 1.0 / nu
-
-
 def _first_crossing(N: np.ndarray, B: np.ndarray, T: np.ndarray) -> tuple[float, tuple | None]:
     """Largest ``t`` keeping every off-kink sign of ``N + t T`` (``geometry.validity_radius``) and the
     pair that reaches its kink first."""
@@ -440,40 +365,32 @@ def converge_on_stratum(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: L
     theta = st.theta0()
     use_dense = solver == "dense" or (solver == "auto" and st.n <= max_dense)
     solver_name = "dense" if use_dense else "matrix_free"
-    history: list[StratumStep] = []
-
-    def finish(state: _State, status: StratumStatus, message: str, crossing=None) -> StratumPoint:
-        at = st.net_at(state.theta)
-        dist = float(np.linalg.norm(at.as_direction().vector() - z_user))
-        return StratumPoint(
-            at, status, message, dist, dist / znorm if znorm > 0 else math.inf,
-            risk_change(net, at, X, Yp, loss, weight, lam), sum(h.accepted for h in history[1:]),
-            state.gnorm, state.rel, state.scale, _kink_residual(at, Xbar, B), projection, radius, B,
-            solver_name, tuple(history), crossing)
-
-    def record(state: _State, step: int, step_norm: float, mu: float, fraction: float, fresh: bool,
-               accepted: bool) -> None:
-        at = st.net_at(state.theta)
-        history.append(StratumStep(step, state.loss, risk_change(net, at, X, Yp, loss, weight, lam), state.gnorm,
-                                   state.rel, step_norm, mu, fraction, fresh, accepted))
-
+    run = _Run(st, net, X, Yp, loss, weight, lam, z_user, znorm, radius, solver_name)
     cur = _evaluate(st, theta, X, Yp, loss, weight, lam)
-    projection = float(np.linalg.norm(Z0 - net.Z))
-    record(cur, 0, projection, 0.0, 1.0, False, True)
+    run.projection = projection = float(np.linalg.norm(Z0 - net.Z))
+    run.record(cur, 0, projection, 0.0, 1.0, False, True)
     flipped = (~B) & (((N_user > 0) != st.positive) | (st.N0 == 0))
     if np.any(flipped):
         i, k = (int(v) for v in np.argwhere(flipped)[0])
-        return finish(cur, StratumStatus.LEFT_STRATUM,
-                      f"putting the held pairs on their kinks moves neuron {k} across data point {i}", (i, k))
+        return run.finish(cur, StratumStatus.LEFT_STRATUM,
+                          f"putting the held pairs on their kinks moves neuron {k} across data point {i}", (i, k))
     if projection > radius:
-        return finish(cur, StratumStatus.RADIUS_EXCEEDED,
-                      f"putting the held pairs on their kinks moves the weights by {projection:.3g} > radius "
+        return run.finish(cur, StratumStatus.RADIUS_EXCEEDED,
+                          f"putting the held pairs on their kinks moves the weights by {projection:.3g} > radius "
                       f"{radius:.3g}")
 
+    return _iterate(run, cur, DenseSolver if use_dense else MatrixFreeSolver, gtol, floor_tol, max_iter, rcond,
+                    max_products)
+
+
+def _iterate(run: "_Run", cur: _State, make, gtol: float, floor_tol: float, max_iter: int, rcond: float,
+             max_products: int) -> StratumPoint:
+    """The Levenberg-Marquardt loop of :func:`converge_on_stratum` from the projected start ``cur``."""
+    st, B, lam, z_user, radius = run.st, run.st.B, run.lam, run.z_user, run.radius
+    Xbar, X, Yp, loss, weight = run.st.Xbar, run.X, run.Yp, run.loss, run.weight
     lin = None
-    zscale = znorm if znorm > 0 else 1.0
+    zscale = run.znorm if run.znorm > 0 else 1.0
     nu, fresh, slow = 1.0, False, 0
-    make = _DenseSolver if use_dense else _MatrixFreeSolver
     for it in range(1, max_iter + 1):
         if cur.rel <= gtol:
             break
@@ -488,21 +405,21 @@ def converge_on_stratum(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: L
         if min(t_cross, t_ball) <= 1.0:
             if t_cross <= t_ball:
                 i, k = pair
-                return finish(cur, StratumStatus.LEFT_STRATUM,
+                return run.finish(cur, StratumStatus.LEFT_STRATUM,
                               f"step {it} would move neuron {k} across data point {i} (N from {cur.N[i, k]:.3g} to "
                               f"{cur.N[i, k] + T[i, k]:.3g}): no stationary point found on this stratum", pair)
-            return finish(cur, StratumStatus.RADIUS_EXCEEDED,
+            return run.finish(cur, StratumStatus.RADIUS_EXCEEDED,
                           f"step {it} would leave the ball of radius {radius:.3g} around the weights (relative "
                           f"gradient {cur.rel:.2g}): no stationary point found within it")
         trial = _evaluate(st, cur.theta + d, X, Yp, loss, weight, lam)
         flipped = (~B) & ((trial.N > 0) != st.positive) | ((~B) & (trial.N == 0))
         if np.any(flipped):  # t_cross > 1 up to rounding: a pair a hair from its kink
             i, k = (int(v) for v in np.argwhere(flipped)[0])
-            return finish(cur, StratumStatus.LEFT_STRATUM,
+            return run.finish(cur, StratumStatus.LEFT_STRATUM,
                           f"step {it} would move neuron {k} onto or across data point {i}: no stationary point "
                           "found on this stratum", (i, k))
         accepted = trial.gnorm < cur.gnorm
-        record(trial, it, float(np.linalg.norm(_net_step(st, d))), mu, fraction, fresh, accepted)
+        run.record(trial, it, float(np.linalg.norm(_net_step(st, d))), mu, fraction, fresh, accepted)
         if accepted:
             ratio, cur, nu = trial.gnorm / cur.gnorm, trial, max(lin.nu_min, nu / 10.0)
             if not fresh and ratio > 0.25:
@@ -520,13 +437,51 @@ def converge_on_stratum(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: L
             nu *= 10.0
         if slow >= 2 and cur.rel > gtol:
             status = StratumStatus.ROUNDING_FLOOR if cur.rel <= floor_tol else StratumStatus.NO_PROGRESS
-            return finish(cur, status, f"the relative gradient stopped falling at {cur.rel:.2g} "
+            return run.finish(cur, status, f"the relative gradient stopped falling at {cur.rel:.2g} "
                                        f"({'<=' if cur.rel <= floor_tol else '>'} floor_tol {floor_tol:.2g})")
     if cur.rel <= gtol:
-        return finish(cur, StratumStatus.CONVERGED,
+        return run.finish(cur, StratumStatus.CONVERGED,
                       f"stationary on the stratum: relative gradient {cur.rel:.2g} <= {gtol:.2g}")
-    return finish(cur, StratumStatus.MAX_ITERATIONS,
+    return run.finish(cur, StratumStatus.MAX_ITERATIONS,
                   f"{max_iter} iterations without reaching a relative gradient of {gtol:.2g} (now {cur.rel:.2g})")
+
+
+@dataclass
+class _Run:
+    """What one :func:`converge_on_stratum` call keeps: the stratum, the problem, the user's point and the
+    history; ``finish`` makes the result."""
+
+    st: _Stratum
+    net: TwoLayerNet
+    X: np.ndarray
+    Yp: np.ndarray
+    loss: Loss
+    weight: float
+    lam: float
+    z_user: np.ndarray
+    znorm: float
+    radius: float
+    solver_name: str
+    projection: float = 0.0
+    history: list = field(default_factory=list)
+
+    def finish(self, state: _State, status: StratumStatus, message: str, crossing=None) -> StratumPoint:
+        st, history = self.st, self.history
+        at = st.net_at(state.theta)
+        dist = float(np.linalg.norm(at.as_direction().vector() - self.z_user))
+        return StratumPoint(
+            at, status, message, dist, dist / self.znorm if self.znorm > 0 else math.inf,
+            risk_change(self.net, at, self.X, self.Yp, self.loss, self.weight, self.lam),
+            sum(h.accepted for h in history[1:]), state.gnorm, state.rel, state.scale,
+            _kink_residual(at, st.Xbar, st.B), self.projection, self.radius, st.B, self.solver_name,
+            tuple(history), crossing)
+
+    def record(self, state: _State, step: int, step_norm: float, mu: float, fraction: float, fresh: bool,
+               accepted: bool) -> None:
+        at = self.st.net_at(state.theta)
+        change = risk_change(self.net, at, self.X, self.Yp, self.loss, self.weight, self.lam)
+        self.history.append(StratumStep(step, state.loss, change, state.gnorm, state.rel, step_norm, mu, fraction,
+                                        fresh, accepted))
 
 
 def _net_step(st: _Stratum, d: np.ndarray) -> np.ndarray:

@@ -134,25 +134,33 @@ def from_torch(module: nn.Module, *, negative_slope: float | None = None, check_
 
 
 def _check_forward(module: nn.Module, net: TwoLayerNet, ref: torch.Tensor) -> None:
+    scale = float(np.sum(np.abs(net.W2)) * np.max(np.abs(net.Z)) * 4.0)
+    check_forward(module, net.dx, net.dy, ref, lambda x: forward(net, x).out, scale, "Linear -> activation -> Linear")
+
+
+def check_forward(module: nn.Module, dx: int, dy: int, ref: torch.Tensor, outputs, scale: float, layout: str) -> None:
+    """Run ``module`` on a few random inputs (own generator, global RNG untouched) and require the outputs that
+    ``outputs`` (NumPy, float64) computes, to the precision of ``ref``'s dtype relative to ``scale``: a
+    ``forward`` that does something other than its ``layout`` is refused."""
     gen = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randn(5, net.dx, generator=gen, dtype=torch.float64)
+    x = torch.randn(5, dx, generator=gen, dtype=torch.float64)
     try:
         with torch.no_grad():
             got = module(x.to(dtype=ref.dtype, device=ref.device))
     except Exception as exc:  # any failure means the module is not the plain layout we read
-        raise ValueError(f"could not run `module` on a ({x.shape[0]}, {net.dx}) input to confirm that it computes "
-                         f"Linear -> activation -> Linear: {type(exc).__name__}: {exc}") from exc
+        raise ValueError(f"could not run `module` on a ({x.shape[0]}, {dx}) input to confirm that it computes "
+                         f"{layout}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(got, torch.Tensor):
-        raise ValueError(f"`module` returned {type(got).__name__}, expected a tensor of shape (batch, {net.dy})")
+        raise ValueError(f"`module` returned {type(got).__name__}, expected a tensor of shape (batch, {dy})")
     got = got.detach().cpu().to(torch.float64).numpy()
-    want = forward(net, x.numpy()).out
+    want = outputs(x.numpy())
     # the module computes in its own dtype: allow that precision, relative to the sizes involved
     eps = torch.finfo(ref.dtype).eps if ref.dtype.is_floating_point else 1e-7
-    scale = 1.0 + float(np.max(np.abs(want))) + float(np.sum(np.abs(net.W2)) * np.max(np.abs(net.Z)) * 4.0)
+    scale = 1.0 + float(np.max(np.abs(want))) + scale
     if got.shape != want.shape or not np.all(np.abs(got - want) <= 1e3 * eps * scale):
         diff = np.max(np.abs(got - want)) if got.shape == want.shape else f"shape {got.shape} vs {want.shape}"
-        raise ValueError("`module`'s forward does not compute Linear -> activation -> Linear with the layers it "
-                         f"holds (largest difference {diff}); sospcheck cannot represent it")
+        raise ValueError(f"`module`'s forward does not compute {layout} with the layers it holds (largest difference "
+                         f"{diff}); sospcheck cannot represent it")
 
 
 def to_torch(net: TwoLayerNet, *, dtype: torch.dtype = torch.float64, device=None) -> nn.Sequential:
@@ -272,7 +280,12 @@ def check_model(model: nn.Module, X, Y, criterion: nn.Module | None = None, *, n
     (default ``nn.MSELoss()``). ``check_kwargs`` go to :func:`sospcheck.check` (``snap=True``,
     ``weight_decay`` as in SGD's ``weight_decay``, ...); ``loss`` and ``reduction`` come from ``criterion``.
     The verdict is about ``result.net``: write it back with :func:`load_into` when ``snap=True`` moved it.
+    Two or more hidden layers go to :func:`sospcheck.deep.bridge.check_model` (DESIGN.md section 10).
     """
+    if isinstance(model, nn.Module) and sum(isinstance(m, nn.Linear) for m in _leaves(model)) > 2:
+        from .deep.bridge import check_model as check_deep_model
+
+        return check_deep_model(model, X, Y, criterion, negative_slope=negative_slope, **check_kwargs)
     for key in ("loss", "reduction"):
         if key in check_kwargs:
             raise TypeError(f"check_model() takes the loss from `criterion`; do not pass `{key}`")

@@ -12,7 +12,8 @@ import numpy as np
 from .losses import Loss, get_loss, reduction_weight
 from .model import TwoLayerNet, as_float_array, check_size, forward
 
-__all__ = ["validate_inputs", "validate_engine", "validate_progress", "torch_device", "check_finite_point"]
+__all__ = ["validate_inputs", "validate_features", "validate_targets", "validate_engine", "validate_progress",
+           "torch_device", "check_finite_point"]
 
 
 def validate_inputs(net, X, Y, loss, reduction: str, weight_decay) -> tuple[np.ndarray, np.ndarray, Loss, float, float]:
@@ -22,16 +23,30 @@ def validate_inputs(net, X, Y, loss, reduction: str, weight_decay) -> tuple[np.n
     """
     if not isinstance(net, TwoLayerNet):
         raise TypeError(f"`net` must be a sospcheck.TwoLayerNet, got {type(net).__name__}")
-    X = as_float_array(X, "X", 2)
-    if X.shape[0] == 0:
-        raise ValueError("`X` is empty: the check needs at least one data point")
-    if X.shape[1] != net.dx:
-        raise ValueError(f"`X` has {X.shape[1]} feature column(s) but W1 expects dx = {net.dx}")
+    X = validate_features(X, net.dx)
     # the forward pass forms (m, dh) pre-activations and the loss (m, dy, dy) Hessians
     check_size((X.shape[0], net.dh), "X", "pre-activations X Z'")
     check_size((X.shape[0], net.dy, net.dy), "X", "per-sample loss Hessians")
+    Yp, lossobj, weight, lam = validate_targets(X, Y, loss, reduction, weight_decay, net.dy)
+    check_finite_point(net, X, Yp, lossobj, weight, lam)
+    return X, Yp, lossobj, weight, lam
+
+
+def validate_features(X, dx: int) -> np.ndarray:
+    """``X`` as a finite (m, dx) float array with ``m >= 1``."""
+    X = as_float_array(X, "X", 2)
+    if X.shape[0] == 0:
+        raise ValueError("`X` is empty: the check needs at least one data point")
+    if X.shape[1] != dx:
+        raise ValueError(f"`X` has {X.shape[1]} feature column(s) but W1 expects dx = {dx}")
+    return X
+
+
+def validate_targets(X: np.ndarray, Y, loss, reduction: str, weight_decay,
+                     dy: int) -> tuple[np.ndarray, Loss, float, float]:
+    """The prepared targets (one row per row of ``X``), the loss, the reduction's weight and the decay."""
     lossobj = get_loss(loss)
-    Yp = lossobj.prepare(Y, net.dy)
+    Yp = lossobj.prepare(Y, dy)
     if Yp.shape[0] != X.shape[0]:
         raise ValueError(f"`Y` has {Yp.shape[0]} row(s) but `X` has {X.shape[0]}")
     weight = reduction_weight(reduction, X.shape[0])
@@ -43,8 +58,7 @@ def validate_inputs(net, X, Y, loss, reduction: str, weight_decay) -> tuple[np.n
         raise TypeError(f"`weight_decay` must be a number, got {weight_decay!r}") from exc
     if not math.isfinite(lam) or lam < 0:
         raise ValueError(f"`weight_decay` must be a finite number >= 0, got {weight_decay!r}")
-    check_finite_point(net, X, Yp, lossobj, weight, lam)
-    return X, Yp, lossobj, weight, lam
+    return Yp, lossobj, weight, lam
 
 
 def _refuse_overflow(checks: list, X: np.ndarray, z2: float, lam: float) -> None:

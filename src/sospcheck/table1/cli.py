@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args) -> int:
     """Execute a parsed ``experiment`` command; the exit status."""
+    from ..io import check_writable_folder
     from .aggregate import write_report
     from .store import Store
 
@@ -76,6 +77,7 @@ def run(args) -> int:
             return 0
         preset = get_preset(args.preset)
         out = Path(args.out or Path(DEFAULT_OUT) / preset.name)
+        check_writable_folder(str(out), "--out")
         summary = None
         if not args.report_only:
             from .sweep import parse_seeds, run_sweep
