@@ -32,7 +32,9 @@ from scipy.sparse.linalg import ArpackNoConvergence, eigsh  # noqa: E402
 from sospcheck import operators  # noqa: E402
 from sospcheck.quotient import reduce, span_coordinates  # noqa: E402
 from sospcheck.reduced import ReducedProblem, constraint_blocks  # noqa: E402
-from sospcheck.subspace import DenseSubspace, ProjectedSubspace, extreme_ritz  # noqa: E402
+from sospcheck.dense_subspace import DenseSubspace  # noqa: E402
+from sospcheck.krylov import extreme_ritz  # noqa: E402
+from sospcheck.subspace import ProjectedSubspace  # noqa: E402
 
 
 def subspaces(inst: dict):

@@ -6,7 +6,7 @@ import pytest
 import cases
 import pieces
 from sospcheck import TwoLayerNet, check
-from sospcheck.subspace import lanczos_min
+from sospcheck.krylov import lanczos_min
 
 
 def test_lanczos_min_converges_to_a_clustered_zero_eigenvalue():
@@ -157,3 +157,37 @@ def test_span_coordinates_share_the_data_when_the_span_is_everything():
     rows = bias_shift_rows(ptc, cc.Xr, nts, set(), 1e-10, cc.V)
     assert list(rows) == [0]
     np.testing.assert_allclose(rows[0][netc.dy:], nu_c, atol=1e-10)
+
+
+def test_row_space_with_a_cut_above_the_gram_resolution():
+    from sospcheck.geometry import row_space
+
+    rng = np.random.default_rng(5)
+    U, _ = np.linalg.qr(rng.standard_normal((200, 4)))
+    W, _ = np.linalg.qr(rng.standard_normal((4, 4)))
+    A = (U * [1.0, 0.5, 0.02, 0.005]) @ W.T
+    # every singular value is above 1e-3 of the largest, but a cut at 1e-2 removes the last
+    V, C = row_space(A, 1e-2)
+    assert V.shape == (4, 3) and C.shape == (4, 1)
+    np.testing.assert_allclose(abs(C[:, 0] @ W[:, 3]), 1.0, atol=1e-9)
+    assert row_space(A, 1e-10)[0] is None
+
+
+def test_constant_direction_keeps_a_good_guess_and_replaces_a_bad_one():
+    from sospcheck.quotient import constant_direction
+
+    rng = np.random.default_rng(6)
+    Xr = np.hstack([rng.standard_normal((50, 3)), np.ones((50, 1))])
+    e = np.array([0.0, 0.0, 0.0, 1.0])
+    assert constant_direction(Xr, 1e-10, e) is e
+    np.testing.assert_allclose(constant_direction(Xr, 1e-10, np.ones(4)), e, atol=1e-12)
+    assert constant_direction(Xr[:, :3], 1e-10, np.ones(3)) is None  # no constant function in the span
+
+
+def test_the_check_reads_float64_data_without_copying_or_changing_it():
+    from sospcheck.validation import validate_features
+
+    X = np.random.default_rng(7).standard_normal((20, 3))
+    V = validate_features(X, 3)
+    assert np.shares_memory(V, X) and not V.flags.writeable and X.flags.writeable
+    assert not np.shares_memory(validate_features(X.astype(np.float32), 3), X)

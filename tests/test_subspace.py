@@ -7,8 +7,9 @@ import cases
 import pieces
 from sospcheck.margins import Margins
 from sospcheck.reduced import ReducedProblem, constraint_blocks, particular_solutions
-from sospcheck.subspace import (DenseSubspace, KroneckerPreconditioner, ProjectedSubspace, SubspaceSolver,
-                                make_subspace, preconditioned_lanczos)
+from sospcheck.dense_subspace import DenseSubspace
+from sospcheck.krylov import KroneckerPreconditioner, preconditioned_lanczos
+from sospcheck.subspace import ProjectedSubspace, SubspaceSolver, make_subspace
 
 
 def _problem(net, X, Y):

@@ -114,7 +114,7 @@ class HessianOperator:
         U, Nu, c = (None if a is None else self._to_backend(np.ascontiguousarray(a)) for a in self.layout.split(Theta))
         b, dh = U.shape[0], self.layout.dh
         if max_elements is None:
-            max_elements = max(1 << 18, (self.m * max(self.layout.rho, 1)) // 8) if xp is np else 1 << 24
+            max_elements = max(1 << 16, (self.m * max(self.layout.rho, 1)) // 8) if xp is np else 1 << 24
         step = max(1, min(self.m, max_elements // max(1, b * max(dh, self.layout.dy))))
         gU, gNu = xp.zeros_like(U), xp.zeros_like(Nu)
         gc = xp.zeros_like(c) if c is not None else None
@@ -204,8 +204,8 @@ class HessianOperator:
 
 def _row_step(m: int, rho: int, width: int, fraction: int = 8) -> int:
     """Rows per chunk: a chunk's temporaries (``width`` floats a row) stay below ``1 / fraction`` of ``Xr``
-    (at least 2^18 floats), so that the data passes add little to the memory of the data itself."""
-    budget = max(1 << 18, (m * max(rho, 1)) // fraction)
+    (at least 2^16 floats), so that the data passes add little to the memory of the data itself."""
+    budget = max(1 << 16, (m * max(rho, 1)) // fraction)
     return max(1, min(m, budget // max(1, width)))
 
 
@@ -230,7 +230,7 @@ def _gram_hessian(op: HessianOperator, cols: np.ndarray) -> np.ndarray:
     WtW = W2.T @ W2
     n_s = small.size
     # a quarter of Xr: larger chunks than the products', fewer (rho x rho) updates per block pair
-    step = _row_step(m, rho, 2 * rho + dy * n_s + 2 * dh * dy, fraction=4)
+    step = _row_step(m, rho, 2 * rho + dy * n_s + 2 * dh * dy, fraction=8)
     for start in range(0, m, step):
         rows = slice(start, min(m, start + step))
         O, Xr, J, r = op.O[rows], op.Xr[rows], op.Jt[:, rows].T, op.r[rows]
