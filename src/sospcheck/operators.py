@@ -229,7 +229,7 @@ def _gram_hessian(op: HessianOperator, cols: np.ndarray) -> np.ndarray:
     W2 = op.W2
     WtW = W2.T @ W2
     n_s = small.size
-    # a quarter of Xr: larger chunks than the products', fewer (rho x rho) updates per block pair
+    # an eighth of Xr (at least 2^16 floats) for a chunk's temporaries
     step = _row_step(m, rho, 2 * rho + dy * n_s + 2 * dh * dy, fraction=8)
     for start in range(0, m, step):
         rows = slice(start, min(m, start + step))
@@ -237,22 +237,8 @@ def _gram_hessian(op: HessianOperator, cols: np.ndarray) -> np.ndarray:
         mc = O.shape[0]
         # HW[i, :, l] = H_i w_l (dy x dh per sample)
         HW = op.h_scalar * np.broadcast_to(W2, (mc, dy, dh)) if op.h_scalar is not None else op.Hl[rows] @ W2
-        # small x small: S_i' H_i S_i
         if s_ok.any():
-            S = np.zeros((dy, mc, n_s))
-            for d in range(dy):
-                S[d, :, d * dh:(d + 1) * dh] = O
-                if lay.has_b2:
-                    S[d, :, n_u + d] = 1.0
-            S = S[:, :, s_ok]
-            Hss = np.zeros((S.shape[2], S.shape[2]))
-            for d in range(dy):
-                for e in range(dy):
-                    w = op.h_scalar * (d == e) if op.h_scalar is not None else op.Hl[rows, d, e]
-                    if np.any(w):
-                        Hss += S[d].T @ (np.reshape(w, (-1, 1)) * S[e])
-            H[np.ix_(s_pos, s_pos)] += Hss
-            del S
+            H[np.ix_(s_pos, s_pos)] += _small_block(op, rows, O, s_ok, n_s)
         for li, l in enumerate(live):
             Jl = J[:, l]
             # small x nu_l: sum_i (S_i' g_il) xr_i', g_il = H_i w_l J_il
@@ -292,6 +278,26 @@ def _gram_hessian(op: HessianOperator, cols: np.ndarray) -> np.ndarray:
     if op.lam:
         H[np.arange(q), np.arange(q)] += op.lam
     return H
+
+
+def _small_block(op: HessianOperator, rows: slice, O: np.ndarray, s_ok: np.ndarray, n_s: int) -> np.ndarray:
+    """``sum_i S_i' H_i S_i`` over the chunk ``rows`` on the kept small coordinates (``u`` then ``b2``), a
+    sample's Jacobian on them being ``S_i = [delta_de O_i | delta_de]`` (:func:`_gram_hessian`)."""
+    lay = op.layout
+    dy, dh, n_u = lay.dy, lay.dh, lay.n_u
+    S = np.zeros((dy, O.shape[0], n_s))
+    for d in range(dy):
+        S[d, :, d * dh:(d + 1) * dh] = O
+        if lay.has_b2:
+            S[d, :, n_u + d] = 1.0
+    S = S[:, :, s_ok]
+    Hss = np.zeros((S.shape[2], S.shape[2]))
+    for d in range(dy):
+        for e in range(dy):
+            w = op.h_scalar * (d == e) if op.h_scalar is not None else op.Hl[rows, d, e]
+            if np.any(w):
+                Hss += S[d].T @ (np.reshape(w, (-1, 1)) * S[e])
+    return Hss
 
 
 def _weighted_gram(X: np.ndarray, c: np.ndarray) -> np.ndarray:

@@ -182,8 +182,8 @@ class ProjectedSubspace:
             rq = float(u @ self.apply(u)[:, 0])
             return (rq, u) if rq < -eig_tol else None
 
-        # its two bases (y_j and x_j) stay within a third of the data's size (or 2^20 floats)
-        steps = min(self.n, _EXACT_STEPS, max((m * max(rho, 1)) // (6 * self.n), (1 << 19) // self.n))
+        # its two bases (y_j and x_j) stay within a third of the data's size (or 2^17 floats; 20 steps at least)
+        steps = min(self.n, _EXACT_STEPS, max((m * max(rho, 1)) // (6 * self.n), (1 << 16) // self.n, 20))
         found = preconditioned_lanczos(shifted, precond, v, steps, 0.1, negative)
         if found is None or found[0] == "nonpositive":
             return None
