@@ -31,10 +31,9 @@ class DenseSubspace:
     certificate holds only once ``g |R|_F^2 <= slack`` is checked on the computed factor: then
     ``lambda_min(Qww) > 2 F eig_tol`` is proven for the computed ``Qww`` (the rounding of forming ``H`` and
     the rotations, common to every method, aside), and no tolerance scale in ``[1/F, F]`` changes the
-    decision. The reported
-    value is then ``tau + 1 / theta`` with ``theta`` the largest Ritz value of ``(Qww - tau I)^-1``
-    (Lanczos through the factor, run to convergence): an upper bound on ``lambda_min``, as accurate
-    as ``eigh``. When the factorisation fails (an eigenvalue within ``2 F eig_tol`` of zero or below),
+    decision. The reported value is then ``tau + 1 / theta`` with ``theta`` the largest Ritz value of
+    ``(Qww - tau I)^-1`` (Lanczos through the factor, run to convergence): an upper bound on
+    ``lambda_min``, as accurate as ``eigh``. When the factorisation fails (an eigenvalue within ``2 F eig_tol`` of zero or below),
     ``eigh`` of ``Qww`` decides, and its spectrum serves every method afterwards.
     """
 
@@ -106,7 +105,9 @@ class DenseSubspace:
         d[self._c] = self._pivot
         np.fill_diagonal(H, d)
         self._shift = shift
-        _, info = dpotrf(H.T, lower=1, clean=0, overwrite_a=1)
+        c, info = dpotrf(H.T, lower=1, clean=0, overwrite_a=1)
+        if not np.shares_memory(c, H):  # f2py works in place on this Fortran-ordered view; if it ever copies
+            H.T[...] = c
         return info == 0
 
     def _restore(self) -> None:

@@ -20,7 +20,16 @@ from .krylov import KroneckerPreconditioner, lanczos_min, preconditioned_lanczos
 from .margins import FRAGILITY_FACTOR, Margins
 from .reduced import Block, ReducedProblem
 
-__all__ = ["MinEig", "SubspaceSolver", "ProjectedSubspace", "spectral_norm", "make_subspace"]
+__all__ = ["MinEig", "SubspaceSolver", "ProjectedSubspace", "lanczos_min", "spectral_norm", "make_subspace"]
+
+
+def __getattr__(name: str):
+    """``DenseSubspace`` from :mod:`sospcheck.dense_subspace` (which builds on this module), as before."""
+    if name == "DenseSubspace":
+        from .dense_subspace import DenseSubspace
+
+        return DenseSubspace
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
