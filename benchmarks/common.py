@@ -312,3 +312,85 @@ def run_probe(spec: dict, workdir: Path, name: str, timeout: float) -> dict:
     if error:
         records["error"] = error
     return records
+
+
+def planted_minimum(m: int, dx: int, dh: int, dy: int = 1, kink_pairs: int = 0, seed: int = 0,
+                    residual_scale: float = 0.1, cache: Path | None = None) -> dict:
+    """A random ReLU net made exactly first-order stationary (the benign case of issue 15), with
+    ``dy`` outputs and ``kink_pairs`` data points moved onto kinks (pair ``j`` on neuron ``j % dh``).
+
+    The residuals ``r`` (m x dy) solve the stationarity equations ``[1, O]' r = 0`` and, per neuron,
+    ``Xbar' (s_k * (r w_k)) = 0`` with ``s_ik = h'(N_ik)`` off the kinks and a Clarke multiplier in
+    (0.2, 0.8) on them, whose rows are fixed with ``a_ik = w_k . r_i`` in (0.5, 1.5) (a convex kink,
+    no flat ray); the rest is the minimum-norm solution plus a random null-space component of norm
+    ``residual_scale sqrt(m)`` (LSQR on the constraint operator, refined once, so that nothing of
+    size m x dy x q is formed). Needs ``m dy`` well above ``dy (dh + 1) + dh (dx + 1)``; at
+    (1000, 10, 10000) this means ``dy >= 2``. With ``cache`` (a folder) the instance is kept there
+    as an ``.npz`` file (the LSQR solves take minutes at that size).
+    """
+    args = (m, dx, dh, dy, kink_pairs, seed, residual_scale)
+    path = None if cache is None else Path(cache) / ("planted_" + "_".join(map(str, args)) + ".npz")
+    if path is not None and path.exists():
+        z = np.load(path)
+        return {"net": TwoLayerNet(z["W1"], z["b1"], z["W2"], z["b2"]), "X": z["X"], "Y": z["Y"],
+                "kinks": (z["rows"], z["ks"]), "stationarity": float(z["stationarity"])}
+    inst = _planted_minimum(*args)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        net = inst["net"]
+        np.savez(path, W1=net.W1, b1=net.b1, W2=net.W2, b2=net.b2, X=inst["X"], Y=inst["Y"], rows=inst["kinks"][0],
+                 ks=inst["kinks"][1], stationarity=inst["stationarity"])
+    return inst
+
+
+def _planted_minimum(m: int, dx: int, dh: int, dy: int, kink_pairs: int, seed: int, residual_scale: float) -> dict:
+    from scipy.sparse.linalg import LinearOperator, lsqr
+
+    rng = np.random.default_rng(seed)
+    X, _ = gaussian_data(m, dx, dy, seed)
+    net = random_net(dx, dh, dy, seed)
+    W1, b1, W2 = np.array(net.W1), np.array(net.b1), np.array(net.W2)
+    rows = rng.choice(m, kink_pairs, replace=False)
+    ks = np.arange(kink_pairs) % dh
+    for i, k in zip(rows, ks):  # onto w_k . x + b_k = 0
+        X[i] -= (X[i] @ W1[k] + b1[k]) / (W1[k] @ W1[k]) * W1[k]
+    N = X @ W1.T + b1
+    N[rows, ks] = 0.0
+    O = np.maximum(N, 0.0)
+    s = (N > 0).astype(float)
+    s[rows, ks] = rng.uniform(0.2, 0.8, kink_pairs)
+    Xbar = np.hstack([X, np.ones((m, 1))])
+    C0 = np.hstack([np.ones((m, 1)), O])
+    fixed = np.zeros((m, dy))
+    for i, k in zip(rows, ks):
+        w = W2[:, k]
+        fixed[i] = rng.uniform(0.5, 1.5) * w / (w @ w)
+    free = np.setdiff1d(np.arange(m), rows)
+    nf, q0, q1 = free.size, dy * (dh + 1), dh * (dx + 1)
+
+    def constraints(r):  # (m, dy) -> the q stationarity equations
+        return np.concatenate([(C0.T @ r).ravel(), (Xbar.T @ (s * (r @ W2))).ravel()])
+
+    def adjoint(c):  # q -> (m, dy)
+        return C0 @ c[:q0].reshape(dh + 1, dy) + (s * (Xbar @ c[q0:].reshape(dx + 1, dh))) @ W2.T
+
+    def lift(x):
+        r = np.zeros((m, dy))
+        r[free] = x.reshape(nf, dy)
+        return r
+
+    A = LinearOperator((q0 + q1, nf * dy), matvec=lambda x: constraints(lift(x)),
+                       rmatvec=lambda c: adjoint(c)[free].ravel(), dtype=float)
+
+    def min_norm(b):  # the minimum-norm x with A x = b, refined once on its own residual
+        x = lsqr(A, b, atol=1e-16, btol=1e-16, iter_lim=5000)[0]
+        return x + lsqr(A, b - A @ x, atol=1e-16, btol=1e-16, iter_lim=5000)[0]
+
+    x = min_norm(-constraints(fixed))
+    noise = rng.standard_normal(nf * dy)
+    noise -= min_norm(A @ noise)
+    x += noise * (residual_scale * np.sqrt(m) / np.linalg.norm(noise))
+    r = fixed + lift(x)
+    yhat = O @ W2.T + np.array(net.b2)
+    rel = np.linalg.norm(constraints(r)) / (np.linalg.norm(r) * np.linalg.norm(Xbar))
+    return {"net": net, "X": X, "Y": yhat - r, "kinks": (rows, ks), "stationarity": rel}

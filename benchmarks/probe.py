@@ -6,8 +6,8 @@ time limit without losing the stages already done: every stage prints one JSON l
 
 SPEC: ``{"data": {"m", "dx", "dy", "seed"} or {"npz": "data.npz"} (arrays X, Y), "net": "net.npz",
 "stages": [{"stage": NAME, "label": optional name of its record, ...}, ...]}``.
-Stages (run in order, on the current net; any stage may carry ``time_limit`` seconds, past which it is
-interrupted and reported as ``{"interrupted": ..., "seconds": ...}``):
+Stages (run in order, on the current net; any stage may carry ``time_limit`` (wall) or ``cpu_limit`` (CPU)
+seconds, past which it is interrupted and reported as ``{"interrupted": ..., "seconds": ...}``):
   refit         refit the output layer (least squares), as a random point's baseline
   gradient      best wall time of one full-batch forward+backward (common.loss_and_grad)
   check         ``check(net, X, Y, snap=..., solver=..., fragility=...)``; with ``snap`` the later
@@ -180,17 +180,22 @@ STAGES = {"refit": stage_refit, "gradient": stage_gradient, "check": stage_check
 
 
 def run_stage(net, X, Y, st: dict):
-    """One stage; with ``time_limit`` (seconds) it is interrupted by SIGALRM and reported as such."""
-    limit = int(st.get("time_limit", 0))
+    """One stage; with ``time_limit`` (wall seconds, SIGALRM) or ``cpu_limit`` (CPU seconds of this
+    process, SIGPROF: what a shared machine cannot stretch) it is interrupted and reported as such."""
+    limit, cpu_limit = int(st.get("time_limit", 0)), float(st.get("cpu_limit", 0))
     signal.signal(signal.SIGALRM, _alarm)
+    signal.signal(signal.SIGPROF, _alarm)
     signal.alarm(limit)
+    signal.setitimer(signal.ITIMER_PROF, cpu_limit)
     t0, c0 = time.perf_counter(), time.process_time()
     try:
         net, rec = STAGES[st["stage"]](net, X, Y, st)
     except _TimeLimit:
-        rec = {"interrupted": f"stopped at the time limit ({limit} s)", "seconds": time.perf_counter() - t0}
+        what = f"the time limit ({limit} s)" if not cpu_limit else f"the CPU time limit ({cpu_limit:g} s)"
+        rec = {"interrupted": f"stopped at {what}", "seconds": time.perf_counter() - t0}
     finally:
         signal.alarm(0)
+        signal.setitimer(signal.ITIMER_PROF, 0)
     rec["stage_cpu_s"] = time.process_time() - c0  # robust to other jobs on the machine (one BLAS thread)
     rec["stage_wall_s"] = time.perf_counter() - t0
     return net, rec

@@ -121,3 +121,28 @@ def test_products_are_counted_per_column_and_shared_with_other_slopes():
     other.matmat(np.ones((n, 2)))
     op.dense()  # formed from the Gram matrix of the Jacobian: no products
     assert op.products == other.products == 5
+
+
+@pytest.mark.parametrize("loss,dy", [("squared", 2), ("cross_entropy", 3)])
+def test_kronecker_factors_of_the_gauss_newton_part(loss, dy):
+    rng = np.random.default_rng(8)
+    m, dx, dh = 40, 3, 4
+    X = rng.standard_normal((m, dx))
+    net = TwoLayerNet(rng.standard_normal((dh, dx)), rng.standard_normal(dh), rng.standard_normal((dy, dh)),
+                      rng.standard_normal(dy), s_minus=0.1)
+    L = get_loss(loss)
+    Yraw = {"squared": rng.standard_normal((m, dy)), "cross_entropy": rng.integers(0, dy, m)}[loss]
+    pt = evaluate_point(net, X, L.prepare(Yraw, dy), L, 1.0, 0.0)
+    J = net.slope(pt.fwd.N).astype(float)
+    op = HessianOperator(pt.fwd.O, pt.fwd.Xbar, net.W2, pt.r, pt.Hl, J, identity_hessian=loss == "squared")
+    Hbar, Go, mk = op.kronecker_factors()
+    Oa = np.hstack([pt.fwd.O, np.ones((m, 1))])
+    np.testing.assert_allclose(Go, Oa.T @ Oa, rtol=1e-12)
+    np.testing.assert_allclose(Hbar, pt.Hl.mean(axis=0), rtol=1e-12, atol=1e-15)
+    want = [np.mean(J[:, k] ** 2 * np.einsum("d,ide,e->i", net.W2[:, k], pt.Hl, net.W2[:, k])) for k in range(dh)]
+    np.testing.assert_allclose(mk, want, rtol=1e-12)
+    if loss == "squared":  # exact on [dW2 db2]: the dense Hessian's block
+        lay = op.layout
+        small = np.concatenate([np.arange(lay.n_u).reshape(dy, dh), (lay.n_u + dh * lay.rho + np.arange(dy))[:, None]],
+                               axis=1).ravel()
+        np.testing.assert_allclose(op.dense()[np.ix_(small, small)], np.kron(Hbar, Go), rtol=1e-12)

@@ -19,7 +19,7 @@ from .degenerate import DESCENT, OVER_BUDGET, DegenerateFirstOrder, degenerate_n
 from .degenerate_second import NeuronFaces, neuron_faces
 from .first_order import (NeuronTest, OutputLayerTest, neuron_tests, output_layer_test, ratios, record_sides,
                           steepest_ray)
-from .geometry import boundary_mask
+from .geometry import boundary_mask, row_norms
 from .margins import Margins, fragility_verdicts, rerun_factors
 from .model import Direction, TwoLayerNet
 from .nearby import Nearby, near_zero_neurons, zero_neurons
@@ -240,7 +240,7 @@ def forward_and_boundary(problem: Problem, tol: Tolerances) -> Start:
     """One forward pass and the boundary pairs ``|N_ik| <= boundary |Z_k| max|xbar|`` (DESIGN.md section 1)."""
     pt = problem.point()
     boundary = boundary_mask(pt.fwd.N, pt.net.Z, pt.fwd.Xbar, tol.boundary)
-    threshold = tol.boundary * np.linalg.norm(pt.net.Z, axis=1) * np.max(np.linalg.norm(pt.fwd.Xbar, axis=1))
+    threshold = tol.boundary * np.linalg.norm(pt.net.Z, axis=1) * np.max(row_norms(pt.fwd.Xbar))
     margins = Margins()
     record_sides(margins, "boundary |N_ik|", ratios(pt.fwd.N, threshold[None, :]))
     return Start(pt, boundary, margins.items())

@@ -4,24 +4,64 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["boundary_mask", "data_span", "ray_directions", "validity_radius"]
+__all__ = ["boundary_mask", "row_norms", "data_span", "row_space", "ray_directions", "validity_radius"]
 
 
 def boundary_mask(N: np.ndarray, Z: np.ndarray, Xbar: np.ndarray, tol: float) -> np.ndarray:
     """``B[i, k] = |N_ik| <= tol * |Z_k| * max_i |xbar_i|`` (m, dh)."""
-    scale = np.linalg.norm(Z, axis=1) * np.max(np.linalg.norm(Xbar, axis=1))
+    scale = np.linalg.norm(Z, axis=1) * np.max(row_norms(Xbar))
     return np.abs(N) <= tol * scale[None, :]
 
 
-def data_span(Xbar: np.ndarray, rank_tol: float) -> np.ndarray:
-    """Orthonormal basis ``V`` (d x rho) of the row space of ``Xbar``.
+def row_norms(A: np.ndarray) -> np.ndarray:
+    """``|a_i|`` per row, without the m x d temporary of ``np.linalg.norm(A, axis=1)``."""
+    return np.sqrt(np.einsum("ij,ij->i", A, A))
+
+
+def data_span(Xbar: np.ndarray, rank_tol: float, gram: np.ndarray | None = None) -> np.ndarray:
+    """Orthonormal basis ``V`` (d x rho) of the row space of ``Xbar``: the identity when that is all of ``R^d``.
 
     Components of ``Z_k`` orthogonal to every ``xbar_i`` never change ``N_ik``: working in
-    ``v_k = V nu_k`` quotients out these exactly flat directions (the affine hull of the data).
+    ``v_k = V nu_k`` quotients out these exactly flat directions (the affine hull of the data,
+    DESIGN.md section 4). A singular value counts when above ``rank_tol`` times the largest
+    (:func:`row_space`). ``gram``: ``Xbar' Xbar`` when the caller has it.
     """
-    _, s, Vt = np.linalg.svd(Xbar, full_matrices=False)
-    rho = int(np.sum(s > rank_tol * s[0])) if s.size and s[0] > 0 else 0
-    return Vt[:rho].T
+    V, _ = row_space(Xbar, rank_tol, gram)
+    return np.eye(Xbar.shape[1]) if V is None else V
+
+
+def row_space(A: np.ndarray, rank_tol: float, gram: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+    """``(V, W)``: orthonormal bases (columns) of the row space of ``A`` (n x d) and of its orthogonal
+    complement, a singular value counting when above ``rank_tol`` times the largest; ``V`` is None when
+    the row space is all of ``R^d`` (``W`` is then d x 0).
+
+    From the d x d Gram ``A' A = U diag(lam) U'`` (one pass over the rows, no n x d factor): its
+    eigenvalues give the singular values only to ``~ eps s_max^2 / s`` in absolute terms, so the
+    directions with ``s < max(1e-3, 10 rank_tol) s_max`` are resolved again by the SVD of ``A U_small``
+    (n x t, t usually 0), where the mixing of the Gram's rounding adds at most ``~ 1e3 eps s_max`` (far
+    below the cut).
+    """
+    d = A.shape[1]
+    G = A.T @ A if gram is None else gram
+    lam = np.linalg.eigvalsh(G) if d else np.zeros(0)
+    if not d or lam[-1] <= 0:
+        return np.zeros((d, 0)), np.eye(d)
+    # a direction the Gram alone resolves must also be clearly above the cut: ``reliable > rank_tol``
+    reliable = max(_GRAM_RELIABLE, 10.0 * rank_tol)
+    if lam[0] >= reliable**2 * lam[-1]:
+        return None, np.zeros((d, 0))
+    lam, U = np.linalg.eigh(G)  # the eigenvectors only when some direction needs a second look
+    small = lam < reliable**2 * lam[-1]
+    Us = U[:, small]
+    _, s, Wt = np.linalg.svd(A @ Us)  # Wt: t x t
+    r = int(np.sum(s > rank_tol * np.sqrt(lam[-1])))
+    if r == Us.shape[1]:
+        return None, np.zeros((d, 0))
+    return np.hstack([U[:, ~small], Us @ Wt[:r].T]), Us @ Wt[r:].T
+
+
+# singular values at least this fraction of the largest are resolved by the Gram's eigenvalues alone
+_GRAM_RELIABLE = 1e-3
 
 
 def ray_directions(Xk: np.ndarray, rank_tol: float) -> tuple[np.ndarray | None, int]:

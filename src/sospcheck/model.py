@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,8 +39,9 @@ def dtype_problem(dtype: np.dtype) -> str | None:
     return f"{_KIND_NAMES.get(dtype.kind, 'non-numeric values')} (dtype {dtype})"
 
 
-def real_array(value, name: str, what: str = "a numeric array of real numbers") -> np.ndarray:
-    """``value`` as a new float64 array, or raise naming ``name``.
+def real_array(value, name: str, what: str = "a numeric array of real numbers", copy: bool = True) -> np.ndarray:
+    """``value`` as a new float64 array (``copy=False``: the same memory when it is one already), or raise
+    naming ``name``.
 
     Only real numbers (float, int, bool) are accepted: complex values would lose their imaginary part,
     strings and dates would become unrelated numbers. The size is checked before any copy, so a huge
@@ -59,12 +61,12 @@ def real_array(value, name: str, what: str = "a numeric array of real numbers") 
     if problem is not None:
         raise TypeError(f"`{name}` must be {what}, got {type(value).__name__} of {problem}")
     check_size(arr.shape, name)
-    return arr.astype(np.float64)
+    return arr.astype(np.float64, copy=copy)
 
 
-def as_float_array(value, name: str, ndim: int | None = None) -> np.ndarray:
-    """Return ``value`` as a finite float64 array (a copy), or raise naming ``name``."""
-    arr = real_array(value, name)
+def as_float_array(value, name: str, ndim: int | None = None, copy: bool = True) -> np.ndarray:
+    """Return ``value`` as a finite float64 array (a copy unless ``copy=False``), or raise naming ``name``."""
+    arr = real_array(value, name, copy=copy)
     if ndim is not None and arr.ndim != ndim:
         raise ValueError(f"`{name}` must have {ndim} dimension(s), got shape {arr.shape}")
     if not np.all(np.isfinite(arr)):
@@ -150,8 +152,13 @@ class TwoLayerNet:
         return np.hstack([self.W1, self.b1[:, None]]) if self.has_b1 else np.array(self.W1)
 
     def augment(self, X: np.ndarray) -> np.ndarray:
-        """``xbar_i = [x_i; 1]``, or ``x_i`` when the network has no ``b1``."""
-        return np.hstack([X, np.ones((X.shape[0], 1))]) if self.has_b1 else np.asarray(X)
+        """``xbar_i = [x_i; 1]``, or ``x_i`` when the network has no ``b1``. For a read-only ``X`` (the
+        check's validated data) the m x (d + 1) array is formed once and shared (:func:`_augmented`)."""
+        if not self.has_b1:
+            return np.asarray(X)
+        if isinstance(X, np.ndarray) and not X.flags.writeable:
+            return _augmented(X)
+        return np.hstack([X, np.ones((X.shape[0], 1))])
 
     def activation(self, N: np.ndarray) -> np.ndarray:
         return np.where(N > 0, self.s_plus * N, self.s_minus * N)
@@ -293,3 +300,20 @@ def forward(net: TwoLayerNet, X: np.ndarray) -> Forward:
     if net.has_b2:
         out = out + net.b2
     return Forward(Xbar, N, O, out)
+
+
+# id(X) -> (weak reference to X, read-only [X 1]): the check's forward passes (validation, the
+# near-zero screen, the point) share one augmented copy of the data instead of forming three
+_AUGMENTED: dict[int, tuple[weakref.ref, np.ndarray]] = {}
+
+
+def _augmented(X: np.ndarray) -> np.ndarray:
+    """``[X 1]`` for a read-only ``X``, read-only itself, kept while ``X`` lives."""
+    key = id(X)
+    hit = _AUGMENTED.get(key)
+    if hit is not None and hit[0]() is X:
+        return hit[1]
+    Xbar = np.hstack([X, np.ones((X.shape[0], 1))])
+    Xbar.flags.writeable = False
+    _AUGMENTED[key] = (weakref.ref(X, lambda _, key=key: _AUGMENTED.pop(key, None)), Xbar)
+    return Xbar

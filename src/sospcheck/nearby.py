@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy.linalg import null_space
 
+from .geometry import row_norms
 from .losses import Loss, risk
 from .model import TwoLayerNet, forward
 from .options import Options
@@ -121,7 +122,7 @@ def near_zero_neurons(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, tol: floa
     """
     fwd = forward(net, X)
     contribution = (max(net.s_plus, net.s_minus) * np.linalg.norm(net.W2, axis=0) * np.linalg.norm(net.Z, axis=1)
-                    * np.max(np.linalg.norm(fwd.Xbar, axis=1)))
+                    * np.max(row_norms(fwd.Xbar)))
     scale = np.sqrt(np.mean(fwd.out**2)) + np.sqrt(np.mean(Yp**2))
     candidate = ((np.linalg.norm(net.Z, axis=1) > 0) | (np.linalg.norm(net.W2, axis=0) > 0) if half_zero
                  else contribution > 0)

@@ -105,13 +105,16 @@ class HessianOperator:
     def _from_backend(self, arr) -> np.ndarray:
         return arr
 
-    def matmat(self, Theta: np.ndarray, max_elements: int = 1 << 24) -> np.ndarray:
+    def matmat(self, Theta: np.ndarray, max_elements: int | None = None) -> np.ndarray:
         """``H Theta`` for ``Theta`` (n, b); the data are visited in row chunks so that the
-        intermediates stay below ``max_elements`` floats (memory independent of ``m``)."""
+        intermediates stay below ``max_elements`` floats (default: an eighth of ``Xr``, at least 2^18, on
+        the host; 2^24 on another backend, whose memory is the device's)."""
         xp = self.xp
         self._count[0] += Theta.shape[1]
         U, Nu, c = (None if a is None else self._to_backend(np.ascontiguousarray(a)) for a in self.layout.split(Theta))
         b, dh = U.shape[0], self.layout.dh
+        if max_elements is None:
+            max_elements = max(1 << 16, (self.m * max(self.layout.rho, 1)) // 8) if xp is np else 1 << 24
         step = max(1, min(self.m, max_elements // max(1, b * max(dh, self.layout.dy))))
         gU, gNu = xp.zeros_like(U), xp.zeros_like(Nu)
         gc = xp.zeros_like(c) if c is not None else None
@@ -144,54 +147,49 @@ class HessianOperator:
         """``H[keep][:, keep]``, symmetric.
 
         NumPy backend: ``H = sum_i G_i' H_i G_i + C + lam I`` from the per-sample output Jacobians
-        ``G_i`` (dy x n, built a chunk of rows at a time, never all m at once) and the block-diagonal
-        cross term ``C`` (``u_k`` with ``nu_k``: ``sum_i r_i J_ik xr_i'``), DESIGN.md section 5. One
-        Gram product per chunk instead of ``n`` Hessian-vector products. Other backends: products
-        with identity columns, ``batch`` at a time.
+        ``G_i`` (DESIGN.md section 5), block by block, a chunk of rows at a time (no m x n array): the
+        ``nu_k, nu_l`` block is ``Xr' diag(c_kl) Xr`` with ``c_ikl = J_ik J_il w_k' H_i w_l``, formed on the
+        rows where ``c_kl`` is nonzero only (for a ReLU the points where both neurons are active) and
+        independent of ``dy``; the blocks of ``u`` and ``b2`` are small. ``C`` is the block-diagonal cross
+        term (``u_k`` with ``nu_k``: ``sum_i r_i J_ik xr_i'``). Other backends: products with identity
+        columns, ``batch`` at a time.
         """
         n = self.layout.n
         cols = np.arange(n) if keep is None else np.asarray(keep)
         if self.xp is not np:
             return self._dense_by_products(cols, batch)
+        return _gram_hessian(self, cols)
+
+    def kronecker_factors(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Factors of a Kronecker approximation of the Gauss-Newton part (a preconditioner, DESIGN.md section 5).
+
+        Returns ``(Hbar, Go, mk)``: on ``[dW2 db2]`` (dy x (dh + 1), or dy x dh without ``b2``) the GN block
+        is ``sum_i H_i (x) o_i o_i'`` with ``o_i = [O_i 1]``, approximated by ``Hbar (x) Go`` with ``Hbar``
+        the mean ``H_i`` and ``Go = sum_i o_i o_i'`` (exact for the squared loss); the ``nu_k`` block
+        ``sum_i J_ik^2 w_k' H_i w_k xr_i xr_i'`` by ``mk[k] Xr' Xr``, ``mk[k]`` the mean of its weights.
+        One pass over the data, a chunk of rows at a time.
+        """
         lay, m = self.layout, self.m
-        dy, dh, rho = lay.dy, lay.dh, lay.rho
-        q = cols.size
-        H = np.zeros((q, q))
-        step = max(1, min(m, (1 << 24) // max(1, dy * n)))
-        for s in range(0, m, step):
-            rows = slice(s, min(m, s + step))
-            O, Xr, J = self.O[rows], self.Xr[rows], self.Jt[:, rows].T
-            mc = O.shape[0]
-            G = np.zeros((dy, mc, n))
-            for d in range(dy):
-                G[d, :, d * dh:(d + 1) * dh] = O
-                G[d, :, lay.n_u:lay.n_u + dh * rho] = ((self.W2[d] * J)[:, :, None] * Xr[:, None, :]).reshape(mc, -1)
-                if lay.has_b2:
-                    G[d, :, lay.n_u + dh * rho + d] = 1.0
-            G = G[:, :, cols]
+        dy, dh = lay.dy, lay.dh
+        width = dh + 1 if lay.has_b2 else dh
+        Go = np.zeros((width, width))
+        Hsum = np.zeros((dy, dy))
+        mk = np.zeros(dh)
+        W2 = self._from_backend(self.W2)
+        step = _row_step(m, lay.rho, 2 * dh * dy + dh + 1)
+        for start in range(0, m, step):
+            rows = slice(start, min(m, start + step))
+            O, J = self._from_backend(self.O[rows]), self._from_backend(self.Jt[:, rows]).T
+            Oa = np.hstack([O, np.ones((O.shape[0], 1))]) if lay.has_b2 else O
+            Go += Oa.T @ Oa
             if self.h_scalar is not None:
-                for d in range(dy):
-                    H += self.h_scalar * (G[d].T @ G[d])
+                mk += self.h_scalar * np.sum(J * J, axis=0) * np.sum(W2**2, axis=0)
             else:
-                Hl = self.Hl[rows]
-                for d in range(dy):
-                    for e in range(dy):
-                        H += G[d].T @ (Hl[:, d, e][:, None] * G[e])
-        # cross term: d^2 f_id / d U[d, k] d Nu[k, :] = J_ik xr_i
-        E = ((self.Jt.T[:, :, None] * self.r[:, None, :]).reshape(m, dh * dy).T @ self.Xr).reshape(dh, dy, rho)
-        pos = -np.ones(n, dtype=int)
-        pos[cols] = np.arange(q)
-        for k in range(dh):
-            nu = pos[lay.nu_index(k)]
-            ok = nu >= 0
-            for d in range(dy):
-                u = pos[lay.u_index(k)[d]]
-                if u >= 0 and ok.any():
-                    H[u, nu[ok]] += E[k, d, ok]
-                    H[nu[ok], u] += E[k, d, ok]
-        if self.lam:
-            H[np.arange(q), np.arange(q)] += self.lam
-        return 0.5 * (H + H.T)
+                Hl = self._from_backend(self.Hl[rows])
+                Hsum += Hl.sum(axis=0)
+                mk += np.sum(J * J * np.einsum("dk,ide,ek->ik", W2, Hl, W2), axis=0)
+        Hbar = self.h_scalar * np.eye(dy) if self.h_scalar is not None else Hsum / max(m, 1)
+        return Hbar, Go, mk / max(m, 1)
 
     def _dense_by_products(self, cols: np.ndarray, batch: int) -> np.ndarray:
         n = self.layout.n
@@ -202,6 +200,136 @@ class HessianOperator:
             E[sel, np.arange(sel.size)] = 1.0
             H[:, start : start + sel.size] = self.matmat(E)[cols]
         return 0.5 * (H + H.T)
+
+
+def _row_step(m: int, rho: int, width: int, fraction: int = 8) -> int:
+    """Rows per chunk: a chunk's temporaries (``width`` floats a row) stay below ``1 / fraction`` of ``Xr``
+    (at least 2^16 floats), so that the data passes add little to the memory of the data itself."""
+    budget = max(1 << 16, (m * max(rho, 1)) // fraction)
+    return max(1, min(m, budget // max(1, width)))
+
+
+def _gram_hessian(op: HessianOperator, cols: np.ndarray) -> np.ndarray:
+    """``HessianOperator.dense`` on the NumPy backend (see there)."""
+    lay, m = op.layout, op.m
+    dy, dh, rho, n_u = lay.dy, lay.dh, lay.rho, lay.n_u
+    q = cols.size
+    pos = -np.ones(lay.n, dtype=int)
+    pos[cols] = np.arange(q)
+    H = np.zeros((q, q))
+    # small coordinates: u (d * dh + k) then b2; a sample's Jacobian on them is [delta_de O_ik | delta_de]
+    small = np.concatenate([np.arange(n_u), n_u + dh * rho + np.arange(dy if lay.has_b2 else 0)])
+    s_ok = pos[small] >= 0
+    s_pos = pos[small][s_ok]
+    nu_pos = [pos[lay.nu_index(k)] for k in range(dh)]
+    nu_ok = [p >= 0 for p in nu_pos]
+    live = [k for k in range(dh) if nu_ok[k].any()]
+    at = [_index(nu_pos[k][nu_ok[k]]) for k in range(dh)]  # where block k goes: a slice when contiguous
+    full = [bool(ok.all()) for ok in nu_ok]
+    W2 = op.W2
+    WtW = W2.T @ W2
+    n_s = small.size
+    # an eighth of Xr (at least 2^16 floats) for a chunk's temporaries
+    step = _row_step(m, rho, 2 * rho + dy * n_s + 2 * dh * dy, fraction=8)
+    for start in range(0, m, step):
+        rows = slice(start, min(m, start + step))
+        O, Xr, J, r = op.O[rows], op.Xr[rows], op.Jt[:, rows].T, op.r[rows]
+        mc = O.shape[0]
+        # HW[i, :, l] = H_i w_l (dy x dh per sample)
+        HW = op.h_scalar * np.broadcast_to(W2, (mc, dy, dh)) if op.h_scalar is not None else op.Hl[rows] @ W2
+        if s_ok.any():
+            H[np.ix_(s_pos, s_pos)] += _small_block(op, rows, O, s_ok, n_s)
+        for li, l in enumerate(live):
+            Jl = J[:, l]
+            # small x nu_l: sum_i (S_i' g_il) xr_i', g_il = H_i w_l J_il
+            if s_ok.any():
+                g = HW[:, :, l] * Jl[:, None]  # (mc, dy)
+                T = np.concatenate([(g[:, :, None] * O[:, None, :]).reshape(mc, n_u), g if lay.has_b2 else g[:, :0]],
+                                   axis=1)[:, s_ok]
+                blk = T.T @ Xr
+                sub = blk if full[l] else blk[:, nu_ok[l]]
+                if isinstance(at[l], slice):
+                    H[s_pos, at[l]] += sub
+                else:
+                    H[np.ix_(s_pos, at[l])] += sub
+            # nu_k x nu_l for k <= l, on the rows where c_kl is nonzero
+            for k in live[: li + 1]:
+                if op.h_scalar is not None:
+                    c = (op.h_scalar * WtW[k, l]) * (Jl * J[:, k])
+                else:
+                    c = Jl * J[:, k] * (HW[:, :, l] @ W2[:, k])
+                nz = c != 0
+                if not nz.any():
+                    continue
+                Xs, cs = (Xr, c) if nz.all() else (Xr[nz], c[nz])
+                blk = _weighted_gram(Xs, cs)
+                if full[k] and full[l]:
+                    H[at[k], at[l]] += blk
+                else:
+                    H[np.ix_(nu_pos[k][nu_ok[k]], nu_pos[l][nu_ok[l]])] += blk[np.ix_(nu_ok[k], nu_ok[l])]
+        # cross term: d^2 f_id / d U[d, k] d Nu[k, :] = J_ik xr_i (times r_id)
+        for k in live:
+            E = (J[:, k, None] * r).T @ Xr  # (dy, rho)
+            u = pos[lay.u_index(k)]
+            for d in np.flatnonzero(u >= 0):
+                H[u[d], at[k]] += E[d, nu_ok[k]]
+    # the nu-nu blocks were formed for k <= l, the small x nu blocks on one side: mirror them
+    _symmetrize_from_blocks(H, s_pos, [nu_pos[k][nu_ok[k]] for k in live])
+    if op.lam:
+        H[np.arange(q), np.arange(q)] += op.lam
+    return H
+
+
+def _small_block(op: HessianOperator, rows: slice, O: np.ndarray, s_ok: np.ndarray, n_s: int) -> np.ndarray:
+    """``sum_i S_i' H_i S_i`` over the chunk ``rows`` on the kept small coordinates (``u`` then ``b2``), a
+    sample's Jacobian on them being ``S_i = [delta_de O_i | delta_de]`` (:func:`_gram_hessian`)."""
+    lay = op.layout
+    dy, dh, n_u = lay.dy, lay.dh, lay.n_u
+    S = np.zeros((dy, O.shape[0], n_s))
+    for d in range(dy):
+        S[d, :, d * dh:(d + 1) * dh] = O
+        if lay.has_b2:
+            S[d, :, n_u + d] = 1.0
+    S = S[:, :, s_ok]
+    Hss = np.zeros((S.shape[2], S.shape[2]))
+    for d in range(dy):
+        for e in range(dy):
+            w = op.h_scalar * (d == e) if op.h_scalar is not None else op.Hl[rows, d, e]
+            if np.any(w):
+                Hss += S[d].T @ (np.reshape(w, (-1, 1)) * S[e])
+    return Hss
+
+
+def _weighted_gram(X: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """``X' diag(c) X``: a rank update (half the flops of a product) when the weights have one sign, on
+    ``X`` itself when they are all equal (a ReLU and the squared loss, on the rows kept)."""
+    if np.all(c == c[0]):
+        return c[0] * (X.T @ X)
+    sign = 1.0 if np.all(c >= 0) else -1.0 if np.all(c <= 0) else 0.0
+    if sign:
+        R = np.sqrt(sign * c)[:, None] * X
+        return sign * (R.T @ R)
+    return X.T @ (c[:, None] * X)
+
+
+def _index(p: np.ndarray):
+    """``p`` (increasing positions) as a slice when contiguous (a view, no fancy indexing), else itself."""
+    if p.size and p[-1] - p[0] == p.size - 1:
+        return slice(int(p[0]), int(p[-1]) + 1)
+    return p
+
+
+def _symmetrize_from_blocks(H: np.ndarray, s_pos: np.ndarray, nu_pos: list[np.ndarray]) -> None:
+    """Complete ``H`` in place: every off-diagonal block was accumulated on one side only (small x nu_l,
+    the cross term on u x nu_k, nu_k x nu_l for k <= l); the diagonal blocks are made exactly symmetric."""
+    blk = H[np.ix_(s_pos, s_pos)]
+    H[np.ix_(s_pos, s_pos)] = 0.5 * (blk + blk.T)
+    for li, pl in enumerate(nu_pos):
+        H[np.ix_(pl, s_pos)] = H[np.ix_(s_pos, pl)].T
+        for pk in nu_pos[:li]:
+            H[np.ix_(pl, pk)] = H[np.ix_(pk, pl)].T
+        blk = H[np.ix_(pl, pl)]
+        H[np.ix_(pl, pl)] = 0.5 * (blk + blk.T)
 
 
 class TorchHessianOperator(HessianOperator):

@@ -8,9 +8,9 @@ Inactive directions (ReLU, ``s_minus = 0``): moving ``nu_k`` orthogonally to the
 neuron ``k`` is active or on its kink changes only pre-activations that are negative and stay
 negative nearby, so no output moves, here or at any nearby point: a translation invariance,
 quotiented by the rows ``f . nu_k = 0`` for a basis of that orthogonal complement. A dead neuron is
-the extreme case (all of ``nu_k``, and then ``u_k`` too). The rank of those points is computed
-when they are fewer than the span dimension, or when the SVD is cheap (``n_act rho^2 <= 5e7``);
-more points in general position span everything.
+the extreme case (all of ``nu_k``, and then ``u_k`` too). The rank of those points (from their Gram
+matrix) is computed when they are fewer than the span dimension, or when that is cheap
+(``n_act rho^2 <= 5e7``); more points in general position span everything.
 
 Bias shifts: a neuron with no boundary point and one slope ``s`` on all data (always active, or
 always inactive under a leaky ReLU) is affine on a neighbourhood, so shifting its pre-activation
@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .first_order import NeuronTest
-from .geometry import data_span
+from .geometry import data_span, row_space
 from .operators import Layout
 from .options import Tolerances
 from .point import Point
 
 __all__ = ["Quotient", "SpanCoordinates", "Reduction", "span_coordinates", "dead_neurons",
-           "constant_direction", "bias_shift_rows", "inactive_rows", "affine_neurons", "reduce"]
+           "constant_direction", "span_guess", "bias_shift_rows", "inactive_rows", "affine_neurons", "reduce"]
 
 
 @dataclass(frozen=True)
@@ -104,12 +104,14 @@ class Quotient:
 @dataclass(frozen=True)
 class SpanCoordinates:
     """``nu_k = V' Z_k``-coordinates: ``V`` (d x rho) a basis of the data span (all of ``R^d`` under
-    weight decay, which is not flat outside it), ``Xr = Xbar V``, ``Zr = Z V`` and the layout of ``theta``."""
+    weight decay, which is not flat outside it), ``Xr = Xbar V``, ``Zr = Z V`` and the layout of ``theta``;
+    ``gram`` is ``Xr' Xr`` when it was computed on the way (None otherwise)."""
 
     V: np.ndarray
     Xr: np.ndarray
     Zr: np.ndarray
     layout: Layout
+    gram: np.ndarray | None = None
 
     @property
     def full_dim(self) -> int:
@@ -121,10 +123,16 @@ class SpanCoordinates:
 
 
 def span_coordinates(pt: Point, rank_tol: float) -> SpanCoordinates:
-    """The data-span coordinates of the point (DESIGN.md section 4)."""
+    """The data-span coordinates of the point (DESIGN.md section 4). When the span is all of ``R^d``
+    (always under weight decay) ``V`` is the identity and ``Xr`` is ``Xbar`` itself, not a copy."""
     net, Xbar = pt.net, pt.fwd.Xbar
-    V = data_span(Xbar, rank_tol) if pt.weight_decay == 0 else np.eye(Xbar.shape[1])
-    return SpanCoordinates(V, Xbar @ V, net.Z @ V, Layout(net.dy, net.dh, V.shape[1], net.has_b2))
+    d = Xbar.shape[1]
+    gram = Xbar.T @ Xbar if pt.weight_decay == 0 else None
+    V = data_span(Xbar, rank_tol, gram) if pt.weight_decay == 0 else np.eye(d)
+    layout = Layout(net.dy, net.dh, V.shape[1], net.has_b2)
+    if V.shape[1] == d and np.array_equal(V, np.eye(d)):
+        return SpanCoordinates(V, Xbar, net.Z, layout, gram)
+    return SpanCoordinates(V, Xbar @ V, net.Z @ V, layout)
 
 
 def dead_neurons(pt: Point, neurons: list[NeuronTest]) -> list[int]:
@@ -135,15 +143,28 @@ def dead_neurons(pt: Point, neurons: list[NeuronTest]) -> list[int]:
     return [nt.k for nt in neurons if nt.M == 0 and np.all(N[:, nt.k] < 0)]
 
 
-def constant_direction(Xr: np.ndarray, rank_tol: float) -> np.ndarray | None:
-    """``nu_c`` with ``Xr nu_c = 1``: the constant function in the data span, or None when there is none."""
+def constant_direction(Xr: np.ndarray, rank_tol: float, guess: np.ndarray | None = None) -> np.ndarray | None:
+    """``nu_c`` with ``Xr nu_c = 1``: the constant function in the data span, or None when there is none.
+
+    ``guess``: a candidate kept when its residual passes the same test (:func:`span_guess`), which
+    saves the m x rho least-squares solve; otherwise that solve decides."""
     if Xr.shape[0] == 0:
         return None
     ones = np.ones(Xr.shape[0])
+    tol = max(rank_tol, 1e-10) * np.sqrt(Xr.shape[0])
+    if guess is not None and np.linalg.norm(Xr @ guess - ones) <= tol:
+        return guess
     nu_c = np.linalg.lstsq(Xr, ones, rcond=None)[0]
-    if np.linalg.norm(Xr @ nu_c - ones) > max(rank_tol, 1e-10) * np.sqrt(Xr.shape[0]):
+    if np.linalg.norm(Xr @ nu_c - ones) > tol:
         return None
     return nu_c
+
+
+def span_guess(pt: Point, V: np.ndarray | None) -> np.ndarray | None:
+    """``V' e`` for the ones column ``e`` of ``Xbar`` (with ``b1``): the least-squares ``nu_c`` of
+    ``Xr nu_c = 1`` when ``V`` holds eigenvectors of the Gram ``G = Xbar' Xbar`` (:func:`data_span`),
+    since ``Xr' 1 = V' G e = S^2 V' e`` and ``Xr' Xr = S^2``. None without ``b1`` or ``V``."""
+    return np.array(V[-1]) if V is not None and pt.net.has_b1 else None
 
 
 def affine_neurons(pt: Point, neurons: list[NeuronTest], removed: set[int]) -> list[int]:
@@ -161,14 +182,16 @@ def affine_neurons(pt: Point, neurons: list[NeuronTest], removed: set[int]) -> l
 
 
 def bias_shift_rows(pt: Point, Xr: np.ndarray, neurons: list[NeuronTest], removed: set[int],
-                    rank_tol: float) -> dict[int, np.ndarray]:
+                    rank_tol: float, V: np.ndarray | None = None) -> dict[int, np.ndarray]:
     """Per neuron with an exact bias-shift flat curve (module docstring), the slice row on ``(u_k, nu_k)``.
 
     Needs ``b2``, no weight decay, a constant function in the data span (``Xr nu_c = 1``), and an
-    affine neuron (:func:`affine_neurons`) whose ``nu_k`` is kept (not in ``removed``).
+    affine neuron (:func:`affine_neurons`) whose ``nu_k`` is kept (not in ``removed``). ``V``: the
+    span basis behind ``Xr = Xbar V``, when known (:func:`span_guess`).
     """
     net = pt.net
-    nu_c = constant_direction(Xr, rank_tol) if pt.weight_decay == 0 and net.has_b2 else None
+    ok = pt.weight_decay == 0 and net.has_b2
+    nu_c = constant_direction(Xr, rank_tol, span_guess(pt, V)) if ok else None
     if nu_c is None:
         return {}
     return {k: np.concatenate([np.zeros(net.dy), nu_c]) for k in affine_neurons(pt, neurons, removed)}
@@ -196,10 +219,9 @@ def inactive_rows(pt: Point, boundary: np.ndarray, Xr: np.ndarray, neurons: list
         # is then skipped on large problems (no quotient: at worst `sosp` instead of a certificate)
         if n_act == 0 or (n_act >= rho and n_act * rho * rho > _INACTIVE_RANK_FLOPS):
             continue
-        _, sv, Vt = np.linalg.svd(Xr[act], full_matrices=n_act < rho)  # Vt: rho x rho either way
-        rank = int(np.sum(sv > max(rank_tol, 1e-12) * max(sv[0], 1e-300)))
-        if rank < rho:
-            rows[k] = Vt[rank:]
+        _, W = row_space(Xr[act], max(rank_tol, 1e-12))  # the rho x rho Gram, not an SVD of the points
+        if W.shape[1]:
+            rows[k] = W.T
     return rows
 
 
@@ -238,7 +260,7 @@ def reduce(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray, coords: S
     for k in zero:
         keep[layout.nu_index(k)] = False
     removed = set(dead) | set(zero)
-    shift = bias_shift_rows(pt, coords.Xr, neurons, removed, rank_tol)
+    shift = bias_shift_rows(pt, coords.Xr, neurons, removed, rank_tol, coords.V)
     inactive = inactive_rows(pt, boundary, coords.Xr, neurons, removed, rank_tol)
     shared = shared_rows(pt, coords, neurons, boundary, list(dead), list(zero), keep, tol or Tolerances())
     grouped = {k for g in shared if g.kind == "affine" for k in g.neurons}

@@ -41,6 +41,7 @@ class ReducedProblem:
     backend: str = "numpy"
     device: str | None = None
     base_operator: HessianOperator | None = field(default=None, repr=False)
+    gram: np.ndarray | None = field(default=None, repr=False)  # Xr' Xr, once computed
 
     @classmethod
     def of(cls, pt: Point, red: Reduction, boundary: np.ndarray, backend: str = "numpy",
@@ -48,7 +49,13 @@ class ReducedProblem:
         J = pt.net.slope(pt.fwd.N).astype(float)
         J[boundary] = pt.net.s_plus
         c = red.coords
-        return cls(pt, c.V, c.Xr, c.layout, red.keep, J, [], backend, device)
+        return cls(pt, c.V, c.Xr, c.layout, red.keep, J, [], backend, device, gram=c.gram)
+
+    def xr_gram(self) -> np.ndarray:
+        """``Xr' Xr`` (rho x rho), from the span computation when it had it."""
+        if self.gram is None:
+            self.gram = self.Xr.T @ self.Xr
+        return self.gram
 
     @property
     def n(self) -> int:

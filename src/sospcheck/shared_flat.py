@@ -24,7 +24,7 @@ from .first_order import NeuronTest
 from .operators import Layout
 from .options import Tolerances
 from .point import Point
-from .quotient import SpanCoordinates, affine_neurons, constant_direction
+from .quotient import SpanCoordinates, affine_neurons, constant_direction, span_guess
 
 __all__ = ["SharedRows", "linear_groups", "linear_group_rows", "duplicate_groups", "response_span", "duplicate_rows",
            "shared_rows"]
@@ -272,7 +272,8 @@ def shared_rows(pt: Point, coords: SpanCoordinates, neurons: list[NeuronTest], b
     for kind, group in linear_groups(pt, neurons, set(dead)):
         if all(k in zero for k in group):
             continue
-        nu_c = constant_direction(coords.Xr, tol.rank) if kind == "affine" and pt.net.has_b2 else None
+        ok = kind == "affine" and pt.net.has_b2
+        nu_c = constant_direction(coords.Xr, tol.rank, span_guess(pt, coords.V)) if ok else None
         found.append(linear_group_rows(pt, coords, group, nu_c, keep, set(zero), kind))
     others = [nt.k for nt in neurons if nt.k not in dead and nt.M > 0]
     for group in duplicate_groups(pt, coords, boundary, others, tol.boundary):

@@ -4,8 +4,9 @@ With ``N`` a basis of ``null(A)`` and ``C = B N``, ``theta = N (C^+ y + W w)``, 
 ``null(C)``: the ECQP is the ``w`` block (all kinks held, ``y = 0``), the same for every sign choice.
 A :class:`SubspaceSolver` gives its smallest eigenvalue ``lambda_min(Qww)``, solves with ``Qww^+``
 (the Schur complement of each ICQP) and, when ``Qww`` is singular, a direction along which an ICQP's
-form is unbounded below. Two implementations: :class:`DenseSubspace` (explicit basis, dense reduced
-``H``) and :class:`ProjectedSubspace` (block-diagonal projector, ``H`` through products only).
+form is unbounded below. Two implementations: :class:`sospcheck.dense_subspace.DenseSubspace` (dense
+reduced ``H``, a Cholesky certificate) and :class:`ProjectedSubspace` (block-diagonal projector, ``H``
+through products only, the Lanczos runs of :mod:`sospcheck.krylov`).
 """
 
 from __future__ import annotations
@@ -14,13 +15,21 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-from scipy.linalg import null_space
 
+from .krylov import KroneckerPreconditioner, lanczos_min, preconditioned_lanczos
 from .margins import FRAGILITY_FACTOR, Margins
 from .reduced import Block, ReducedProblem
 
-__all__ = ["MinEig", "SubspaceSolver", "DenseSubspace", "ProjectedSubspace", "lanczos_min", "spectral_norm",
-           "make_subspace"]
+__all__ = ["MinEig", "SubspaceSolver", "ProjectedSubspace", "lanczos_min", "spectral_norm", "make_subspace"]
+
+
+def __getattr__(name: str):
+    """``DenseSubspace`` from :mod:`sospcheck.dense_subspace` (which builds on this module), as before."""
+    if name == "DenseSubspace":
+        from .dense_subspace import DenseSubspace
+
+        return DenseSubspace
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -69,111 +78,8 @@ def spectral_norm(H: np.ndarray) -> float:
     return float(abs(eigsh(H, k=1, which="LM", return_eigenvectors=False)[0]))
 
 
-class DenseSubspace:
-    """The ECQP subspace by an explicit orthonormal basis ``Mw`` and the dense reduced ``H``."""
-
-    name = "dense"
-
-    def __init__(self, prob: ReducedProblem, blocks: list[Block]):
-        self.prob = prob
-        n = prob.n
-        self.H = prob.operator(prob.J_base).dense(prob.keep)
-        self.hessian_norm = spectral_norm(self.H)
-        cols = []
-        in_block = np.zeros(n, bool)
-        for b in blocks:
-            in_block[b.idx] = True
-            Nk = null_space(b.QE.T) if b.QE.shape[1] else np.eye(b.idx.size)
-            C = np.zeros((n, Nk.shape[1]))
-            C[b.idx] = Nk
-            cols.append(C)
-        free = np.flatnonzero(~in_block)
-        F = np.zeros((n, free.size))
-        F[free, np.arange(free.size)] = 1.0
-        self.Mw = np.hstack(cols + [F]) if cols or free.size else np.zeros((n, 0))
-        self.dim = int(self.Mw.shape[1])
-        Qww = self.Mw.T @ self.H @ self.Mw
-        # the spectrum of Qww serves every method; computed once, here
-        self.ew, self.Uw = np.linalg.eigh(Qww) if Qww.size else (np.zeros(0), np.zeros((0, 0)))
-
-    @property
-    def products(self) -> int:
-        return self.prob.products
-
-    def min_eig(self, eig_tol: float) -> MinEig:
-        if not self.ew.size:
-            return MinEig(None, None, 0.0, "dense")
-        return MinEig(float(self.ew[0]), self.Mw @ self.Uw[:, 0], 0.0, "dense")
-
-    def _null(self, eig_tol: float, margins: Margins) -> np.ndarray:
-        """Which eigenvalues of ``Qww`` count as zero."""
-        return margins.vector_abs_le("ICQP: eigenvalues of Qww", self.ew, eig_tol)
-
-    def solve(self, R: np.ndarray, eig_tol: float, margins: Margins) -> np.ndarray:
-        self._null(eig_tol, margins)
-        pos = self.ew > eig_tol
-        Qww_pinv = (self.Uw[:, pos] / self.ew[pos]) @ self.Uw[:, pos].T
-        return self.Mw @ (Qww_pinv @ (self.Mw.T @ R))
-
-    def unbounded_direction(self, My, HMy, Qyy, eig_tol, margins: Margins):
-        """y = e_j and w = -alpha n0 with n0 = the coupling G_j inside the (numerical) null space of Qww.
-
-        Along it the form is ``Qyy_jj - 2 alpha |G_j|^2 + alpha^2 n0' Qww n0``: unbounded below when
-        the null eigenvalues are truly zero, and otherwise negative only if ``Qyy_jj < |G_j|^4 /
-        n0' Qww n0`` (its value at the best ``alpha``); near-null eigenvalues within the tolerance
-        are thus never mistaken for an unbounded direction."""
-        null = self._null(eig_tol, margins)
-        G = self.Uw[:, null].T @ (self.Mw.T @ HMy)
-        lam = self.ew[null]
-        lam = np.where(np.abs(lam) <= 1e-12 * self.hessian_norm, 0.0, lam)  # rounding noise is zero
-        for j in np.argsort(-np.linalg.norm(G, axis=0)):
-            g2 = float(G[:, j] @ G[:, j])
-            if margins.at_most("ICQP: coupling to null(Qww)", np.sqrt(g2), eig_tol):
-                break
-            quad = float(lam @ G[:, j] ** 2)
-            if quad > 0 and not margins.below("ICQP: value along the coupling", Qyy[j, j] - g2**2 / quad, eig_tol):
-                continue
-            alpha = g2 / quad if quad > 0 else (abs(Qyy[j, j]) + 1.0) / g2
-            return My[:, j] - alpha * (self.Mw @ (self.Uw[:, null] @ G[:, j]))
-        return None
-
-
-def lanczos_min(apply, v0: np.ndarray, eig_tol: float, max_steps: int):
-    """Lanczos with full reorthogonalisation for the smallest eigenvalue, with two early exits.
-
-    ``("negative", rq, y)``: the first Ritz vector with ``y' A y < -eig_tol |y|^2``, checked with one
-    extra product (a certificate long before the eigenvalue converges). ``("converged", theta, y)``:
-    the smallest Ritz pair with residual ``beta_j |s_j| <= eig_tol / 10`` (or an invariant Krylov
-    space), so an eigenvalue lies within ``eig_tol / 10`` of ``theta``. None after ``max_steps``.
-    """
-    Q = np.empty((max_steps, v0.size))
-    Q[0] = v0 / np.linalg.norm(v0)
-    alphas, betas = [], []
-    for j in range(max_steps):
-        w = apply(Q[j])
-        alphas.append(float(Q[j] @ w))
-        Qm = Q[: j + 1]
-        w -= Qm.T @ (Qm @ w)
-        w -= Qm.T @ (Qm @ w)  # twice is enough (Kahan)
-        T = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
-        theta, S = np.linalg.eigh(T)
-        if theta[0] < -eig_tol:
-            y = Qm.T @ S[:, 0]
-            y /= np.linalg.norm(y)
-            rq = float(y @ apply(y))
-            if rq < -eig_tol:
-                return "negative", rq, y
-        beta = float(np.linalg.norm(w))
-        invariant = beta <= 1e-14 * max(1.0, abs(theta).max())
-        if invariant or beta * abs(S[-1, 0]) <= 0.1 * eig_tol:
-            y = Qm.T @ S[:, 0]
-            return "converged", float(theta[0]), y / np.linalg.norm(y)
-        if j + 1 == max_steps:
-            break
-        betas.append(beta)
-        Q[j + 1] = w / beta
-    return None
-
+# up to this many coordinates (and Lanczos steps) the plain run goes to an invariant Krylov space
+_EXACT_STEPS = 300
 
 # a value accurate to eig_tol / 10 at every tolerance scale is known, over the scales the fragility
 # probe tries, only to within that at this scale plus that at the largest one
@@ -184,10 +90,26 @@ class ProjectedSubspace:
     """The ECQP subspace by its block-diagonal projector; ``H`` only through products (DESIGN.md section 5).
 
     The minimum eigenvalue comes from Lanczos on ``P H P + sigma (I - P)``: the shift
-    ``sigma > |H|`` pushes the constrained directions above the spectrum of interest. A short
-    Lanczos run with early exit settles the saddle case: any Ritz vector whose (exactly computed)
-    Rayleigh quotient is below ``-eig_tol`` is already a certificate, long before the eigenvalue
-    converges. Otherwise ARPACK computes ``lambda_min`` to high accuracy.
+    ``sigma > |H|`` pushes the constrained directions above the spectrum of interest.
+
+    Up to ``_EXACT_STEPS`` coordinates, Lanczos runs to an invariant Krylov space (the exact
+    ``lambda_min``) unless a Ritz vector certifies negative curvature first. Larger problems first ask
+    the ECQP's question directly: is ``Qww - tau I`` positive definite, ``tau = 2 F eig_tol`` (``F`` the
+    fragility factor)? Lanczos on it, preconditioned by the Kronecker approximation of the Gauss-Newton
+    part (:class:`KroneckerPreconditioner`, :func:`preconditioned_lanczos`), answers in a few dozen
+    products where the plain run needs hundreds (the bottom of a Gauss-Newton spectrum is a dense
+    continuum). What it establishes: a Ritz value ``theta > 0`` of the preconditioned operator with
+    residual ``<= theta / 10``, so an eigenvalue of it lies in ``[0.9 theta, 1.1 theta]``; when that is the
+    smallest, ``lambda_min(Qww) > tau`` (Sylvester) and no scaling of the tolerances within ``[1/F, F]``
+    changes the decision. That it is the smallest is the Krylov assumption (a start vector with a
+    non-negligible component along the bottom eigenvector; a random one here), the same on which the
+    plain Lanczos and ARPACK values rest: the matrix-free answer is an estimate, not a proof (the dense
+    solver's Cholesky certificate is one), and its detail says so. The value reported is the smallest
+    Rayleigh quotient of ``Qww`` on the preconditioned Krylov space (computed exactly with one more
+    product), an upper bound on ``lambda_min``, and the margins see the interval ``[tau, value]``. A Ritz
+    vector with Rayleigh quotient below ``-eig_tol`` certifies a descent direction as before. Otherwise (``lambda_min``
+    near zero) the plain Lanczos run with early exits, and ARPACK to finish, decide as for small
+    problems.
     ``Qww`` solves use MINRES on the same operator; when ``Qww`` is singular its residual is the
     right-hand side's component in the null space (the unbounded case of the ICQP).
     """
@@ -242,12 +164,49 @@ class ProjectedSubspace:
             M = self.apply(np.eye(self.n))
             w, U = np.linalg.eigh(0.5 * (M + M.T))
             return self._report(float(w[0]), U[:, 0], 0.0)
+        if self.n > _EXACT_STEPS:
+            eig = self._certify(v, eig_tol)
+            if eig is not None:
+                return eig
         found = lanczos_min(lambda x: self.apply(x)[:, 0], v, eig_tol,
-                            max_steps=min(self.n, 300, (1 << 27) // self.n + 2))
+                            max_steps=min(self.n, _EXACT_STEPS, (1 << 27) // self.n + 2))
         if found is not None:
             # a negative Rayleigh quotient is exact; a converged one is accurate to eig_tol / 10
             return self._report(found[1], found[2], _SCALED_ACCURACY * eig_tol if found[0] == "converged" else 0.0)
         return self._arpack_min(v, eig_tol)
+
+    def _certify(self, v: np.ndarray, eig_tol: float) -> MinEig | None:
+        """``Qww - tau I > 0`` (class docstring) or a certified negative Rayleigh quotient; None when neither."""
+        tau = 2.0 * FRAGILITY_FACTOR * eig_tol
+        precond = KroneckerPreconditioner(self.prob)
+        m, rho = self.prob.Xr.shape
+
+        def shifted(x):
+            x = x.reshape(self.n, 1)
+            return (self.apply(x) - tau * self.project(x))[:, 0]
+
+        def negative(x):  # a Rayleigh quotient of Qww below -eig_tol, computed exactly
+            u = self.project(x)[:, 0]
+            u /= np.linalg.norm(u)
+            rq = float(u @ self.apply(u)[:, 0])
+            return (rq, u) if rq < -eig_tol else None
+
+        # its two bases (y_j and x_j) stay within a third of the data's size (or 2^17 floats; 20 steps at least)
+        steps = min(self.n, _EXACT_STEPS, max((m * max(rho, 1)) // (6 * self.n), (1 << 16) // self.n, 20))
+        found = preconditioned_lanczos(shifted, precond, v, steps, 0.1, negative)
+        if found is None or found[0] == "nonpositive":
+            return None
+        if found[0] == "negative":
+            rq, u = found[1]
+            return self._report(rq, u, 0.0, "preconditioned Lanczos")
+        u = self.project(found[3])[:, 0]
+        u /= np.linalg.norm(u)
+        value = float(u @ self.apply(u)[:, 0])
+        if value <= tau:  # cannot happen when lambda_min > tau; kept as a guard against rounding
+            return None
+        detail = (f"matrix-free (preconditioned Lanczos, {self.n_products} products: Krylov estimate Qww - tau I > 0 "
+                  f"with tau = {tau:.3g}; value = a Rayleigh quotient, an upper bound)")
+        return MinEig(value, u, value - tau, detail)
 
     def _arpack_min(self, v: np.ndarray, eig_tol: float) -> MinEig:
         """ARPACK on the operator shifted by ``c = |H|``: its stopping test is relative to the Ritz value,
@@ -268,8 +227,8 @@ class ProjectedSubspace:
         u = self.project(vec)[:, 0]
         return self._report(lam, u / np.linalg.norm(u), 2 * tol * c + _SCALED_ACCURACY * eig_tol)
 
-    def _report(self, lam: float, v: np.ndarray, accuracy: float) -> MinEig:
-        detail = (f"matrix-free (Lanczos, {self.n_products} products, residual "
+    def _report(self, lam: float, v: np.ndarray, accuracy: float, method: str = "Lanczos") -> MinEig:
+        detail = (f"matrix-free ({method}, {self.n_products} products, residual "
                   f"{np.linalg.norm(self.apply(v)[:, 0] - lam * v):.2g})")
         return MinEig(lam, v, accuracy, detail)
 
@@ -316,5 +275,7 @@ def make_subspace(prob: ReducedProblem, blocks: list[Block], solver: str, max_de
                   progress=None) -> SubspaceSolver:
     """``solver``: "dense", "matrix_free", or "auto" (dense up to ``max_dense_params`` kept coordinates)."""
     if solver == "dense" or (solver == "auto" and prob.n <= max_dense_params):
+        from .dense_subspace import DenseSubspace  # it builds on MinEig and spectral_norm here
+
         return DenseSubspace(prob, blocks)
     return ProjectedSubspace(prob, blocks, progress)

@@ -33,8 +33,10 @@ def validate_inputs(net, X, Y, loss, reduction: str, weight_decay) -> tuple[np.n
 
 
 def validate_features(X, dx: int) -> np.ndarray:
-    """``X`` as a finite (m, dx) float array with ``m >= 1``."""
-    X = as_float_array(X, "X", 2)
+    """``X`` as a finite (m, dx) float array with ``m >= 1``: a read-only view of the caller's array when it
+    is float64 already (no copy of the data, and nothing in the check can change it)."""
+    X = as_float_array(X, "X", 2, copy=False).view()
+    X.flags.writeable = False
     if X.shape[0] == 0:
         raise ValueError("`X` is empty: the check needs at least one data point")
     if X.shape[1] != dx:
@@ -93,7 +95,7 @@ def check_finite_point(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Lo
         if r.shape != (m, dy) or Hl.shape != (m, dy, dy):
             return
         s_hi = max(net.s_plus, net.s_minus)
-        xmax = float(np.max(np.abs(fwd.Xbar)))
+        xmax = max(float(np.max(fwd.Xbar)), -float(np.min(fwd.Xbar)))  # max |xbar_ij| without an m x d temporary
         grad_Z = ((r @ net.W2) * net.slope(fwd.N)).T @ fwd.Xbar
         reach = float(np.max(np.abs(fwd.O))) + s_hi * float(np.linalg.norm(net.W2)) * xmax
         second = m * (float(np.max(np.abs(Hl))) * reach * reach + float(np.max(np.abs(r))) * s_hi * xmax + xmax * xmax) + lam

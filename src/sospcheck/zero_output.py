@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .geometry import row_norms
 from .margins import Margins
 
 __all__ = ["ZeroOutputTest", "zero_output_test", "zero_output_mask", "zero_output_ratios"]
@@ -56,7 +57,7 @@ def zero_output_ratios(pt, a_zero: float) -> np.ndarray:
     col = np.linalg.norm(net.W2, axis=0)
     if pt.weight_decay != 0:
         return np.full(col.shape, np.inf)
-    xbar_max = float(np.max(np.linalg.norm(pt.fwd.Xbar, axis=1)))
+    xbar_max = float(np.max(row_norms(pt.fwd.Xbar)))
     contribution = max(net.s_plus, net.s_minus) * col * np.linalg.norm(net.Z, axis=1) * xbar_max * np.sqrt(pt.m)
     output_scale = float(np.linalg.norm(pt.fwd.out) + np.linalg.norm(pt.Y))
     return np.minimum(_ratio(col, a_zero * np.linalg.norm(net.W2)), _ratio(contribution, a_zero * output_scale))
