@@ -349,6 +349,13 @@ def test_without_kink_qualification_a_nonlinear_relation_is_refused():
         deep_oracle(oracle_instance(NONLINEAR_RELATION), allow_dependent=True)
 
 
+def _fragile_towards(d: dict, verdict: str) -> bool:
+    """The check flags its verdict fragile and the oracle's is the one at a tolerance scaled by 10 or 0.1: a
+    curvature at the resolution of the planted residuals (the oracle calls zero what is below 1e-8 max|H|)."""
+    r = _check(d, fragility=True)
+    return bool(r.fragile) and verdict in r.fragility.values() and verdict in ("sosp", "local_minimum")
+
+
 def _dependent_agreement(n: int, seed: int) -> tuple[Counter, list, int]:
     """Verdict and order against the oracle on instances where the oracle's kink gradients are dependent (the
     check's groups restore LIKQ on a few: merged order-1 kinks); every descent lowers the oracle's risk at the
@@ -362,7 +369,7 @@ def _dependent_agreement(n: int, seed: int) -> tuple[Counter, list, int]:
         if r.stats.likq is False:
             seen[_vo(r)] += 1
         if (o.verdict, o.order) != _vo(r):
-            if _within_resolution(d, o, r):
+            if _within_resolution(d, o, r) or _fragile_towards(d, o.verdict):
                 finer += 1
             else:
                 bad.append((q, d["kind"], (o.verdict, o.order), _vo(r), r.reason))

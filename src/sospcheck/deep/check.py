@@ -2,7 +2,8 @@
 
 point -> kinks and switching variables -> kink qualification -> first order (two least squares and the
 rays, or sign patterns without LIKQ) -> second order on the critical cone (ECQP/ICQP with the kink
-surfaces' curvature; without LIKQ one ICQP per critical face of the cells) -> verification on the true risk -> :class:`~sospcheck.result.CheckResult`.
+surfaces' curvature; without LIKQ one ICQP per critical face of the cells) -> verification on the true
+risk -> :class:`~sospcheck.result.CheckResult`.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from ..options import Budget, Tolerances
 from ..validation import validate_features, validate_targets
 from ..result import CheckResult, Decision, DescentCertificate, NeuronRecord, Reason, Stats
 from ..second_order import Outcome
+from .cells import second_order_cells
 from .first_order import FirstOrder, first_order_likq, first_order_patterns, kink_geometry
 from .kinks import find_kinks, kink_orders
 from .model import DeepDirection, DeepNet, deep_forward
 from .pieces import Pieces
-from .cells import second_order_cells
 from .second_order import DeepSecondOrder, quotient_basis, second_order_deep
 from .switching import base_slopes, switching_variables
 
@@ -237,20 +238,25 @@ def _analyze(problem: DeepProblem, tol: Tolerances, bud: Budget, solver: str, ma
         reason = {"ECQP": Reason.ECQP_DESCENT, "critical face": Reason.FACE_DESCENT}.get(so.source, Reason.ICQP_DESCENT)
         cands = so.candidates or [(so.direction, so.curvature)]
         return _verified(st, pieces, ks, [(d, 0.5 * c) for d, c in cands], 2, so.source, reason, 0.0, fo, so)
-    if not geo.likq:
-        st.established.append(f"{so.cells} cells of the switching groups (at most {so.cell_bound}), "
-                              f"{so.faces} critical face(s) beyond the held kinks")
+    st.established += _second_order_established(so, quot, geo.likq)
+    return _finish(st, Reason.SOSP if so.outcome == Outcome.ZERO else Reason.MINIMUM, ks, fo, so)
+
+
+def _second_order_established(so: DeepSecondOrder, quot, likq: bool) -> list[str]:
+    """What a second order without descent established (cells and faces without LIKQ, the QPs, the quotient)."""
+    out = [] if likq else [f"{so.cells} cells of the switching groups (at most {so.cell_bound}), {so.faces} critical "
+                           "face(s) beyond the held kinks"]
     ecqp = next((q for q in so.records if q.kind == "ECQP"), None)
     if ecqp is not None:
-        st.established.append(f"ECQP {ecqp.outcome}")
+        out.append(f"ECQP {ecqp.outcome}")
     n_icqp = sum(q.kind == "ICQP" for q in so.records)
     if n_icqp:
-        st.established.append(f"{n_icqp} ICQP(s) without negative curvature")
+        out.append(f"{n_icqp} ICQP(s) without negative curvature")
     if quot.U.shape[1]:
-        st.established.append(f"quotient: {quot.orbits} rescaling orbit(s), dead unit(s) {quot.dead}, affine unit(s) "
-                              f"{quot.affine}, {quot.layer1_flat} flat layer-1 direction(s), {quot.silent_weights} "
-                              "silent weight(s)")
-    return _finish(st, Reason.SOSP if so.outcome == Outcome.ZERO else Reason.MINIMUM, ks, fo, so)
+        out.append(f"quotient: {quot.orbits} rescaling orbit(s), dead unit(s) {quot.dead}, affine unit(s) "
+                   f"{quot.affine}, {quot.layer1_flat} flat layer-1 direction(s), {quot.silent_weights} "
+                   "silent weight(s)")
+    return out
 
 
 def _interpolates(problem: DeepProblem, out: np.ndarray, r: np.ndarray) -> bool:
