@@ -356,12 +356,27 @@ def _fragile_towards(d: dict, verdict: str) -> bool:
     return bool(r.fragile) and verdict in r.fragility.values() and verdict in ("sosp", "local_minimum")
 
 
-def _dependent_agreement(n: int, seed: int) -> tuple[Counter, list, int]:
+def _tiny_curvature_descent(d: dict, o, r) -> bool:
+    """As :func:`_within_resolution`, the ``c t^2`` law checked at two consecutive steps ``t, t / 10`` below the
+    verified one (that step may be far from the point when the curvature is this small)."""
+    if (o.verdict, _vo(r)) != ("sosp", ("descent", 2)):
+        return False
+    c = r.descent
+    if abs(c.curvature) > 1e-8 * max(1.0, r.stats.hessian_norm):
+        return False
+    inst = oracle_instance(d)
+    R0 = inst.risk()
+    drops = [R0 - inst.risk(c.direction.displacement(c.step * 10.0**-k)) for k in range(1, 6)]
+    return any(a > 0 and b > 0 and 50 < a / b < 200 for a, b in zip(drops, drops[1:]))
+
+
+def _dependent_agreement(n: int, seed: int) -> tuple[Counter, list, int, int]:
     """Verdict and order against the oracle on instances where the oracle's kink gradients are dependent (the
     check's groups restore LIKQ on a few: merged order-1 kinks); every descent lowers the oracle's risk at the
-    verified step. Returns the verdicts of the instances without LIKQ, the disagreements and the finer answers
-    (:func:`_within_resolution`)."""
-    seen, bad, finer = Counter(), [], 0
+    verified step. Returns the verdicts of the instances without LIKQ, the wrong verdicts, the finer answers
+    (:func:`_within_resolution`, :func:`_tiny_curvature_descent`, :func:`_fragile_towards`) and the
+    ``inconclusive`` answers where the oracle decides (never wrong, counted)."""
+    seen, bad, finer, undecided = Counter(), [], 0, 0
     for q, d in enumerate(random_dependent_instances(n, seed=seed)):
         inst = oracle_instance(d)
         o = deep_oracle(inst, allow_dependent=True)
@@ -369,29 +384,31 @@ def _dependent_agreement(n: int, seed: int) -> tuple[Counter, list, int]:
         if r.stats.likq is False:
             seen[_vo(r)] += 1
         if (o.verdict, o.order) != _vo(r):
-            if _within_resolution(d, o, r) or _fragile_towards(d, o.verdict):
+            if r.verdict.value == "inconclusive":
+                undecided += 1
+            elif _within_resolution(d, o, r) or _tiny_curvature_descent(d, o, r) or _fragile_towards(d, o.verdict):
                 finer += 1
             else:
                 bad.append((q, d["kind"], (o.verdict, o.order), _vo(r), r.reason))
         if r.descent is not None:
             c = r.descent
             assert inst.risk(c.direction.displacement(c.step)) < inst.risk(), (q, d["kind"])
-    return seen, bad, finer
+    return seen, bad, finer, undecided
 
 
 def test_without_kink_qualification_agrees_with_the_oracle():
     """Collinear and through-the-origin layer-1 kinks, kinks of one activation region, points dead below
     (tests/deep_instances.py): every verdict of order <= 2 occurs, none disagrees."""
-    seen, bad, finer = _dependent_agreement(120, seed=3)
-    assert not bad and finer <= 1
+    seen, bad, finer, undecided = _dependent_agreement(120, seed=3)
+    assert not bad and finer <= 1 and undecided == 0
     assert sum(seen.values()) >= 100
     assert {("descent", 1), ("descent", 2), ("sosp", None), ("local_minimum", None)} <= set(seen)
 
 
 @pytest.mark.slow
 def test_without_kink_qualification_agrees_with_the_oracle_600():
-    seen, bad, finer = _dependent_agreement(600, seed=11)
-    assert not bad and finer <= 3
+    seen, bad, finer, undecided = _dependent_agreement(600, seed=11)
+    assert not bad and finer <= 3 and undecided <= 2
 
 
 def test_without_kink_qualification_first_order_descent_is_found():
