@@ -17,11 +17,13 @@ sign of the curvature). Nothing here imports ``sospcheck``; ``tests/deep_oracle.
 
 from __future__ import annotations
 
+from itertools import product
+
 import numpy as np
 from scipy.linalg import null_space
 from scipy.optimize import linprog
 
-from deep_oracle import DeepInstance, likq_rank
+from deep_oracle import DeepInstance, dependent_ok, likq_rank
 
 KINDS = ("planted", "weight_decay", "random", "logistic", "cross_entropy")
 WEIGHTS = {"planted": 0.55, "weight_decay": 0.15, "random": 0.14, "logistic": 0.08, "cross_entropy": 0.08}
@@ -182,3 +184,178 @@ def random_deep_instances(n: int, seed: int = 0, max_M: int = 5, weights: dict |
 def oracle_instance(d: dict) -> DeepInstance:
     return DeepInstance(d["weights"], d["biases"], d["X"], d["Y"], d["s_plus"], d["s_minus"], d["weight_decay"],
                         d["loss"])
+
+
+# ------------------------------------------------------------------ without the kink qualification
+DEPENDENT_KINDS = ("collinear", "origin", "region", "dead")
+
+
+def _line_points(rng, x0, d, count):
+    """``count`` distinct grid points ``x0 + t d`` (``t != 0``), or None."""
+    ts = [t for t in range(-7, 8) if t and np.all(np.abs(x0 + t * d) <= 7)]
+    if len(ts) < count:
+        return None
+    return [x0 + t * d for t in rng.choice(ts, size=count, replace=False)]
+
+
+def _dependent_layer1(rng, kind, W, X):
+    """Unit 0 of layer 1 gets three or more kink points whose ``xbar`` are dependent: collinear points (``dx = 2``,
+    bias) or points of the plane ``w . x = 0`` (``dx = 3``, no bias). Returns (bias or None, X)."""
+    w = W[0]
+    if not np.any(w):
+        return None
+    x0 = X[0]
+    if kind == "collinear":
+        d = np.array([-w[1], w[0]]) / np.gcd(int(abs(w[0])), int(abs(w[1])))
+        pts = _line_points(rng, x0, d, int(rng.integers(2, 4)))
+        b = -(w @ x0)
+    else:
+        u = np.cross(w, np.eye(3)[int(np.argmin(np.abs(w)))])
+        v = np.cross(w, u)
+        u, v = u / np.gcd.reduce(np.abs(u).astype(int)), v / np.gcd.reduce(np.abs(v).astype(int))
+        cand = [a * u + c * v for a, c in ((1, 0), (0, 1), (1, 1), (1, -1), (2, 1), (1, 2)) if True]
+        cand = [x for x in cand if np.all(np.abs(x) <= 7)]
+        if len(cand) < 3:
+            return None
+        pts = [cand[j] for j in rng.choice(len(cand), size=min(len(cand), int(rng.integers(3, 5))), replace=False)]
+        b = None
+    if pts is None:
+        return None
+    X = X.copy()
+    X[len(X) - len(pts):] = pts
+    return b, X
+
+
+def _dependent_layer2(rng, kind, Ws, bs, X, s_minus):
+    """``dx = 1``. "dead" (ReLU): the two or three smallest points are dead in every layer-1 unit (thresholds at
+    half-integers) and ``b2[0] = 0``, so they sit on the kink of layer-2 unit 0 with the same pre-activation.
+    "region": a window of three or four consecutive points is one layer-1 activation region (units 0 and 1 switch
+    just outside it) along which layer-2 unit 0 is constant (``W2[0] . d = 0``) and zero."""
+    x = np.sort(X[:, 0])
+    n1 = Ws[0].shape[0]
+    k = int(rng.integers(2, 4))
+    if kind == "dead":
+        t = 0.5 * (x[k - 1] + x[k])
+        Ws[0][:, 0] = rng.integers(1, 3, size=n1)
+        bs[0][:] = -Ws[0][:, 0] * t
+        bs[1][0] = 0.0
+        return True
+    a = int(rng.integers(0, len(x) - k + 1))
+    lo, hi = x[a] - 0.5, x[a + k] - 0.5 if a + k < len(x) else x[-1] + 0.5
+    Ws[0][0, 0], Ws[0][1, 0] = rng.integers(1, 3), -rng.integers(1, 3)
+    bs[0][0], bs[0][1] = -Ws[0][0, 0] * lo, -Ws[0][1, 0] * hi
+    for u in range(2, n1):  # any further unit: a threshold between grid points
+        bs[0][u] = -Ws[0][u, 0] * (float(rng.integers(-7, 7)) + 0.5)
+    N1 = X @ Ws[0].T + bs[0]
+    inside = (X[:, 0] > lo) & (X[:, 0] < hi)
+    S = np.where(N1[np.flatnonzero(inside)[0]] > 0, 1.0, s_minus)
+    d = S * Ws[0][:, 0]  # da1/dx on the window
+    w2 = np.zeros(n1)
+    w2[:2] = [d[1], -d[0]]
+    if n1 > 2 or not np.any(w2):
+        return False
+    Ws[1][0] = w2 / np.gcd.reduce(np.abs(w2).astype(int))
+    bs[1][0] = -(Ws[1][0] @ (S * N1[np.flatnonzero(inside)[0]]))
+    return True
+
+
+def random_dependent_instance(rng: np.random.Generator, kind: str, max_M: int = 6, planted: bool = True,
+                              ) -> dict | None:
+    """A tiny deep instance exactly on kinks whose gradients are linearly dependent (LIKQ fails), the relations
+    holding to second order in every piece (``deep_oracle.dependent_ok``), first-order stationary when
+    ``planted`` (else random integer targets); None when the draw fails."""
+    D = int(rng.choice([2, 3], p=[0.7, 0.3]))
+    dx = {"collinear": 2, "origin": 3}.get(kind, 1)
+    widths = [int(w) for w in rng.integers(1, 3, size=D)]
+    if kind in ("region", "dead"):
+        widths[0] = 2 if kind == "region" else int(rng.integers(1, 3))
+    dy, m = 1, int(rng.integers(7, 12)) if planted else int(rng.integers(4, 8))
+    s_minus = 0.0 if kind == "dead" else float(rng.choice([0.0, 0.5]))
+    dims = [dx] + widths + [dy]
+    Ws = [rng.integers(-2, 3, size=(dims[l + 1], dims[l])).astype(float) for l in range(D + 1)]
+    bs = [rng.integers(-2, 3, size=dims[l + 1]).astype(float) for l in range(D + 1)]
+    X = _distinct_points(rng, m, dx)
+    if kind in ("collinear", "origin"):
+        got = _dependent_layer1(rng, kind, Ws[0], X)
+        if got is None:
+            return None
+        b, X = got
+        if len({tuple(x) for x in X}) < len(X):
+            return None
+        if b is None:
+            bs[0] = None
+        else:
+            bs[0][0] = b
+    elif not _dependent_layer2(rng, kind, Ws, bs, X, s_minus):
+        return None
+    _plant_more(rng, Ws, bs, X, s_minus, skip={(0, 0)} if kind in ("collinear", "origin") else {(1, 0)})
+    inst = DeepInstance(Ws, bs, X, np.zeros((m, dy)), 1.0, s_minus, 0.0, "squared")
+    if not 3 <= inst.M <= max_M or likq_rank(inst) == inst.M or not dependent_ok(inst):
+        return None
+    out = inst._plain_forward(inst.theta())[0]
+    if planted:
+        r = _planted_dependent(rng, inst)
+        if r is None:
+            return None
+        Y = out - r
+    else:
+        Y = out + rng.integers(-2, 3, size=out.shape)
+    return dict(weights=Ws, biases=bs, X=X, Y=Y, s_plus=1.0, s_minus=s_minus, weight_decay=0.0, loss="squared",
+                kind=kind + ("" if planted else "_random"))
+
+
+def _plant_more(rng, Ws, bs, X, s_minus, skip):
+    """A few more kinks (as :func:`_plant_kinks`), leaving the units in ``skip`` alone."""
+    a = X
+    for l in range(len(Ws) - 1):
+        for k in range(Ws[l].shape[0]):
+            if (l, k) not in skip and bs[l] is not None and rng.random() < 0.35:
+                bs[l][k] = -(Ws[l][k] @ a[int(rng.integers(len(X)))])
+        N = a @ Ws[l].T + (0.0 if bs[l] is None else bs[l])
+        a = np.where(N > 0, 1.0, s_minus) * N
+
+
+def _planted_dependent(rng, inst: DeepInstance) -> np.ndarray | None:
+    """Residuals ``r`` with every linearised cone stationary: for each piece ``sigma`` some ``lam^sigma >= 0`` has
+    ``J_sigma' r = sum_j lam^sigma_j sigma_j grad z^sigma_j`` (Farkas). One LP in ``(r, lam)`` with a random
+    objective: its vertices leave many ``lam_j = 0``, hence flat rays. None when only ``r = 0`` is feasible."""
+    M, p, m, dy = inst.M, inst.p, inst.m, inst.dy
+    sigmas = list(product((1, -1), repeat=M))
+    nr, nl = m * dy, len(sigmas) * M
+    Aeq = np.zeros((len(sigmas) * p, nr + nl))
+    for q, sigma in enumerate(sigmas):
+        jets = inst.jets(sigma)
+        J = jets[-1][1].reshape(m * dy, p)
+        G = np.array([jets[l][1][i, k] for (i, l, k) in inst.pairs])
+        Aeq[q * p:(q + 1) * p, :nr] = J.T
+        Aeq[q * p:(q + 1) * p, nr + q * M:nr + (q + 1) * M] = -(np.array(sigma, float)[:, None] * G).T
+    cost = np.r_[rng.standard_normal(nr), -rng.random(nl) * (rng.random(nl) < 0.5)]
+    res = linprog(cost, A_eq=Aeq, b_eq=np.zeros(len(Aeq)), bounds=[(-3, 3)] * nr + [(0, 10)] * nl, method="highs",
+                  options={"primal_feasibility_tolerance": 1e-10, "dual_feasibility_tolerance": 1e-10})
+    if res.status != 0:
+        return None
+    # polish to rounding: project onto the equalities with the LP's support of lam kept (the LP is exact to 1e-10)
+    cols = np.r_[np.arange(nr), nr + np.flatnonzero(res.x[nr:] > 1e-9)]
+    Nb = null_space(Aeq[:, cols])
+    x = Nb @ (Nb.T @ res.x[cols])
+    if np.any(x[nr:] < 0):
+        return None
+    r = x[:nr]
+    if np.abs(r).max() < 1e-6:
+        return None
+    r = r / np.abs(r).max() * float(np.exp(rng.uniform(np.log(0.05), np.log(20.0))))
+    return r.reshape(m, dy)
+
+
+def random_dependent_instances(n: int, seed: int = 0, max_M: int = 6, planted_share: float = 0.8) -> list[dict]:
+    """``n`` instances where the kink qualification fails, kinds in turn from :data:`DEPENDENT_KINDS`."""
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < n:
+        kind = DEPENDENT_KINDS[len(out) % len(DEPENDENT_KINDS)]
+        planted = bool(rng.random() < planted_share)
+        inst = None
+        while inst is None:
+            inst = random_dependent_instance(rng, kind, max_M, planted)
+        out.append(inst)
+    return out

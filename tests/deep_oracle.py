@@ -7,7 +7,10 @@ Schur complement or copositivity. It must not import ``sospcheck`` (nor torch): 
 its own second-order forward mode (value, gradient, Hessian of every unit), losses from ``oracle.py``.
 
 Method (``M`` kink pairs ``j = (i, l, k)`` with ``N^l_ik == 0``, exact for integer data; the kink
-gradients must be linearly independent, which every generated instance satisfies).
+gradients must be linearly independent, which every generated instance satisfies, or, with
+``allow_dependent``, dependent only through relations that also hold for their Hessians in every piece:
+then each piece is a polyhedral cone in a chart up to ``O(|d|^3)``, the multipliers ``mu`` below may be any
+solution (the Lagrangian's Hessian is the same for all), and every step stays exact).
 
 1. Pieces. For ``sigma in {-1, +1}^M`` the network with slope ``s_{sigma_j}`` frozen on pair ``j`` (and
    ``h'(N)`` elsewhere) is a polynomial ``f_sigma``; so are the pre-activations ``z_j``. Near the point
@@ -222,13 +225,41 @@ def likq_rank(inst: DeepInstance) -> int:
     return int(np.linalg.matrix_rank(inst.piece([1] * inst.M)[2], tol=1e-9))
 
 
-def deep_oracle(inst: DeepInstance, tol: float = 1e-8) -> DeepOracleResult:
+def relation_residual(Gz: np.ndarray, Hz: np.ndarray, tol: float = 1e-9) -> float:
+    """Largest ``|sum_j c_j Hz_j| / max_j |Hz_j|`` (Frobenius) over the unit relations ``c' Gz = 0`` between the
+    unit-scaled kink gradients: 0 when every relation between the kink pre-activations that holds to first order
+    also holds to second order."""
+    n = np.linalg.norm(Gz, axis=1)
+    zero = n <= tol * max(n.max(initial=0.0), 1e-300)
+    w = 1.0 / np.where(zero, 1.0, n)
+    U, s, _ = np.linalg.svd(Gz * w[:, None], full_matrices=True)
+    rank = int(np.sum(s > tol * s[0])) if s.size and s[0] > 0 else 0
+    den = max((wj * np.linalg.norm(H) for wj, H in zip(w, Hz)), default=0.0)
+    if den == 0:
+        return 0.0
+    return max((float(np.linalg.norm(np.einsum("j,jpq->pq", c * w, Hz))) / den for c in U[:, rank:].T), default=0.0)
+
+
+def dependent_ok(inst: DeepInstance, tol: float = 1e-7, piece=None) -> bool:
+    """Every piece's kink relations hold to second order (:func:`relation_residual` <= ``tol``): then near the point
+    each piece is, up to ``O(|d|^3)``, a polyhedral cone in the chart of a basis of its kinks, and the face
+    enumeration below stays exact."""
+    piece = piece or inst.piece
+    return all(relation_residual(*[piece(sigma)[k] for k in (2, 3)]) <= tol
+               for sigma in product((1, -1), repeat=inst.M))
+
+
+def deep_oracle(inst: DeepInstance, tol: float = 1e-8, allow_dependent: bool = False) -> DeepOracleResult:
+    """``allow_dependent``: accept linearly dependent kink gradients when :func:`dependent_ok` (else refused)."""
     M = inst.M
     if M > MAX_M:
         raise ValueError(f"deep oracle limited to M <= {MAX_M} kinks, got {M}")
-    if likq_rank(inst) < M:
-        raise ValueError("the kink gradients are linearly dependent: the deep oracle needs them independent")
     piece = lru_cache(maxsize=None)(inst.piece)  # sigma tuples: every piece computed once
+    if likq_rank(inst) < M:
+        if not allow_dependent:
+            raise ValueError("the kink gradients are linearly dependent: the deep oracle needs them independent")
+        if not dependent_ok(inst, piece=lambda sigma: piece(tuple(sigma))):
+            raise ValueError("the kink gradients are linearly dependent and their relations fail at second order")
 
     for sigma in product((1, -1), repeat=M):
         g, _, Gz, _ = piece(sigma)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from deep_instances import oracle_instance, random_deep_instances  # noqa: E402
+from deep_instances import oracle_instance, random_deep_instances, random_dependent_instances  # noqa: E402
 from deep_oracle import DeepInstance, deep_oracle  # noqa: E402
 from instances import random_instances  # noqa: E402
 from scipy.linalg import null_space  # noqa: E402
@@ -45,9 +46,11 @@ def _vo(r):
     return r.verdict.value, (r.descent.order if r.descent is not None else None)
 
 
-def _within_resolution(d: dict, o, r) -> bool:
+def _within_resolution(d: dict, o, r, below: int = 1) -> bool:
     """The oracle calls an eigenvalue zero within ``1e-8 max|H|``; a verified order-2 descent whose curvature is
-    below that, and whose decrease follows ``c t^2`` on the true risk, is the finer answer, not a disagreement."""
+    below that, and whose decrease follows ``c t^2`` on the true risk, is the finer answer, not a disagreement.
+    The law is checked at ``t, t / 10`` for ``t = step / 10^k``, ``k <= below`` (the verified step may be far from
+    the point when the curvature is this small)."""
     if (o.verdict, _vo(r)) != ("sosp", ("descent", 2)):
         return False
     c = r.descent
@@ -55,8 +58,8 @@ def _within_resolution(d: dict, o, r) -> bool:
         return False
     inst = oracle_instance(d)
     R0 = inst.risk()
-    drops = [R0 - inst.risk(c.direction.displacement(t)) for t in (c.step / 10, c.step / 100)]
-    return drops[0] > 0 and drops[1] > 0 and 50 < drops[0] / drops[1] < 200
+    drops = [R0 - inst.risk(c.direction.displacement(c.step * 10.0**-k)) for k in range(1, below + 2)]
+    return any(a > 0 and b > 0 and 50 < a / b < 200 for a, b in zip(drops, drops[1:]))
 
 
 # ------------------------------------------------------------------------------------- oracle agreement
@@ -298,11 +301,102 @@ def _dependent_case(r0: float, r1: float):
     return net, X, Y
 
 
-def test_without_kink_qualification_first_order_stationary_refuses():
+def test_without_kink_qualification_second_order_is_decided():
+    """Stationary with dependent kinks: the two cells (both kinks on one side) each have one flat ray; along the
+    ``+`` one the curve ``b2 = t``, ``b3 = -t`` (``t >= 0``) leaves the risk unchanged: ``sosp``, as the oracle says
+    (the check used to stop at the kink qualification)."""
     net, X, Y = _dependent_case(1.0, -1.0)
     r = check_deep(net, X, Y)
+    assert r.verdict.value == "sosp" and r.reason_code == Reason.SOSP and not r.fragile
+    assert r.stats.likq is False and r.stats.likq_rank == 1 and r.stats.patterns == 4
+    assert r.stats.cells == 2 and r.stats.cell_bound == 2 and r.stats.critical_faces == 2
+    inst = DeepInstance([np.array([[1.0]])] * 3, [np.array([0.0])] * 3, X, Y)
+    assert deep_oracle(inst, allow_dependent=True).verdict == "sosp"
+    R0 = inst.risk()
+    for t in (1e-3, 1e-1):
+        v = np.zeros(6)
+        v[3], v[5] = t, -t  # b2, b3
+        assert inst.risk(v) == pytest.approx(R0, abs=1e-15)
+
+
+def test_without_kink_qualification_budgets_refuse_with_the_count():
+    """Counted before solving: the cells' bound against max_cells (nothing enumerated), the critical faces against
+    max_icqp (no ICQP solved)."""
+    net, X, Y = _dependent_case(1.0, -1.0)
+    r = check_deep(net, X, Y, budget={"max_cells": 1})
+    assert r.verdict.value == "inconclusive" and r.reason_code == Reason.CELL_BUDGET
+    assert "up to 2 cells" in r.reason and "max_cells=1" in r.reason and r.stats.qps == []
+    r = check_deep(net, X, Y, budget={"max_icqp": 1})
+    assert r.verdict.value == "inconclusive" and r.reason_code == Reason.ICQP_BUDGET
+    assert "2 critical faces" in r.reason and "max_icqp=1" in r.reason and r.stats.qps == []
+
+
+# Dependent kinks whose relation fails at second order: at x = -4 the layer-1 unit 1 is on its kink and the
+# layer-2 unit 0 too, whose pre-activation there is b2 + W2[0, 1] s (2 x + 8): in the piece with the layer-1 kink
+# on +, z_c = z_b + W2[0, 1] z_a, a relation with a coefficient that moves with theta (z_b = b2 is the dead point
+# x = -6). Found by the generator (stationary by construction); the oracle refuses it too.
+NONLINEAR_RELATION = dict(weights=[[[1.0], [2.0]], [[0.0, 2.0], [-2.0, 1.0]], [[-1.0, 2.0]]],
+                          biases=[[0.5, 8.0], [0.0, 2.0], [-2.0]],
+                          X=[[5.0], [0.0], [-1.0], [-6.0], [6.0], [1.0], [4.0], [7.0], [3.0], [-4.0]],
+                          Y=[[-19.825432286999927], [-0.17456771300007196], [2.0], [2.0], [-24.0], [-3.825432286999928],
+                             [-15.825432286999929], [-28.174567713000073], [-12.174567713000071], [2.0]],
+                          s_plus=1.0, s_minus=0.0, weight_decay=0.0, loss="squared")
+
+
+def test_without_kink_qualification_a_nonlinear_relation_is_refused():
+    r = _check(NONLINEAR_RELATION)
     assert r.verdict.value == "inconclusive" and r.reason_code == Reason.KINK_QUALIFICATION
-    assert "rank 1" in r.reason and r.stats.likq is False and r.stats.patterns == 4
+    assert "not linearly dependent to second order" in r.reason and "gradient rank 2" in r.reason
+    with pytest.raises(ValueError, match="fail at second order"):
+        deep_oracle(oracle_instance(NONLINEAR_RELATION), allow_dependent=True)
+
+
+def _fragile_towards(d: dict, verdict: str) -> bool:
+    """The check flags its verdict fragile and the oracle's is the one at a tolerance scaled by 10 or 0.1: a
+    curvature at the resolution of the planted residuals (the oracle calls zero what is below 1e-8 max|H|)."""
+    r = _check(d, fragility=True)
+    return bool(r.fragile) and verdict in r.fragility.values() and verdict in ("sosp", "local_minimum")
+
+
+def _dependent_agreement(n: int, seed: int) -> tuple[Counter, list, int, int]:
+    """Verdict and order against the oracle on instances where the oracle's kink gradients are dependent (the
+    check's groups restore LIKQ on a few: merged order-1 kinks); every descent lowers the oracle's risk at the
+    verified step. Returns the verdicts of the instances without LIKQ, the wrong verdicts, the finer answers
+    (:func:`_within_resolution` with steps far below the verified one, :func:`_fragile_towards`) and the
+    ``inconclusive`` answers where the oracle decides (never wrong, counted)."""
+    seen, bad, finer, undecided = Counter(), [], 0, 0
+    for q, d in enumerate(random_dependent_instances(n, seed=seed)):
+        inst = oracle_instance(d)
+        o = deep_oracle(inst, allow_dependent=True)
+        r = _check(d)
+        if r.stats.likq is False:
+            seen[_vo(r)] += 1
+        if (o.verdict, o.order) != _vo(r):
+            if r.verdict.value == "inconclusive":
+                undecided += 1
+            elif _within_resolution(d, o, r, below=4) or _fragile_towards(d, o.verdict):
+                finer += 1
+            else:
+                bad.append((q, d["kind"], (o.verdict, o.order), _vo(r), r.reason))
+        if r.descent is not None:
+            c = r.descent
+            assert inst.risk(c.direction.displacement(c.step)) < inst.risk(), (q, d["kind"])
+    return seen, bad, finer, undecided
+
+
+def test_without_kink_qualification_agrees_with_the_oracle():
+    """Collinear and through-the-origin layer-1 kinks, kinks of one activation region, points dead below
+    (tests/deep_instances.py): every verdict of order <= 2 occurs, none disagrees."""
+    seen, bad, finer, undecided = _dependent_agreement(120, seed=3)
+    assert not bad and finer <= 1 and undecided == 0
+    assert sum(seen.values()) >= 100
+    assert {("descent", 1), ("descent", 2), ("sosp", None), ("local_minimum", None)} <= set(seen)
+
+
+@pytest.mark.slow
+def test_without_kink_qualification_agrees_with_the_oracle_600():
+    seen, bad, finer, undecided = _dependent_agreement(600, seed=11)
+    assert not bad and finer <= 3 and undecided <= 2
 
 
 def test_without_kink_qualification_first_order_descent_is_found():

@@ -6,7 +6,8 @@
 - Every witness lowers the TRUE risk: order 1 along the straight line, order 2 along the curve that keeps the
   held kinks on their surfaces.
 - Verdicts are invariant under a positive rescaling of a hidden unit (a factor 2 keeps the kinks exact).
-- Linearly dependent kink gradients are refused, not guessed.
+- Linearly dependent kink gradients are refused, not guessed, unless ``allow_dependent`` and their relations
+  hold to second order in every piece (then the same enumeration stays exact; checked like the rest).
 
 ``python3 tests/test_deep_oracle_selfcheck.py [N]`` prints the verdict distribution over N generated instances.
 """
@@ -22,8 +23,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from deep_instances import oracle_instance, random_deep_instances  # noqa: E402
-from deep_oracle import DeepInstance, curve_lowers_risk, deep_oracle  # noqa: E402
+from deep_instances import oracle_instance, random_deep_instances, random_dependent_instances  # noqa: E402
+from deep_oracle import (DeepInstance, curve_lowers_risk, deep_oracle, dependent_ok, likq_rank,  # noqa: E402
+                         relation_residual)
 from instances import random_instances  # noqa: E402
 from oracle import oracle_on  # noqa: E402
 
@@ -90,6 +92,34 @@ def test_dependent_kink_gradients_are_refused():
     assert inst.M == 2
     with pytest.raises(ValueError, match="linearly dependent"):
         deep_oracle(inst)
+
+
+def test_dependent_instances_relations_hold_and_witnesses_lower_the_true_risk():
+    """Without the kink qualification (``allow_dependent``): the generated kinks are dependent, their relations hold
+    to second order in every piece, and every witness lowers the TRUE risk."""
+    counts = Counter()
+    for d in random_dependent_instances(40, seed=5):
+        inst = oracle_instance(d)
+        assert likq_rank(inst) < inst.M and dependent_ok(inst)
+        o = deep_oracle(inst, allow_dependent=True)
+        counts[(o.verdict, o.order)] += 1
+        if o.verdict == "descent" and o.order == 1:
+            R0 = inst.risk()
+            assert any(inst.risk(2.0**-e * o.witness) < R0 - 1e-13 * max(1.0, abs(R0)) for e in range(0, 30))
+        elif o.verdict == "descent":
+            assert curve_lowers_risk(inst, o.witness, o.face)
+    assert counts[("descent", 1)] and counts[("descent", 2)] and counts[("sosp", None)]
+
+
+def test_dependent_relation_residual():
+    """Collinear layer-1 kinks (linear functions) pass; a relation whose second derivatives disagree fails."""
+    Gz = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    assert relation_residual(Gz, np.zeros((3, 2, 2))) == 0.0
+    Hz = np.zeros((3, 2, 2))
+    Hz[2] = [[0.0, 1.0], [1.0, 0.0]]
+    assert relation_residual(Gz, Hz) > 0.1
+    Hz[0] = Hz[2]  # z_3 - z_1 - z_2 now vanishes to second order
+    assert relation_residual(Gz, Hz) < 1e-12
 
 
 def test_generator_puts_points_exactly_on_kinks_with_independent_gradients():

@@ -2,7 +2,8 @@
 
 point -> kinks and switching variables -> kink qualification -> first order (two least squares and the
 rays, or sign patterns without LIKQ) -> second order on the critical cone (ECQP/ICQP with the kink
-surfaces' curvature) -> verification on the true risk -> :class:`~sospcheck.result.CheckResult`.
+surfaces' curvature; without LIKQ one ICQP per critical face of the cells) -> verification on the true
+risk -> :class:`~sospcheck.result.CheckResult`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..options import Budget, Tolerances
 from ..validation import validate_features, validate_targets
 from ..result import CheckResult, Decision, DescentCertificate, NeuronRecord, Reason, Stats
 from ..second_order import Outcome
+from .cells import second_order_cells
 from .first_order import FirstOrder, first_order_likq, first_order_patterns, kink_geometry
 from .kinks import find_kinks, kink_orders
 from .model import DeepDirection, DeepNet, deep_forward
@@ -58,7 +60,9 @@ class DeepStats(Stats):
     """:class:`~sospcheck.result.Stats` plus the deep numbers: widths, kinks per hidden layer, the switching
     groups (order 0 / order 1), frozen kinks, the kink qualification's rank, sign patterns enumerated,
     the quotient. ``output_gradient_norm`` holds ``|gamma|`` (the gradient along the held kinks' tangent
-    space, DESIGN.md 10.5) and ``output_gradient_scale`` its scale; ``L``, ``K`` count flat groups."""
+    space, DESIGN.md 10.5) and ``output_gradient_scale`` its scale; ``L``, ``K`` count flat groups. Without
+    LIKQ (10.9): ``cells`` of the switching groups, their bound ``cell_bound`` (counted against
+    ``Budget.max_cells``) and the ``critical_faces`` (one ICQP each)."""
 
     widths: list = field(default_factory=list)
     kinks_per_layer: list = field(default_factory=list)
@@ -72,6 +76,9 @@ class DeepStats(Stats):
     deep_quotient: dict = field(default_factory=dict)
     flat_groups: int = 0
     both_flat_groups: int = 0
+    cells: int = 0
+    cell_bound: int = 0
+    critical_faces: int = 0
 
     @property
     def L(self) -> int:
@@ -86,7 +93,8 @@ class DeepStats(Stats):
         d.update({"widths": self.widths, "kinks_per_layer": self.kinks_per_layer, "groups": self.groups,
                   "groups_order1": self.groups_order1, "inert_kinks": self.inert_kinks, "likq": self.likq,
                   "likq_rank": self.likq_rank, "patterns": self.patterns, "units": [list(u) for u in self.units],
-                  "deep_quotient": self.deep_quotient})
+                  "deep_quotient": self.deep_quotient, "cells": self.cells, "cell_bound": self.cell_bound,
+                  "critical_faces": self.critical_faces})
         return d
 
 
@@ -116,7 +124,8 @@ def check_deep(net: DeepNet, X, Y, loss="squared", reduction: str = "sum", weigh
         loss, reduction, weight_decay, tolerances, budget, solver: as :func:`sospcheck.check`.
         fragility: re-run with every tolerance x10 and x0.1 when some decision's margin lies within 10x
             of its threshold, and flag a changed verdict.
-        max_patterns: most sign patterns enumerated for the first order without the kink qualification.
+        max_patterns: most sign patterns enumerated for the first order without the kink qualification (the
+            second order then counts cells and critical faces against ``budget``, DESIGN.md 10.9).
         device: torch device for the derivatives (float64; default CPU).
         nearby, nearby_radius: nearby mode (:mod:`sospcheck.deep.nearby`, DESIGN.md 10.11): ``result.nearby``
             holds the verdict at ``z*``, the exact stationary point on the weights' stratum within
@@ -212,16 +221,18 @@ def _analyze(problem: DeepProblem, tol: Tolerances, bud: Budget, solver: str, ma
         reason = Reason.TANGENT_GRADIENT_DESCENT if test == "tangent gradient" else (
             Reason.RAY_DESCENT if test == "extreme ray" else Reason.CONE_DESCENT)
         d = DeepDirection(np.asarray(eta, float), tuple(net.shapes))
-        return _verified(st, pieces, ks, d, 1, test, reason, slope, float("nan"), fo, None)
-    if not geo.likq:
-        st.established.append(f"first-order stationary: all {fo.patterns} sign patterns of the order-0 kink groups")
-        return _finish(st, Reason.KINK_QUALIFICATION, ks, fo, None, detail=_likq_detail(geo, ks) + "; second order "
-                       "not decided")
-    st.established.append("first-order stationary" + (f" ({fo.L} flat rays, {fo.K} both ways)" if ks.groups else
-                                                      ": gradient zero, no kink"))
-    stats.flat_groups, stats.both_flat_groups = fo.L, fo.K
+        return _verified(st, pieces, ks, [(d, float("nan"))], 1, test, reason, slope, fo, None)
     quot = quotient_basis(net, fwd, masks, problem.weight_decay, tol.rank)
-    so = second_order_deep(pieces, net, ks, geo, fo, quot, tol, bud, solver, progress)
+    if geo.likq:
+        st.established.append("first-order stationary" + (f" ({fo.L} flat rays, {fo.K} both ways)" if ks.groups else
+                                                          ": gradient zero, no kink"))
+        stats.flat_groups, stats.both_flat_groups = fo.L, fo.K
+        so = second_order_deep(pieces, net, ks, geo, fo, quot, tol, bud, solver, progress)
+    else:
+        st.established.append(f"first-order stationary: all {fo.patterns} sign patterns of the order-0 kink groups ("
+                              + _likq_detail(geo, ks) + ")")
+        so = second_order_cells(pieces, net, ks, geo, fo, quot, tol, bud, solver, progress)
+        stats.cells, stats.cell_bound, stats.critical_faces = so.cells, so.cell_bound, so.faces
     st.lap("second_order")
     st.margins.extend(so.margins)
     stats.qps, stats.solver = so.records, so.solver
@@ -229,22 +240,31 @@ def _analyze(problem: DeepProblem, tol: Tolerances, bud: Budget, solver: str, ma
     stats.hessian_norm, stats.eig_tol = so.hessian_norm, so.eig_tol
     stats.deep_quotient, stats.hessian_products = quot.to_dict(), pieces.products
     if so.inconclusive:
-        return _finish(st, _inconclusive_reason(so.inconclusive), ks, fo, so, detail=so.inconclusive)
+        detail = so.inconclusive if geo.likq else _likq_detail(geo, ks) + "; " + so.inconclusive
+        return _finish(st, so.reason or _inconclusive_reason(so.inconclusive), ks, fo, so, detail=detail)
     if so.outcome == Outcome.NEGATIVE:
-        d = so.direction
-        reason = Reason.ECQP_DESCENT if so.source == "ECQP" else Reason.ICQP_DESCENT
-        return _verified(st, pieces, ks, d, 2, so.source, reason, 0.0, 0.5 * so.curvature, fo, so)
+        reason = {"ECQP": Reason.ECQP_DESCENT, "critical face": Reason.FACE_DESCENT}.get(so.source, Reason.ICQP_DESCENT)
+        cands = so.candidates or [(so.direction, so.curvature)]
+        return _verified(st, pieces, ks, [(d, 0.5 * c) for d, c in cands], 2, so.source, reason, 0.0, fo, so)
+    st.established += _second_order_established(so, quot, geo.likq)
+    return _finish(st, Reason.SOSP if so.outcome == Outcome.ZERO else Reason.MINIMUM, ks, fo, so)
+
+
+def _second_order_established(so: DeepSecondOrder, quot, likq: bool) -> list[str]:
+    """What a second order without descent established (cells and faces without LIKQ, the QPs, the quotient)."""
+    out = [] if likq else [f"{so.cells} cells of the switching groups (at most {so.cell_bound}), {so.faces} critical "
+                           "face(s) beyond the held kinks"]
     ecqp = next((q for q in so.records if q.kind == "ECQP"), None)
     if ecqp is not None:
-        st.established.append(f"ECQP {ecqp.outcome}")
+        out.append(f"ECQP {ecqp.outcome}")
     n_icqp = sum(q.kind == "ICQP" for q in so.records)
     if n_icqp:
-        st.established.append(f"{n_icqp} ICQP(s) without negative curvature")
+        out.append(f"{n_icqp} ICQP(s) without negative curvature")
     if quot.U.shape[1]:
-        st.established.append(f"quotient: {quot.orbits} rescaling orbit(s), dead unit(s) {quot.dead}, affine unit(s) "
-                              f"{quot.affine}, {quot.layer1_flat} flat layer-1 direction(s), {quot.silent_weights} "
-                              "silent weight(s)")
-    return _finish(st, Reason.SOSP if so.outcome == Outcome.ZERO else Reason.MINIMUM, ks, fo, so)
+        out.append(f"quotient: {quot.orbits} rescaling orbit(s), dead unit(s) {quot.dead}, affine unit(s) "
+                   f"{quot.affine}, {quot.layer1_flat} flat layer-1 direction(s), {quot.silent_weights} "
+                   "silent weight(s)")
+    return out
 
 
 def _interpolates(problem: DeepProblem, out: np.ndarray, r: np.ndarray) -> bool:
@@ -270,21 +290,24 @@ def _likq_detail(geo, ks) -> str:
             f"gradient rank {geo.rank}")
 
 
-def _verified(st: _State, pieces: Pieces, ks, d: DeepDirection, order: int, test: str, reason: Reason,
-              slope: float, curvature: float, fo, so) -> tuple[CheckResult, list]:
-    """Section 4: a predicted descent counts once the true risk drops; an order-2 curve is tried as a straight
-    line first."""
+def _verified(st: _State, pieces: Pieces, ks, cands: list, order: int, test: str, reason: Reason,
+              slope: float, fo, so) -> tuple[CheckResult, list]:
+    """Section 4: a predicted descent counts once the true risk drops; ``cands`` ``(direction, curvature)`` are
+    tried in order (the most negative first), an order-2 curve as a straight line first."""
     problem = st.problem
-    tries = [DeepDirection(d.eta, d.shapes), d] if d.zeta is not None else [d]
-    for cand in tries:
-        v = verify_deep(problem, cand.normalized(), st.value)
-        if v.verified:
-            st.lap("verify")
-            cert = DescentCertificate(cand.normalized(), order, test + (" (curve)" if cand.zeta is not None else ""),
-                                      None, slope, curvature, v.step, v.decrease, st.value, st.value - v.decrease,
-                                      _radius(pieces, st.problem, cand.normalized()))
-            return _finish(st, reason, ks, fo, so, descent=cert)
+    for d, curvature in cands:
+        tries = [DeepDirection(d.eta, d.shapes), d] if d.zeta is not None else [d]
+        for cand in tries:
+            v = verify_deep(problem, cand.normalized(), st.value)
+            if v.verified:
+                st.lap("verify")
+                cert = DescentCertificate(cand.normalized(), order, test + (" (curve)" if cand.zeta is not None else
+                                                                            ""), None, slope, curvature, v.step,
+                                          v.decrease, st.value, st.value - v.decrease,
+                                          _radius(pieces, st.problem, cand.normalized()))
+                return _finish(st, reason, ks, fo, so, descent=cert)
     st.lap("verify")
+    curvature = cands[0][1]
     detail = (f"{test} predicted a descent (slope {slope:.3g}, curvature {curvature:.3g}) that the line search could "
               f"not confirm above the noise {v.noise:.3g}")
     return _finish(st, Reason.UNVERIFIED_DESCENT, ks, fo, so, detail=detail)

@@ -26,7 +26,7 @@ from .model import DeepDirection, DeepForward, DeepNet
 from .pieces import Pieces
 from .switching import piece_slopes
 
-__all__ = ["Quotient", "quotient_basis", "DeepSecondOrder", "second_order_deep"]
+__all__ = ["Quotient", "quotient_basis", "DeepSecondOrder", "second_order_deep", "ecqp", "curvature_candidate"]
 
 
 @dataclass
@@ -132,6 +132,11 @@ class DeepSecondOrder(SecondOrderOutcome):
     quotient ``curvature`` of the Lagrangian's Hessian, ``eta' H eta / |eta|^2``."""
 
     curvature: float = 0.0
+    candidates: list = field(default_factory=list)  # (direction, curvature), most negative first (10.9)
+    reason: object = None  # the Reason of an inconclusive answer when no phrase decides it
+    cells: int = 0
+    cell_bound: int = 0
+    faces: int = 0
 
 
 class _Piece:
@@ -192,41 +197,14 @@ def second_order_deep(pieces: Pieces, net: DeepNet, ks: KinkSet, geo: KinkGeomet
     if flat and planned > budget.max_icqp:
         return DeepSecondOrder(None, inconclusive=f"2^{K} = {planned} ICQPs exceed budget.max_icqp={budget.max_icqp}",
                                n_icqp_planned=planned)
-    p = net.n_params
-    A = np.vstack([geo.G_plus, quot.U.T]) if n or quot.U.shape[1] else np.zeros((0, p))
-    QE = orth(A.T, rcond=tol.rank) if A.shape[0] else np.zeros((p, 0))
     ref_signs = [1] * n
     for q, allowed in flat:
         ref_signs[q] = allowed[0]
     ref = _Piece(pieces, net, ks, ref_signs, kappa, held)
-
-    def dense_H():
-        H = ref.apply(np.eye(p))
-        return 0.5 * (H + H.T)
-
-    prob, blocks = _adapter(p, ref.apply, dense_H), [SimpleNamespace(idx=np.arange(p), QE=QE)]
-    try:
-        sub = make_subspace(prob, blocks, solver, budget.max_dense_params, progress)
-    except ArpackError as exc:  # ARPACK breaks down on an identically zero Hessian: small enough, go dense
-        if p > budget.max_dense_params:
-            return DeepSecondOrder(None, inconclusive=f"ECQP eigenvalue not computed: {exc}", n_icqp_planned=planned)
-        sub = make_subspace(prob, blocks, "dense", budget.max_dense_params, progress)
-    eig_tol = tol.eigen * sub.hessian_norm
-    out = DeepSecondOrder(None, n_icqp_planned=planned, n_params_reduced=int(sub.dim),
-                          hessian_norm=float(sub.hessian_norm), eig_tol=float(eig_tol), solver=sub.name)
-    eig = sub.min_eig(eig_tol)
-    rec = QPRecord("ECQP", Outcome.POSITIVE, sub.dim, n_eq=int(QE.shape[1]), min_eig=eig.value, detail=eig.detail)
-    out.records.append(rec)
-    if eig.failed:
-        out.inconclusive = f"ECQP eigenvalue not computed: {eig.failed}"
-        return _done(out, margins)
-    if eig.value is not None:
-        margins.add("deep ECQP: smallest eigenvalue", eig.value, eig_tol, eig.accuracy)
-        if eig.value < -eig_tol:
-            rec.outcome = Outcome.NEGATIVE
-            return _negative(out, margins, ref, np.asarray(eig.vector, float), "ECQP", tol.rank)
-        if eig.value <= eig_tol:
-            rec.outcome = Outcome.ZERO
+    out, sub, eig = ecqp(pieces, net, geo, quot, ref, tol, budget, solver, progress, planned, margins)
+    if sub is None:
+        return out
+    rec = out.records[0]
     overall = rec.outcome
     if not flat:
         out.outcome = overall
@@ -243,10 +221,10 @@ def second_order_deep(pieces: Pieces, net: DeepNet, ks: KinkSet, geo: KinkGeomet
         Pinv, _ = _right_inverse(pc.G)
         My = Pinv[:, [q for q, _ in flat]] * np.array(flat_signs, float)[None, :]
         HMy = pc.apply(My)
-        r = QPRecord("ICQP", Outcome.POSITIVE, int(len(flat) + sub.dim), n_eq=int(QE.shape[1]), n_ineq=len(flat),
+        r = QPRecord("ICQP", Outcome.POSITIVE, int(len(flat) + sub.dim), n_eq=rec.n_eq, n_ineq=len(flat),
                      signs=tuple(s for (q, a), s in zip(flat, flat_signs) if len(a) == 2), min_eig=eig.value)
         out.records.append(r)
-        step = icqp_step(sub, My, HMy, singular, r, eig_tol, budget, margins)
+        step = icqp_step(sub, My, HMy, singular, r, out.eig_tol, budget, margins)
         if step.undecided is not None:
             out.inconclusive = step.undecided
             return _done(out, margins)
@@ -259,22 +237,71 @@ def second_order_deep(pieces: Pieces, net: DeepNet, ks: KinkSet, geo: KinkGeomet
     return _done(out, margins)
 
 
+def ecqp(pieces: Pieces, net: DeepNet, geo: KinkGeometry, quot: Quotient, ref: _Piece, tol: Tolerances,
+         budget: Budget, solver: str, progress, planned: int, margins: Margins):
+    """T3 with every kink held: ``lambda_min`` of the form of ``ref`` on ``W = null(G) ∩ U^perp`` (10.6; the form
+    there is the same for every piece). Returns ``(out, sub, eig)``; ``sub`` None when ``out`` is final
+    (negative curvature, or not computed)."""
+    p = net.n_params
+    A = np.vstack([geo.G_plus, quot.U.T]) if geo.n or quot.U.shape[1] else np.zeros((0, p))
+    QE = orth(A.T, rcond=tol.rank) if A.shape[0] else np.zeros((p, 0))
+
+    def dense_H():
+        H = ref.apply(np.eye(p))
+        return 0.5 * (H + H.T)
+
+    prob, blocks = _adapter(p, ref.apply, dense_H), [SimpleNamespace(idx=np.arange(p), QE=QE)]
+    try:
+        sub = make_subspace(prob, blocks, solver, budget.max_dense_params, progress)
+    except ArpackError as exc:  # ARPACK breaks down on an identically zero Hessian: small enough, go dense
+        if p > budget.max_dense_params:
+            return DeepSecondOrder(None, inconclusive=f"ECQP eigenvalue not computed: {exc}",
+                                   n_icqp_planned=planned), None, None
+        sub = make_subspace(prob, blocks, "dense", budget.max_dense_params, progress)
+    eig_tol = tol.eigen * sub.hessian_norm
+    out = DeepSecondOrder(None, n_icqp_planned=planned, n_params_reduced=int(sub.dim),
+                          hessian_norm=float(sub.hessian_norm), eig_tol=float(eig_tol), solver=sub.name)
+    eig = sub.min_eig(eig_tol)
+    rec = QPRecord("ECQP", Outcome.POSITIVE, sub.dim, n_eq=int(QE.shape[1]), min_eig=eig.value, detail=eig.detail)
+    out.records.append(rec)
+    if eig.failed:
+        out.inconclusive = f"ECQP eigenvalue not computed: {eig.failed}"
+        return _done(out, margins), None, eig
+    if eig.value is not None:
+        margins.add("deep ECQP: smallest eigenvalue", eig.value, eig_tol, eig.accuracy)
+        if eig.value < -eig_tol:
+            rec.outcome = Outcome.NEGATIVE
+            return _negative(out, margins, ref, np.asarray(eig.vector, float), "ECQP", tol.rank), None, eig
+        if eig.value <= eig_tol:
+            rec.outcome = Outcome.ZERO
+    return out, sub, eig
+
+
 def _done(out: DeepSecondOrder, margins: Margins) -> DeepSecondOrder:
     out.margins = margins.items()
     return out
 
 
+def curvature_candidate(piece: _Piece, eta: np.ndarray, hessian_norm: float,
+                        tol_rank: float) -> tuple[DeepDirection, float] | None:
+    """``eta`` with its curve correction and Rayleigh quotient ``eta' H eta / |eta|^2``, recomputed with one
+    product; None unless negative beyond rounding (as :func:`sospcheck.second_order._negative`)."""
+    q = float(eta @ piece.apply(eta))
+    if not q < -1e-13 * hessian_norm * float(eta @ eta):
+        return None
+    d = DeepDirection(eta, tuple(piece.pieces.net.shapes), curve_correction(piece, eta, tol_rank))
+    return d, q / float(eta @ eta)
+
+
 def _negative(out: DeepSecondOrder, margins: Margins, piece: _Piece, eta: np.ndarray, source: str, tol_rank: float,
               undecided: str = "the ECQP eigenvector does not have negative curvature once recomputed",
               ) -> DeepSecondOrder:
-    """A predicted second-order descent: its curvature recomputed with one product must be negative beyond
-    rounding (as :func:`sospcheck.second_order._negative`); then the curve correction ``zeta``."""
-    q = float(eta @ piece.apply(eta))
-    if not q < -1e-13 * out.hessian_norm * float(eta @ eta):
+    """A predicted second-order descent: negative curvature once recomputed, then the curve correction ``zeta``."""
+    cand = curvature_candidate(piece, eta, out.hessian_norm, tol_rank)
+    if cand is None:
         out.inconclusive = undecided
         return _done(out, margins)
     out.outcome = Outcome.NEGATIVE
-    out.direction = DeepDirection(eta, tuple(piece.pieces.net.shapes), curve_correction(piece, eta, tol_rank))
-    out.curvature = q / float(eta @ eta)
+    out.direction, out.curvature = cand
     out.source = source
     return _done(out, margins)
