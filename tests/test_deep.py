@@ -526,3 +526,23 @@ def test_second_order_descent_needs_the_curve():
         assert inst.risk(straight.displacement(t)) - R0 == pytest.approx(0.0640 * t * t, rel=0.05)
         assert inst.risk(c.displacement(t)) - R0 == pytest.approx(-0.1152 * t * t, rel=0.05)
     assert deep_oracle(inst).verdict == "descent"
+
+
+def test_verify_deep_needs_the_decrease_at_the_halved_step_too():
+    """A decrease at one far step, with the loss rising nearer the point, is not a verified descent; a
+    decrease at consecutive steps is (the line search only reads ``net.vector``, ``risk_at`` and
+    ``displacement``)."""
+    from types import SimpleNamespace
+
+    from sospcheck.deep.check import verify_deep
+
+    def problem(f):
+        return SimpleNamespace(net=SimpleNamespace(vector=lambda: np.zeros(1)), risk_at=lambda th: f(float(th[0])))
+
+    d = SimpleNamespace(displacement=lambda t: np.array([t]))
+    bump = problem(lambda x: x ** 2 - 4.0 * (x > 0.75))  # rises near 0, a drop only beyond 0.75
+    v = verify_deep(bump, d, 0.0)
+    assert not v.verified, v
+    dip = problem(lambda x: -x ** 2 + 0.1 * x ** 4)  # a genuine second-order descent
+    v = verify_deep(dip, d, 0.0)
+    assert v.verified and v.step <= 1.0 and v.decrease > 0

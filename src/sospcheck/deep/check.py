@@ -325,18 +325,21 @@ class DeepVerification:
 def verify_deep(problem: DeepProblem, d: DeepDirection, R0: float, max_halvings: int = 100) -> DeepVerification:
     """``R(theta0 + d.displacement(t))`` for ``t = t0 2^-j`` (``t0 = max(1, |theta0|)``), the best decrease kept;
     stops once a decrease above ``noise = 1e-12 |R0|`` shrinks with ``t`` (as
-    :func:`sospcheck.verify.verify_descent`)."""
+    :func:`sospcheck.verify.verify_descent`). A step counts only when the next, halved step lowers ``R``
+    too: a decrease at one far step with ``R`` rising nearer ``theta0`` says nothing about its neighbourhood."""
     theta0 = problem.net.vector()
     noise = 1e-12 * abs(R0) + 1e-300
     t = max(1.0, float(np.linalg.norm(theta0)))
     best_t, best_dec, n = 0.0, -np.inf, 0
+    prev_t, prev_dec = 0.0, -np.inf
     for _ in range(max_halvings):
         n += 1
         dec = R0 - problem.risk_at(theta0 + d.displacement(t))
-        if dec > best_dec:
-            best_t, best_dec = t, dec
-        elif best_dec > noise:
+        if prev_dec > max(noise, best_dec) and dec > noise:
+            best_t, best_dec = prev_t, prev_dec
+        elif best_dec > noise and dec < prev_dec:
             break
+        prev_t, prev_dec = t, dec
         t *= 0.5
     return DeepVerification(bool(best_dec > noise), best_t, float(best_dec), noise, n)
 
