@@ -187,6 +187,8 @@ def main() -> None:
                 loaded = store.load_weights(s, seed)
                 if loaded is not None:
                     runs.append(audit_run(preset, s, seed, loaded[0], rng))
+            if not runs:  # a setting the preset lists but never trained here
+                continue
             results[(name, f"({s.dx}, {s.dh}, {s.m})")] = runs
             print(table({(name, f"({s.dx}, {s.dh}, {s.m})"): runs}).splitlines()[-1], flush=True)
     a.out.write_text(json.dumps({f"{p} {k}": v for (p, k), v in results.items()}, indent=1, default=float))
