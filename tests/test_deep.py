@@ -8,6 +8,7 @@ point, and the refusals.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -394,8 +395,10 @@ def test_without_kink_qualification_agrees_with_the_oracle():
 
 
 @pytest.mark.slow
-def test_without_kink_qualification_agrees_with_the_oracle_600():
-    seen, bad, finer, undecided = _dependent_agreement(600, seed=11)
+def test_without_kink_qualification_agrees_with_the_oracle_stress():
+    """250 instances in CI (~2.5 min); ``SOSPCHECK_DEEP_STRESS=600`` reruns the 600 of DESIGN.md 10.9."""
+    n = int(os.environ.get("SOSPCHECK_DEEP_STRESS", "250"))
+    seen, bad, finer, undecided = _dependent_agreement(n, seed=11)
     assert not bad and finer <= 3 and undecided <= 2
 
 

@@ -27,7 +27,9 @@ class Pieces:
                  base: list[np.ndarray], device=None):
         self.net = net
         self.dev = torch.device("cpu") if device is None else torch.device(device)
-        t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float64, device=self.dev)  # noqa: E731
+        # torch refuses to wrap read-only arrays (the check's data view): those are copied
+        t = lambda a: torch.as_tensor(np.require(a, requirements=("C", "W")), dtype=torch.float64,  # noqa: E731
+                                      device=self.dev)
         self.theta0 = t(net.vector())
         self.X = t(X)
         self.r = t(r)
