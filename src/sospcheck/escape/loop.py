@@ -126,7 +126,10 @@ class SaddleEscape:
 
         self.stall = _config(StallConfig, stall, "stall")
         self.policy = _config(EscapePolicy, policy, "policy")
-        self.nearby = escape_nearby(nearby)
+        escape_nearby(nearby)  # a bad key or value is refused now, not at a stall
+        # kept as given: resolved here, None would become ESCAPE_NEARBY and the kink-point fallback of
+        # nearby_check would lose KINK_POINT's polish
+        self.nearby = dict(nearby) if isinstance(nearby, dict) else nearby
         self._bridge = bridge
         self.model, self.optimizer = model, optimizer
         self.criterion = nn.MSELoss() if criterion is None else criterion
