@@ -139,7 +139,7 @@ def test_best_new_neuron_finds_the_teacher_direction_within_the_size_bound():
 
 def test_escape_step_grows_a_zero_neuron_whose_output_weight_is_at_rounding_level():
     # the wide student of experiments/escape_compare.py where GD stalls at loss 0.0021 (seed 0, iteration
-    # 14144): z* exists; the stratum iteration leaves its zeroed neurons' w_k at ~1e-16, not exactly 0,
+    # 14144): z* exists; the stratum iteration leaves its zeroed neurons' w_k at ~1e-15, not exactly 0,
     # and Z_k = 0 alone makes them zero neurons that the best new neuron may grow
     X, Y = teacher_data()
     W1 = np.array([[1.0740231225842296, -0.73327270243777209], [0.59279336390121184, 0.20372905019049015],

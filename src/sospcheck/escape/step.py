@@ -1,7 +1,8 @@
 """One escape attempt: the check at the nearby kink point, then a step along what it certified.
 
 :func:`nearby_check` checks the exact stationary point next to the weights (nearby mode) or, when
-there is none within the radius, the nearby kink point (:func:`sospcheck.nearby.nearby_point`). :func:`escape_step` then line-searches the check's verified direction from that point.
+there is none within the radius, the nearby kink point (:func:`sospcheck.nearby.nearby_point`).
+:func:`escape_step` then line-searches the check's verified direction from that point.
 When the direction grows a zero neuron (order 2), the neuron that lowers the loss most is tried
 too (:func:`best_new_neuron`); when the check finds only an order-1 direction, it is re-run with a
 looser gradient tolerance to look for an order-2 one. Whatever is taken was evaluated on the true
@@ -58,10 +59,11 @@ def nearby_check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum",
     :data:`~sospcheck.nearby.ESCAPE_NEARBY`): the verdict at ``z*``, the exact stationary point next to
     ``net``, checked with the nearby tolerances; when none is found within the radius (a stall is often
     not near a stationary point: a neuron is still growing), the check at the nearby kink point
-    (:func:`~sospcheck.nearby.nearby_point` with :data:`~sospcheck.nearby.KINK_POINT`'s polish), whose
-    zeroed and merged neurons are what lets the loop leave a plateau (``check_kwargs``: tolerances,
-    budget, fragility, ...; their ``tolerances`` apply there only). The verdict and any direction are about ``NearbyCheck.net``; ``loss_start`` is the
-    risk at ``net``."""
+    (:func:`~sospcheck.nearby.nearby_point`; ``None`` or a dict: over :data:`~sospcheck.nearby.KINK_POINT`,
+    whose 30 polish steps and refit lower the loss there; a :class:`Nearby` as given), whose zeroed and
+    merged neurons are what lets the loop leave a plateau (``check_kwargs``: tolerances, budget,
+    fragility, ...; their ``tolerances`` apply there only). The verdict and any direction are about
+    ``NearbyCheck.net``; ``loss_start`` is the risk at ``net``."""
     for key in ("snap", "nearby_radius"):
         if key in check_kwargs:
             raise TypeError(f"nearby_check() finds the nearby point by itself; do not pass `{key}`")
