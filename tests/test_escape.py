@@ -32,6 +32,27 @@ def origin_saddle():
     return net, X, Y
 
 
+def teacher_data():
+    """The 8 points and targets of experiments/escape_compare.py (``dataset()``)."""
+    rng = np.random.default_rng(100)
+    angle = rng.uniform(0, 2 * np.pi, 8)
+    X = np.c_[np.cos(angle), np.sin(angle)] * rng.uniform(0.5, 1.5, 8)[:, None]
+    teacher = np.array([[1.0, 0.0], [-0.5, 0.866], [-0.5, -0.866]])
+    return X, (np.maximum(X @ teacher.T, 0) @ np.array([3.0, 1.5, 0.7]))[:, None]
+
+
+def stall_with_a_tiny_neuron():
+    """Where GD stalls on the narrow student of experiments/escape_compare.py (seed 0, iteration 2003):
+    neuron 0 fits the largest teacher neuron, neuron 1 is tiny (|Z_1| |w_1| ~ 5e-5) and still
+    growing, so no stationary point lies within the escape loop's radius. The escape must zero the
+    tiny neuron (the nearby kink point) to see the order-2 direction that grows a second neuron."""
+    X, Y = teacher_data()
+    net = TwoLayerNet(np.array([[1.0517842902006773, 0.3980771275622211], [-0.00298692177244758, 0.00654313960765959]]),
+                      np.array([0.7560477301918863, 0.00088235211701103]),
+                      np.array([[1.3511839908912215, 0.00723964004093953]]), np.array([0.6236565063958512]))
+    return net, X, Y
+
+
 # ---- stall detector ----------------------------------------------------------------------------
 
 def test_stall_needs_a_full_window_of_flat_loss_and_small_averaged_gradient():
@@ -116,6 +137,24 @@ def test_best_new_neuron_finds_the_teacher_direction_within_the_size_bound():
     assert not np.any(np.delete(grown.Z, 1, axis=0))  # the other neurons stay zero
 
 
+def test_escape_step_grows_a_zero_neuron_whose_output_weight_is_at_rounding_level():
+    # the wide student of experiments/escape_compare.py where GD stalls at loss 0.0021 (seed 0, iteration
+    # 14144): z* exists; the stratum iteration leaves its zeroed neurons' w_k at ~1e-15, not exactly 0,
+    # and Z_k = 0 alone makes them zero neurons that the best new neuron may grow
+    X, Y = teacher_data()
+    W1 = np.array([[1.0740231225842296, -0.73327270243777209], [0.59279336390121184, 0.20372905019049015],
+                   [3.0676261277491350e-03, 1.1577153971148810e-03], [1.0350296729195694, 0.66373762471204245],
+                   [-5.7974744668618222e-07, -3.0662697262401252e-07], [0.0, 0.0]])
+    b1 = np.array([-0.6326336131611989, 0.6521703429487249, 3.438578760113256e-03, 0.8477974229754385,
+                   -7.297787144891657e-07, 0.0])
+    W2 = np.array([[1.4455766902655531, -1.0339629820966605, -4.7501244419379061e-03, 1.5447900267794570,
+                    9.1697285877897383e-07, 0.0]])
+    att = escape_step(TwoLayerNet(W1, b1, W2, np.array([0.6826065541350897])), X, Y, reduction="mean", fragility=False)
+    assert att.nearby.nearby.success and att.nearby.zeroed == [2, 4]
+    assert att.verdict == Verdict.DESCENT and att.nearby.result.descent.test == "zero_output"
+    assert att.direction == "best neuron" and att.loss_after < 0.8 * att.nearby.loss_start
+
+
 def test_escape_step_at_a_minimum_returns_the_certificate():
     net, X, Y = cases.convex_kink_minimum()
     att = escape_step(net, X, Y, fragility=False)
@@ -159,6 +198,19 @@ def test_loop_stops_with_a_certificate_at_a_kink_minimum_that_gd_zigzags_around(
     loaded = from_torch(model)
     assert loaded.b1[0] == pytest.approx(0.0, abs=1e-14)  # the certified point, on its kink, is in the model
     assert risk(loaded, X, Y[:, None], get_loss("squared")) == pytest.approx(5.0)
+
+
+def test_loop_zeroes_a_tiny_neuron_where_no_stationary_point_is_near():
+    net, X, Y = stall_with_a_tiny_neuron()
+    assert not nearby_check(net, X, Y, reduction="mean", fragility=False).nearby.success  # no z* within the radius
+    model = to_torch(net)
+    escaper = SaddleEscape(model, torch.tensor(X), torch.tensor(Y), nn.MSELoss(),
+                           torch.optim.SGD(model.parameters(), lr=0.05))
+    event = escaper.escape()  # what the loop does at the stall, with its own nearby thresholds
+    # the kink point: tiny neuron zeroed, polished and refit (lower loss); from there, grow a neuron
+    assert event.zeroed == [1] and event.polish_steps > 0 and event.loss_nearby < event.loss_before
+    assert event.verdict == "descent" and event.order == 2 and event.direction == "best neuron" and event.accepted
+    assert event.loss_after < 0.9 * event.loss_before
 
 
 def test_callback_in_a_plain_loop_with_adam_resets_its_state():

@@ -102,8 +102,9 @@ class SaddleEscape:
 
     On a stall (``stall``: a :class:`StallConfig`) it runs :func:`escape_step` on the model's weights
     (full batch ``X, Y``; the risk is ``criterion(model(X), Y) + weight_decay / 2 |z|^2``, with
-    ``weight_decay`` as in SGD's; ``nearby``: the thresholds of the nearby point, a dict overriding
-    :data:`~sospcheck.nearby.ESCAPE_NEARBY`). On
+    ``weight_decay`` as in SGD's; ``nearby``: the thresholds of the nearby point, passed as given to
+    :func:`escape_step`: a dict overrides :data:`~sospcheck.nearby.ESCAPE_NEARBY` for ``z*`` and
+    :data:`~sospcheck.nearby.KINK_POINT` for the kink point). On
     ``descent`` it writes the new weights into the model's parameters in place and, by the
     ``policy`` (an :class:`EscapePolicy`), clears the optimizer's state; on a verdict in
     ``policy.stop_on`` it sets ``stopped`` and ``certificate`` (re-checked with ``fragility=True``)
@@ -126,7 +127,10 @@ class SaddleEscape:
 
         self.stall = _config(StallConfig, stall, "stall")
         self.policy = _config(EscapePolicy, policy, "policy")
-        self.nearby = escape_nearby(nearby)
+        escape_nearby(nearby)  # a bad key or value is refused now, not at a stall
+        # kept as given: resolved here, None would become ESCAPE_NEARBY (no polish) for the kink point
+        # too, and the escapes from plateaus would lose the polished, refit point they start from
+        self.nearby = dict(nearby) if isinstance(nearby, dict) else nearby
         self._bridge = bridge
         self.model, self.optimizer = model, optimizer
         self.criterion = nn.MSELoss() if criterion is None else criterion

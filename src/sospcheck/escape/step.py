@@ -1,7 +1,8 @@
 """One escape attempt: the check at the nearby kink point, then a step along what it certified.
 
-:func:`nearby_check` moves to the nearby kink point (:func:`sospcheck.nearby.nearby_point`) and
-checks it. :func:`escape_step` then line-searches the check's verified direction from that point.
+:func:`nearby_check` checks the exact stationary point next to the weights (nearby mode) or, when
+there is none within the radius, the nearby kink point (:func:`sospcheck.nearby.nearby_point`).
+:func:`escape_step` then line-searches the check's verified direction from that point.
 When the direction grows a zero neuron (order 2), the neuron that lowers the loss most is tried
 too (:func:`best_new_neuron`); when the check finds only an order-1 direction, it is re-run with a
 looser gradient tolerance to look for an order-2 one. Whatever is taken was evaluated on the true
@@ -18,7 +19,7 @@ import numpy as np
 from ..check import check, validate_inputs
 from ..losses import Loss, risk
 from ..model import TwoLayerNet, forward
-from ..nearby import Nearby, escape_nearby, with_hidden
+from ..nearby import KINK_POINT, Nearby, escape_nearby, nearby_point, with_hidden
 from ..nearby_mode import NearbyResult, nearby_verdict
 from ..options import Tolerances
 from ..result import CheckResult, Verdict
@@ -30,7 +31,8 @@ __all__ = ["NearbyCheck", "nearby_check", "neuron_size_bound", "best_new_neuron"
 class NearbyCheck:
     """The check at the nearby point ``net`` (= ``result.net``) of the weights ``start``: ``z*`` when
     nearby mode found one (``nearby``, its :class:`~sospcheck.nearby_mode.NearbyResult`), else
-    ``start`` itself, checked with the caller's tolerances."""
+    the nearby kink point of ``start`` (:func:`~sospcheck.nearby.nearby_point`: negligible neurons zeroed,
+    duplicates merged, near-kink points snapped, polished), checked with the caller's tolerances."""
 
     result: CheckResult
     net: TwoLayerNet
@@ -55,10 +57,13 @@ def nearby_check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum",
     """The check's nearby mode (:func:`sospcheck.nearby_mode.nearby_verdict`) with the escape loop's
     thresholds (:func:`~sospcheck.nearby.escape_nearby`: a dict overrides
     :data:`~sospcheck.nearby.ESCAPE_NEARBY`): the verdict at ``z*``, the exact stationary point next to
-    ``net``, checked with the nearby tolerances; when none is found within the radius, the check at
-    ``net`` itself (``check_kwargs``: tolerances, budget, fragility, ...; their ``tolerances`` apply
-    there only). The verdict and any direction are about ``NearbyCheck.net``; ``loss_start`` is the
-    risk at ``net``."""
+    ``net``, checked with the nearby tolerances; when none is found within the radius (a stall is often
+    not near a stationary point: a neuron is still growing), the check at the nearby kink point
+    (:func:`~sospcheck.nearby.nearby_point`; ``None`` or a dict: over :data:`~sospcheck.nearby.KINK_POINT`,
+    whose 30 polish steps and refit lower the loss there; a :class:`Nearby` as given), whose zeroed and
+    merged neurons are what lets the loop leave a plateau (``check_kwargs``: tolerances, budget,
+    fragility, ...; their ``tolerances`` apply there only). The verdict and any direction are about
+    ``NearbyCheck.net``; ``loss_start`` is the risk at ``net``."""
     for key in ("snap", "nearby_radius"):
         if key in check_kwargs:
             raise TypeError(f"nearby_check() finds the nearby point by itself; do not pass `{key}`")
@@ -69,13 +74,14 @@ def nearby_check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum",
     nb = nearby_verdict(net, X, Yp, lossobj, weight, weight_decay, cfg,
                         lambda z, tols: check(z, X, Yp, tolerances=tols, **common, **at_star))
     if nb.success:
-        result, near, zeroed, merged = nb.result, nb.net, nb.zeroed, nb.merged
+        result, near, zeroed, merged, polished = nb.result, nb.net, nb.zeroed, nb.merged, nb.polish_steps
     else:
-        result, near, zeroed, merged = check(net, X, Yp, **common, **check_kwargs), net, [], []
+        near, info = nearby_point(net, X, Yp, lossobj, weight, weight_decay, escape_nearby(nearby, KINK_POINT))
+        result = check(near, X, Yp, **common, **check_kwargs)
+        zeroed, merged, polished = info["zeroed"], info["merged"], info["polish_steps"]
     start_loss = risk(net, X, Yp, lossobj, weight, weight_decay)
     distance = float(np.linalg.norm(near.as_direction().vector() - net.as_direction().vector()))
-    return NearbyCheck(result, near, net, zeroed, merged, nb.polish_steps if nb.success else 0, start_loss,
-                       result.loss_value, distance, nb)
+    return NearbyCheck(result, near, net, zeroed, merged, polished, start_loss, result.loss_value, distance, nb)
 
 
 def neuron_size_bound(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray) -> float:
@@ -191,12 +197,14 @@ class EscapeAttempt:
 
 
 def _zero_neuron_of(d, net: TwoLayerNet) -> int | None:
-    """The neuron a zero-output certificate moves (its only nonzero block), if it is a zero neuron."""
+    """The neuron a zero-output certificate moves (its only nonzero block), if it is a zero neuron
+    (``Z_k = 0``: its output is ``w_k h(0) = 0`` whatever ``w_k``; at ``z*`` the stratum
+    iteration leaves a zeroed neuron's ``w_k`` at rounding level, not exactly 0)."""
     moved = np.flatnonzero((np.linalg.norm(d.Z, axis=1) > 0) | (np.linalg.norm(d.W2, axis=0) > 0))
     if moved.size != 1:
         return None
     k = int(moved[0])
-    return k if not np.any(net.Z[k]) and not np.any(net.W2[:, k]) else None
+    return k if not np.any(net.Z[k]) else None
 
 
 def _steps(res: CheckResult, near: TwoLayerNet, X, Yp, lossobj, weight, lam, best_neuron: bool,
@@ -256,7 +264,7 @@ def escape_step(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", 
             cands += [c + (loose, True) for c in _steps(loose, *args)]
     f, new_net, how, t, source, is_loose = min(cands, key=lambda c: c[0])
     order, test = source.descent.order, source.descent.test
-    idle = [k for k in near.zeroed if not np.any(new_net.Z[k]) and not np.any(new_net.W2[:, k])]
+    idle = [k for k in near.zeroed if not np.any(new_net.Z[k])]
     if idle:
         # the step did not use the tiny neurons set to zero: give them back, since an optimizer
         # cannot grow an exactly zero neuron (its gradient vanishes) but may be growing a tiny one
