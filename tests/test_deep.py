@@ -28,6 +28,7 @@ from scipy.linalg import null_space  # noqa: E402
 
 from sospcheck import TwoLayerNet, check  # noqa: E402
 from sospcheck.deep import DeepNet, check_deep  # noqa: E402
+from sospcheck.deep.model import deep_forward  # noqa: E402
 from sospcheck.deep.bridge import deep_from_state_dict, deep_from_torch, linear_stack  # noqa: E402
 from sospcheck.result import Reason  # noqa: E402
 from sospcheck.torch import check_model  # noqa: E402
@@ -533,19 +534,39 @@ def test_second_order_descent_needs_the_curve():
 
 def test_verify_deep_needs_the_decrease_at_the_halved_step_too():
     """A decrease at one far step, with the loss rising nearer the point, is not a verified descent; a
-    decrease at consecutive steps is (the line search only reads ``net.vector``, ``risk_at`` and
-    ``displacement``)."""
-    from types import SimpleNamespace
+    decrease at consecutive steps is."""
+    from sospcheck.deep.check import line_search_decrease
 
-    from sospcheck.deep.check import verify_deep
+    def along(f, noise=1e-15):
+        return lambda t: (f(t) - f(0.0), noise)
 
-    def problem(f):
-        return SimpleNamespace(net=SimpleNamespace(vector=lambda: np.zeros(1)), risk_at=lambda th: f(float(th[0])))
-
-    d = SimpleNamespace(displacement=lambda t: np.array([t]))
-    bump = problem(lambda x: x ** 2 - 4.0 * (x > 0.75))  # rises near 0, a drop only beyond 0.75
-    v = verify_deep(bump, d, 0.0)
+    bump = along(lambda x: x ** 2 - 4.0 * (x > 0.75))  # rises near 0, a drop only beyond 0.75
+    v = line_search_decrease(bump, 1.0)
     assert not v.verified, v
-    dip = problem(lambda x: -x ** 2 + 0.1 * x ** 4)  # a genuine second-order descent
-    v = verify_deep(dip, d, 0.0)
+    dip = along(lambda x: -x ** 2 + 0.1 * x ** 4)  # a genuine second-order descent
+    v = line_search_decrease(dip, 1.0)
     assert v.verified and v.step <= 1.0 and v.decrease > 0
+    assert not line_search_decrease(along(lambda x: -x ** 2, noise=1.0), 1.0).verified  # inside the rounding bound
+
+
+def test_deep_risk_change_is_accurate_below_the_rounding_of_the_risk():
+    """A change far below ``eps |R|`` is computed to its own precision (against a float128-free reference: the
+    same move split in two halves, whose changes must add up), with a rounding bound below the change."""
+    from sospcheck.deep.stratum import deep_risk_change_and_noise
+    from sospcheck.losses import get_loss
+
+    rng = np.random.default_rng(5)
+    net = DeepNet([rng.standard_normal((4, 3)), rng.standard_normal((3, 4)), rng.standard_normal((1, 3))],
+                  [rng.standard_normal(4), rng.standard_normal(3), rng.standard_normal(1)])
+    X, Y = rng.standard_normal((20, 3)), 1e3 + rng.standard_normal((20, 1))  # R ~ 1e7: its eps is ~1e-9
+    loss = get_loss("squared")
+    theta, d = net.vector(), rng.standard_normal(net.n_params)
+    t = 1e-16
+    full, noise = deep_risk_change_and_noise(net, net.with_vector(theta + t * d), X, Y, loss, 1.0, 0.1)
+    mid = net.with_vector(theta + 0.5 * t * d)
+    a = deep_risk_change_and_noise(net, mid, X, Y, loss, 1.0, 0.1)[0]
+    b = deep_risk_change_and_noise(mid, net.with_vector(theta + t * d), X, Y, loss, 1.0, 0.1)[0]
+    R = lambda th: float(np.sum(loss.value(deep_forward(net.with_vector(th), X).out, Y))) + 0.05 * th @ th  # noqa: E731
+    assert abs(full) < 1e-15 * abs(R(theta))  # far below the rounding of R itself
+    assert noise < 1e-3 * abs(full)
+    assert abs(full - (a + b)) <= 2 * noise + 1e-9 * abs(full)

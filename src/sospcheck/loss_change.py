@@ -33,7 +33,7 @@ from .losses import Loss
 from .model import TwoLayerNet, forward
 
 __all__ = ["loss_change", "loss_change_noise", "activation_change", "output_change", "risk_change",
-           "risk_change_and_noise", "output_size", "QUADRATIC_LOSSES", "NOISE_ULPS"]
+           "risk_change_and_noise", "output_size", "decay_change", "QUADRATIC_LOSSES", "NOISE_ULPS"]
 
 #: loss names whose per-sample loss is a quadratic in the output (constant Hessian)
 QUADRATIC_LOSSES = ("squared", "mse")
@@ -182,7 +182,7 @@ def output_size(net: TwoLayerNet, O: np.ndarray) -> np.ndarray:
     return size + np.abs(net.b2) if net.has_b2 else size
 
 
-def _decay_change(weight_decay: float, z: np.ndarray, dz: np.ndarray) -> tuple[float, float]:
+def decay_change(weight_decay: float, z: np.ndarray, dz: np.ndarray) -> tuple[float, float]:
     """``lam (z . dz + |dz|^2 / 2)`` summed exactly, and 64 eps times the sum of its terms' sizes."""
     terms = z * dz + 0.5 * dz * dz
     value = weight_decay * math.fsum(terms.tolist())
@@ -199,7 +199,7 @@ def risk_change_and_noise(net: TwoLayerNet, new: TwoLayerNet, X: np.ndarray, Yp:
     noise = loss_change_noise(loss, fwd.out, Yp, weight, output_size(net, fwd.O), size)
     if weight_decay:
         z = net.as_direction().vector()
-        dv, dn = _decay_change(weight_decay, z, new.as_direction().vector() - z)
+        dv, dn = decay_change(weight_decay, z, new.as_direction().vector() - z)
         value, noise = value + dv, noise + dn
     return value, noise
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numbers
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,9 +30,10 @@ from .model import DeepDirection, DeepNet, deep_forward
 from .nearby import attach_nearby, deep_nearby_config
 from .pieces import Pieces
 from .second_order import DeepSecondOrder, quotient_basis, second_order_deep
+from .stratum import deep_risk_change_and_noise
 from .switching import base_slopes, switching_variables
 
-__all__ = ["check_deep", "DeepProblem", "DeepStats", "verify_deep"]
+__all__ = ["check_deep", "DeepProblem", "DeepStats", "verify_deep", "line_search_decrease"]
 
 MAX_PATTERNS = 4096
 
@@ -323,25 +325,39 @@ class DeepVerification:
 
 
 def verify_deep(problem: DeepProblem, d: DeepDirection, R0: float, max_halvings: int = 100) -> DeepVerification:
-    """``R(theta0 + d.displacement(t))`` for ``t = t0 2^-j`` (``t0 = max(1, |theta0|)``), the best decrease kept;
-    stops once a decrease above ``noise = 1e-12 |R0|`` shrinks with ``t`` (as
+    """``R(theta0 + d.displacement(t)) - R(theta0)`` for ``t = t0 2^-j`` (``t0 = max(1, |theta0|)``), each
+    computed below the rounding of ``R`` with its own rounding bound
+    (:func:`~sospcheck.deep.stratum.deep_risk_change_and_noise`), the search by :func:`line_search_decrease`.
+    ``R0`` (the risk at ``theta0``) is kept for the caller's record."""
+    theta0, net = problem.net.vector(), problem.net
+
+    def change_at(t: float) -> tuple[float, float]:
+        return deep_risk_change_and_noise(net, net.with_vector(theta0 + d.displacement(t)), problem.X, problem.Y,
+                                          problem.loss, problem.weight, problem.weight_decay)
+
+    return line_search_decrease(change_at, max(1.0, float(np.linalg.norm(theta0))), max_halvings)
+
+
+def line_search_decrease(change_at: Callable[[float], tuple[float, float]], t0: float,
+                         max_halvings: int = 100) -> DeepVerification:
+    """The largest decrease ``-change_at(t)[0]`` over ``t = t0 2^-j`` that exceeds its rounding bound
+    ``change_at(t)[1]``, stopping once a verified decrease shrinks with ``t`` (as
     :func:`sospcheck.verify.verify_descent`). A step counts only when the next, halved step lowers ``R``
-    too: a decrease at one far step with ``R`` rising nearer ``theta0`` says nothing about its neighbourhood."""
-    theta0 = problem.net.vector()
-    noise = 1e-12 * abs(R0) + 1e-300
-    t = max(1.0, float(np.linalg.norm(theta0)))
-    best_t, best_dec, n = 0.0, -np.inf, 0
-    prev_t, prev_dec = 0.0, -np.inf
+    too: a decrease at one far step with ``R`` rising nearer the point says nothing about its neighbourhood."""
+    t = t0
+    best_t, best_dec, best_noise, n = 0.0, -np.inf, 0.0, 0
+    prev_t, prev_dec, prev_noise = 0.0, -np.inf, 0.0
     for _ in range(max_halvings):
         n += 1
-        dec = R0 - problem.risk_at(theta0 + d.displacement(t))
-        if prev_dec > max(noise, best_dec) and dec > noise:
-            best_t, best_dec = prev_t, prev_dec
-        elif best_dec > noise and dec < prev_dec:
+        change, noise = change_at(t)
+        dec = -change
+        if prev_dec > max(prev_noise, best_dec) and dec > noise:
+            best_t, best_dec, best_noise = prev_t, prev_dec, prev_noise
+        elif best_dec > best_noise and dec < prev_dec:
             break
-        prev_t, prev_dec = t, dec
+        prev_t, prev_dec, prev_noise = t, dec, noise
         t *= 0.5
-    return DeepVerification(bool(best_dec > noise), best_t, float(best_dec), noise, n)
+    return DeepVerification(bool(best_dec > best_noise), best_t, float(best_dec), float(best_noise), n)
 
 
 def _radius(pieces: Pieces, problem: DeepProblem, d: DeepDirection) -> float:

@@ -23,14 +23,14 @@ import numpy as np
 import torch
 from torch.func import hessian, jacfwd
 
-from ..loss_change import loss_change
+from ..loss_change import decay_change, loss_change, loss_change_noise
 from ..losses import Loss
 from ..stratum import StratumPoint, StratumStatus, StratumStep, _ball_exit
 from .kinks import boundary_thresholds
 from .model import DeepNet, deep_forward
 from .pieces import Pieces
 
-__all__ = ["converge_on_deep_stratum", "deep_risk_change", "check_stratum_size", "MAX_PARAMS", "MAX_JACOBIAN"]
+__all__ = ["converge_on_deep_stratum", "deep_risk_change", "deep_risk_change_and_noise", "check_stratum_size", "MAX_PARAMS", "MAX_JACOBIAN"]
 
 #: most parameters: each Newton step forms the dense p x p Hessian of the Lagrangian (p Hessian-vector
 #: products through the m data) and eigendecomposes its reduced part
@@ -48,31 +48,49 @@ def check_stratum_size(net: DeepNet, m: int, held: int = 0) -> None:
                          f"{MAX_JACOBIAN:g} entries; check the point without nearby mode")
 
 
-def deep_output_change(net: DeepNet, new: DeepNet, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(out(new) - out(net), out(net))`` propagated layer by layer from the weight change (``dN = W' da +
-    dW a + db``, ``da = s dN`` where the sign is kept), so the change is accurate relative to itself."""
+def deep_output_change(net: DeepNet, new: DeepNet, X: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``(out(new) - out(net), out(net), out_size, delta_size)`` propagated layer by layer from the weight
+    change (``dN = W' da + dW a + db``, ``da = s dN`` where the sign is kept), so the change is accurate
+    relative to itself. ``out_size`` / ``delta_size`` bound ``|out|`` / ``|delta|`` elementwise by the same
+    recursion on absolute values (``|a| |W|' + |b|``; an activation change is at most ``s_hi`` times its
+    pre-activation's), the sizes whose few eps per layer bound the rounding (:func:`deep_risk_change_and_noise`)."""
+    s_hi = max(net.s_plus, net.s_minus)
     a, da = np.asarray(X, float), np.zeros_like(X, dtype=float)
+    a_size, da_size = np.abs(a), np.zeros_like(da)
     for l, (W, b, W2, b2) in enumerate(zip(net.weights, net.biases, new.weights, new.biases)):
         N = a @ W.T + (0.0 if b is None else b)
         dN = da @ W2.T + a @ (W2 - W).T + (0.0 if b is None else b2 - b)
+        N_size = a_size @ np.abs(W).T + (0.0 if b is None else np.abs(b))
+        dN_size = da_size @ np.abs(W2).T + a_size @ np.abs(W2 - W).T + (0.0 if b is None else np.abs(b2 - b))
         if l == net.depth:
-            return dN, N
+            return dN, N, N_size, dN_size
         N2 = N + dN
         same = (N > 0) == (N2 > 0)
         da = np.where(same, np.where(N > 0, net.s_plus, net.s_minus) * dN, net.activation(N2) - net.activation(N))
         a = net.activation(N)
+        a_size, da_size = s_hi * N_size, s_hi * dN_size
     raise AssertionError("unreachable")
+
+
+def deep_risk_change_and_noise(net: DeepNet, new: DeepNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, weight: float,
+                               weight_decay: float) -> tuple[float, float]:
+    """``R(new) - R(net)`` below the rounding of ``R`` (DESIGN.md 8.5 with :func:`deep_output_change`), and a
+    bound on its rounding error: :func:`~sospcheck.loss_change.loss_change_noise` with the propagated sizes,
+    times the number of layers (each adds a few eps of those sizes), plus the decay term's."""
+    delta, out, out_size, delta_size = deep_output_change(net, new, X)
+    value = loss_change(loss, out, None, Yp, weight, delta=delta)
+    noise = (net.depth + 1) * loss_change_noise(loss, out, Yp, weight, out_size, delta_size)
+    if weight_decay:
+        z = net.vector()
+        dv, dn = decay_change(weight_decay, z, new.vector() - z)
+        value, noise = value + dv, noise + dn
+    return value, noise
 
 
 def deep_risk_change(net: DeepNet, new: DeepNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, weight: float,
                      weight_decay: float) -> float:
-    """``R(new) - R(net)`` below the rounding of ``R`` (DESIGN.md 8.5 with :func:`deep_output_change`)."""
-    delta, out = deep_output_change(net, new, X)
-    value = loss_change(loss, out, None, Yp, weight, delta=delta)
-    if weight_decay:
-        z, dz = net.vector(), new.vector() - net.vector()
-        value += weight_decay * math.fsum((z * dz + 0.5 * dz * dz).tolist())
-    return value
+    """``R(new) - R(net)`` below the rounding of ``R`` (:func:`deep_risk_change_and_noise`)."""
+    return deep_risk_change_and_noise(net, new, X, Yp, loss, weight, weight_decay)[0]
 
 
 @dataclass
