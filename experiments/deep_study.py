@@ -6,7 +6,7 @@ kink per hidden layer at relative thresholds (``|N| <= tau |[W_l b_l]_k| max|[a;
 :func:`sospcheck.deep.check_deep` with its default tolerances, and its cost against one gradient.
 
     PYTHONPATH=src python experiments/deep_study.py [--seeds 5] [--out experiments/deep_study.json]
-    PYTHONPATH=src python experiments/deep_study.py --recheck experiments/deep_study.json  # nearby columns only
+    PYTHONPATH=src python experiments/deep_study.py --recheck experiments/deep_study.json  # verdicts, nearby
 
 Nearby mode (DESIGN.md 10.11) at each trained point: where z* is, the verdict there and its cost, with the
 defaults and (indicative) with the escape loop's looser thresholds.
@@ -92,15 +92,21 @@ def nearby_rows(net, X, Y) -> dict:
 
 
 def recheck(path: str) -> list[dict]:
-    """The nearby columns again from the weights saved in ``path`` (no training)."""
+    """The verdict columns (default and indicative tolerances) and the nearby columns again from the weights
+    saved in ``path`` (no training; the kink counts and times stay as measured)."""
     with open(path) as f:
         rows = json.load(f)
     for row in rows:
         arrays = [np.array(a, float) for a in row["state"]]
         net = DeepNet(tuple(arrays[0::2]), tuple(arrays[1::2]))
         X, Y = data(row["seed"])
-        row.update(nearby_rows(net, X.numpy(), Y.numpy()))
-        print(json.dumps({k: row[k] for k in ("arch", "seed", "nearby", "nearby_loose")}), flush=True)
+        Xn, Yn = X.numpy(), Y.numpy()
+        r = check_deep(net, Xn, Yn, reduction="mean", fragility=False)
+        relaxed = check_deep(net, Xn, Yn, reduction="mean", fragility=False, tolerances={"gradient": 1e-4})
+        row.update(verdict=r.verdict.value, reason=r.reason_code.value, relaxed=relaxed.reason_code.value,
+                   relaxed_flat=[relaxed.stats.L, relaxed.stats.K], **nearby_rows(net, Xn, Yn))
+        print(json.dumps({k: row[k] for k in ("arch", "seed", "reason", "relaxed", "nearby", "nearby_loose")}),
+              flush=True)
     return rows
 
 
@@ -142,7 +148,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--out", default="experiments/deep_study.json")
-    ap.add_argument("--recheck", metavar="JSON", help="recompute the nearby columns from the weights saved there")
+    ap.add_argument("--recheck", metavar="JSON", help="recompute the verdict and nearby columns from the weights "
+                    "saved there")
     args = ap.parse_args()
     rows = recheck(args.recheck) if args.recheck else study(args.seeds)
     with open(args.out, "w") as f:
