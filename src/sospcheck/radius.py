@@ -182,11 +182,11 @@ def _output_bounds(pt: Point) -> tuple[np.ndarray, np.ndarray, np.ndarray, float
     return G1, np.linalg.norm(pt.Hl, 2, axis=(1, 2)), xn, s_hi
 
 
-def _second_order_constants(pt: Point, zero_output: bool, L3: float):
+def _second_order_constants(pt: Point, zero_output: bool, L3: float, bounds: tuple):
     """``beta`` (``|b(x, y)| <= beta |x| |y|`` for the bilinear form of ``second`` on every piece) and
     ``K3(r)`` (``E >= -r K3(r) |n|^2`` for ``|eta| <= r``), from the per-sample output Jacobian bound
-    ``G1_i``, ``h_i = |H_i|_2`` and ``|r_i|`` (:func:`_output_bounds`)."""
-    G1, h, xn, s_hi = _output_bounds(pt)
+    ``G1_i``, ``h_i = |H_i|_2`` and ``|r_i|`` (``bounds``: :func:`_output_bounds`)."""
+    G1, h, xn, s_hi = bounds
     beta = 0.5 * (float(h @ G1 ** 2) + s_hi * float(np.linalg.norm(pt.r, axis=1) @ xn)) + 0.5 * pt.weight_decay
     c2 = 2.0 if zero_output else 1.0  # zero-output blocks add |u_n| |nu_k| to the bilinear output term
     linear = c2 * s_hi * float(h @ (G1 * xn))
@@ -197,14 +197,16 @@ def _second_order_constants(pt: Point, zero_output: bool, L3: float):
     return beta, K3
 
 
-def kink_residual_slack(pt: Point, boundary: np.ndarray, L3: float) -> Callable[[float], float]:
+def kink_residual_slack(pt: Point, boundary: np.ndarray, L3: float,
+                        bounds: tuple | None = None) -> Callable[[float], float]:
     """``r -> sum_i delta_i (|r_i| + (h_i + L3 (G1_i r + delta_i)) (G1_i r + delta_i))``, ``delta_i = (s_hi -
     s_lo) sum_k |w_k| |N_ik|`` over the kink pairs: how far ``R`` near ``z`` can lie below the model that
     puts the kink pairs exactly on their kinks, when they sit at ``|N_ik|`` of a few eps instead (a move
     crossing such a pair changes its activation by at most ``(s_hi - s_lo) |N_ik|`` more than the
-    model; ``l`` changes by at most its slope at the moved output times that)."""
+    model; ``l`` changes by at most its slope at the moved output times that). ``bounds``:
+    :func:`_output_bounds` of ``pt`` when the caller has them."""
     net = pt.net
-    G1, h, _, _ = _output_bounds(pt)
+    G1, h, _, _ = bounds if bounds is not None else _output_bounds(pt)
     gap = abs(net.s_plus - net.s_minus)
     delta = gap * (np.abs(np.where(boundary, pt.fwd.N, 0.0)) @ np.linalg.norm(net.W2, axis=0))
     rn = np.linalg.norm(pt.r, axis=1)
@@ -267,7 +269,8 @@ def certified_radius(pt: Point, boundary: np.ndarray, neurons: list[NeuronTest],
     sig_lo, sig_hi, n_kink = _kink_geometry(blocks)
     kept = {nt.k for nt in neurons if nt.k not in q.dead_neurons and nt.k not in q.zero_output_neurons}
     alpha, eps_g, rays = _first_order(pt, neurons, kept)
-    beta, K3 = _second_order_constants(pt, bool(q.zero_output_neurons), L3)
+    bounds = _output_bounds(pt)
+    beta, K3 = _second_order_constants(pt, bool(q.zero_output_neurons), L3, bounds)
     if alpha <= 0:
         return Radius(0.0, False, "a one-sided slope at a kink is negative (a descending ray): not a minimum",
                       {"validity_radius": r_valid, "curvature": lam, "first_order_slope": alpha})
@@ -295,7 +298,7 @@ def certified_radius(pt: Point, boundary: np.ndarray, neurons: list[NeuronTest],
 
         conditions.append(first_order_ok)
     r_star = _largest(lambda r: all(c(r) for c in conditions), r_valid)
-    kink_slack = kink_residual_slack(pt, boundary, L3)(min(r_star, 1e300))
+    kink_slack = kink_residual_slack(pt, boundary, L3, bounds)(min(r_star, 1e300))
     slack = (eps_g * r_star if math.isfinite(r_star) else (0.0 if eps_g == 0 else math.inf)) + kink_slack
     components = {"validity_radius": r_valid, "curvature": lam, "first_order_slope": alpha,
                   "kink_conditioning": kappa, "kink_norm": sig_hi, "form_bound": beta,
