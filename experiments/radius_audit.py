@@ -60,7 +60,7 @@ def _gradient(net: TwoLayerNet, X, Yp, loss, weight: float, lam: float) -> np.nd
 def _stratum_direction(net: TwoLayerNet, X: np.ndarray, held: np.ndarray, rng) -> np.ndarray:
     """A Gaussian direction whose input-weight part keeps every held pair on its kink to first order."""
     d = Direction.from_vector(net, rng.standard_normal(net.n_params))
-    Xbar = forward(net, X).Xbar
+    Xbar = net.augment(X)
     dZ = np.hstack([d.W1, d.b1[:, None]]) if d.b1 is not None else np.array(d.W1)
     for k in range(net.dh):
         rows = Xbar[held[:, k]][:, :dZ.shape[1]]

@@ -368,12 +368,15 @@ _SECOND_ORDER_DESCENT = {"ECQP": Reason.ECQP_DESCENT, "ICQP": Reason.ICQP_DESCEN
                          "critical-face ICQP": Reason.FACE_DESCENT, "zero_output": Reason.ZERO_OUTPUT_DESCENT}
 
 
+def second_order_cause(text: str) -> Reason:
+    """The reason code of an inconclusive second order, from the words of its message."""
+    return next((r for phrase, r in _SECOND_ORDER_CAUSES if phrase in text), Reason.SECOND_ORDER_UNDECIDED)
+
+
 def second_order(so: SecondOrderOutcome) -> SecondOrder:
     """Step 4's outcome read off (DESIGN.md section 3): T3 a predicted descent, T1 a minimum, T2 an SOSP."""
     if so.inconclusive:
-        reason = next((r for phrase, r in _SECOND_ORDER_CAUSES if phrase in so.inconclusive),
-                      Reason.SECOND_ORDER_UNDECIDED)
-        return SecondOrder(so, ending=Ending(reason, so.inconclusive))
+        return SecondOrder(so, ending=Ending(second_order_cause(so.inconclusive), so.inconclusive))
     if so.outcome == Outcome.NEGATIVE:
         return SecondOrder(so, Candidate(so.direction, 2, so.source, _SECOND_ORDER_DESCENT[so.source],
                                          symmetric=so.source == "ECQP"))

@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy.linalg import null_space
 
-from .geometry import row_norms
+from .geometry import boundary_mask, row_norms
 from .losses import Loss, risk
 from .model import TwoLayerNet, forward
 from .options import Options
@@ -188,8 +188,7 @@ def merge_duplicates(net: TwoLayerNet, X: np.ndarray, merge_tol: float) -> tuple
 def on_kink(net: TwoLayerNet, X: np.ndarray, tol: float) -> np.ndarray:
     """(m, dh) mask of the pairs with ``|N_ik| <= tol |Z_k| max|xbar|`` (the snap's near-kink rule)."""
     fwd = forward(net, X)
-    scale = np.linalg.norm(net.Z, axis=1) * np.max(np.linalg.norm(fwd.Xbar, axis=1))
-    return np.abs(fwd.N) <= tol * scale[None, :]
+    return boundary_mask(fwd.N, net.Z, fwd.Xbar, tol)
 
 
 def _output_weights(net: TwoLayerNet) -> np.ndarray:

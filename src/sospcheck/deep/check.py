@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..check import INTERPOLATION_ULPS, interpolates
+from ..check import INTERPOLATION_ULPS, interpolates, second_order_cause
 from ..first_order import record_sides
 from ..losses import Loss
-from ..margins import FRAGILITY_FACTOR, Margins, any_in_band
+from ..margins import FRAGILITY_FACTORS, Margins, any_in_band, fragility_verdicts
 from ..options import Budget, Tolerances
 from ..validation import validate_features, validate_targets
 from ..result import CheckResult, Decision, DescentCertificate, NeuronRecord, Reason, Stats
@@ -144,15 +144,16 @@ def check_deep(net: DeepNet, X, Y, loss="squared", reduction: str = "sum", weigh
     problem = DeepProblem(net, X, Yp, lossobj, weight, lam)
     result, margins = _analyze(problem, tol, bud, solver, int(max_patterns), device, progress)
     result.loss, result.reduction = lossobj.name, reduction
-    if fragility and any_in_band(margins):
+    if fragility:
         t1 = time.perf_counter()
-        factors = (("tolerances_x10", FRAGILITY_FACTOR), ("tolerances_x0.1", 1 / FRAGILITY_FACTOR))
-        result.fragility = {name: _analyze(problem, tol.scaled(f), bud, solver, int(max_patterns), device)[0]
-                            .verdict.value for name, f in factors}
+        factors = tuple(f for _, f in FRAGILITY_FACTORS) if any_in_band(margins) else ()
+        result.fragility = fragility_verdicts(
+            result.verdict, factors,
+            lambda f: _analyze(problem, tol.scaled(f), bud, solver, int(max_patterns), device)[0].verdict,
+            lambda *_: None)
         result.fragile = any(v != result.verdict.value for v in result.fragility.values())
-        result.timings["fragility"] = time.perf_counter() - t1
-    elif fragility:
-        result.fragility = {"tolerances_x10": result.verdict.value, "tolerances_x0.1": result.verdict.value}
+        if factors:
+            result.timings["fragility"] = time.perf_counter() - t1
     if nearby_cfg is not None:  # the same check at z*, with the tolerances of the nearby mode
         attach_nearby(result, problem, nearby_cfg, lambda z, tols: check_deep(
             z, X, Y, loss, reduction, weight_decay, tols, budget, solver, fragility, max_patterns, device), progress)
@@ -243,7 +244,7 @@ def _analyze(problem: DeepProblem, tol: Tolerances, bud: Budget, solver: str, ma
     stats.deep_quotient, stats.hessian_products = quot.to_dict(), pieces.products
     if so.inconclusive:
         detail = so.inconclusive if geo.likq else _likq_detail(geo, ks) + "; " + so.inconclusive
-        return _finish(st, so.reason or _inconclusive_reason(so.inconclusive), ks, fo, so, detail=detail)
+        return _finish(st, so.reason or second_order_cause(so.inconclusive), ks, fo, so, detail=detail)
     if so.outcome == Outcome.NEGATIVE:
         reason = {"ECQP": Reason.ECQP_DESCENT, "critical face": Reason.FACE_DESCENT}.get(so.source, Reason.ICQP_DESCENT)
         cands = so.candidates or [(so.direction, so.curvature)]
@@ -275,17 +276,6 @@ def _interpolates(problem: DeepProblem, out: np.ndarray, r: np.ndarray) -> bool:
             and interpolates(out, problem.Y))
 
 
-_INCONCLUSIVE = (("ICQPs exceed budget", Reason.ICQP_BUDGET),
-                 ("ECQP eigenvalue not computed", Reason.EIGENVALUE_FAILED),
-                 ("Qww is (nearly) singular", Reason.SINGULAR_UNRESOLVED),
-                 ("copositivity of a", Reason.COPOSITIVITY_UNDECIDED),
-                 ("copositivity witness", Reason.SCHUR_INACCURATE))
-
-
-def _inconclusive_reason(text: str) -> Reason:
-    return next((r for phrase, r in _INCONCLUSIVE if phrase in text), Reason.SECOND_ORDER_UNDECIDED)
-
-
 def _likq_detail(geo, ks) -> str:
     n0 = sum(g.rho == 0 for g in ks.groups)
     return (f"the kink qualification fails: {geo.n} switching groups ({n0} of order 0) over {ks.M} kinks have "
@@ -300,7 +290,7 @@ def _verified(st: _State, pieces: Pieces, ks, cands: list, order: int, test: str
     for d, curvature in cands:
         tries = [DeepDirection(d.eta, d.shapes), d] if d.zeta is not None else [d]
         for cand in tries:
-            v = verify_deep(problem, cand.normalized(), st.value)
+            v = verify_deep(problem, cand.normalized())
             if v.verified:
                 st.lap("verify")
                 cert = DescentCertificate(cand.normalized(), order, test + (" (curve)" if cand.zeta is not None else
@@ -324,11 +314,10 @@ class DeepVerification:
     n_evaluations: int
 
 
-def verify_deep(problem: DeepProblem, d: DeepDirection, R0: float, max_halvings: int = 100) -> DeepVerification:
+def verify_deep(problem: DeepProblem, d: DeepDirection, max_halvings: int = 100) -> DeepVerification:
     """``R(theta0 + d.displacement(t)) - R(theta0)`` for ``t = t0 2^-j`` (``t0 = max(1, |theta0|)``), each
     computed below the rounding of ``R`` with its own rounding bound
-    (:func:`~sospcheck.deep.stratum.deep_risk_change_and_noise`), the search by :func:`line_search_decrease`.
-    ``R0`` (the risk at ``theta0``) is kept for the caller's record."""
+    (:func:`~sospcheck.deep.stratum.deep_risk_change_and_noise`), the search by :func:`line_search_decrease`."""
     theta0, net = problem.net.vector(), problem.net
 
     def change_at(t: float) -> tuple[float, float]:

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from itertools import product
 
 import numpy as np
-from scipy.optimize import nnls
 
+from ..arrangement import cone_projection
 from ..margins import Margins
 from .kinks import KinkSet
 
@@ -142,11 +142,7 @@ def first_order_likq(geo: KinkGeometry, ks: KinkSet, scale: float, tol_gradient:
 
 def cone_steepest(g: np.ndarray, W: np.ndarray) -> tuple[float, np.ndarray | None]:
     """``min g . v`` over ``{W v >= 0, |v| <= 1}`` = ``-|P_C(-g)|`` (Moreau; section 9), and the minimiser."""
-    if W.shape[0] == 0:
-        n = float(np.linalg.norm(g))
-        return -n, (-g / n if n > 0 else None)
-    lam, _ = nnls(W.T, g, maxiter=50 * W.shape[0] + 100)
-    P = W.T @ lam - g
+    P = cone_projection(W, -g)
     n = float(np.linalg.norm(P))
     return -n, (P / n if n > 0 else None)
 

@@ -54,7 +54,7 @@ def deep_output_change(net: DeepNet, new: DeepNet, X: np.ndarray) -> tuple[np.nd
     relative to itself. ``out_size`` / ``delta_size`` bound ``|out|`` / ``|delta|`` elementwise by the same
     recursion on absolute values (``|a| |W|' + |b|``; an activation change is at most ``s_hi`` times its
     pre-activation's), the sizes whose few eps per layer bound the rounding (:func:`deep_risk_change_and_noise`)."""
-    s_hi = max(net.s_plus, net.s_minus)
+    s_hi = net.s_hi
     a, da = np.asarray(X, float), np.zeros_like(X, dtype=float)
     a_size, da_size = np.abs(a), np.zeros_like(da)
     for l, (W, b, W2, b2) in enumerate(zip(net.weights, net.biases, new.weights, new.biases)):
