@@ -138,7 +138,7 @@ def test_data_span_from_the_gram_matrix():
 
 
 def test_span_coordinates_share_the_data_when_the_span_is_everything():
-    from sospcheck.quotient import bias_shift_rows, span_coordinates
+    from sospcheck.quotient import bias_shift_rows, span_constant, span_coordinates
 
     net, X, Y = _planted_stationary(m=300, dx=6, dh=2)
     pt = pieces.first_order(net, X, Y)[0]
@@ -154,7 +154,7 @@ def test_span_coordinates_share_the_data_when_the_span_is_everything():
     assert cc.V.shape == (8, 7) and cc.gram is None
     nu_c = np.linalg.lstsq(cc.Xr, np.ones(300), rcond=None)[0]
     nts = pieces.first_order(netc, Xc, Y)[3]
-    rows = bias_shift_rows(ptc, cc.Xr, nts, set(), 1e-10, cc.V)
+    rows = bias_shift_rows(ptc, span_constant(ptc, cc, 1e-10), nts, set())
     assert list(rows) == [0]
     np.testing.assert_allclose(rows[0][netc.dy:], nu_c, atol=1e-10)
 

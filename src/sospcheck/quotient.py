@@ -37,7 +37,7 @@ from .options import Tolerances
 from .point import Point
 
 __all__ = ["Quotient", "SpanCoordinates", "Reduction", "span_coordinates", "dead_neurons",
-           "constant_direction", "span_guess", "bias_shift_rows", "inactive_rows", "affine_neurons", "reduce"]
+           "constant_direction", "span_guess", "span_constant", "bias_shift_rows", "inactive_rows", "affine_neurons", "reduce"]
 
 
 @dataclass(frozen=True)
@@ -181,20 +181,25 @@ def affine_neurons(pt: Point, neurons: list[NeuronTest], removed: set[int]) -> l
     return affine
 
 
-def bias_shift_rows(pt: Point, Xr: np.ndarray, neurons: list[NeuronTest], removed: set[int],
-                    rank_tol: float, V: np.ndarray | None = None) -> dict[int, np.ndarray]:
+def span_constant(pt: Point, coords: SpanCoordinates, rank_tol: float) -> np.ndarray | None:
+    """``nu_c`` with ``Xr nu_c = 1`` (:func:`constant_direction`) where a bias shift can be flat at all (``b2``
+    present, no weight decay), else None: computed once per reduction, shared by the bias shifts and the
+    affine groups."""
+    if pt.weight_decay != 0 or not pt.net.has_b2:
+        return None
+    return constant_direction(coords.Xr, rank_tol, span_guess(pt, coords.V))
+
+
+def bias_shift_rows(pt: Point, nu_c: np.ndarray | None, neurons: list[NeuronTest],
+                    removed: set[int]) -> dict[int, np.ndarray]:
     """Per neuron with an exact bias-shift flat curve (module docstring), the slice row on ``(u_k, nu_k)``.
 
-    Needs ``b2``, no weight decay, a constant function in the data span (``Xr nu_c = 1``), and an
-    affine neuron (:func:`affine_neurons`) whose ``nu_k`` is kept (not in ``removed``). ``V``: the
-    span basis behind ``Xr = Xbar V``, when known (:func:`span_guess`).
+    Needs a constant function in the data span, ``nu_c`` (:func:`span_constant`: ``b2`` and no weight
+    decay), and an affine neuron (:func:`affine_neurons`) whose ``nu_k`` is kept (not in ``removed``).
     """
-    net = pt.net
-    ok = pt.weight_decay == 0 and net.has_b2
-    nu_c = constant_direction(Xr, rank_tol, span_guess(pt, V)) if ok else None
     if nu_c is None:
         return {}
-    return {k: np.concatenate([np.zeros(net.dy), nu_c]) for k in affine_neurons(pt, neurons, removed)}
+    return {k: np.concatenate([np.zeros(pt.net.dy), nu_c]) for k in affine_neurons(pt, neurons, removed)}
 
 
 _INACTIVE_RANK_FLOPS = 5e7
@@ -260,9 +265,10 @@ def reduce(pt: Point, neurons: list[NeuronTest], boundary: np.ndarray, coords: S
     for k in zero:
         keep[layout.nu_index(k)] = False
     removed = set(dead) | set(zero)
-    shift = bias_shift_rows(pt, coords.Xr, neurons, removed, rank_tol, coords.V)
+    nu_c = span_constant(pt, coords, rank_tol)
+    shift = bias_shift_rows(pt, nu_c, neurons, removed)
     inactive = inactive_rows(pt, boundary, coords.Xr, neurons, removed, rank_tol)
-    shared = shared_rows(pt, coords, neurons, boundary, list(dead), list(zero), keep, tol or Tolerances())
+    shared = shared_rows(pt, coords, neurons, boundary, list(dead), list(zero), keep, tol or Tolerances(), nu_c)
     grouped = {k for g in shared if g.kind == "affine" for k in g.neurons}
     groups = {kind: [g.neurons for g in shared if g.kind == kind] for kind in ("affine", "pattern", "duplicate")}
     quotient = Quotient(int(coords.V.shape[1]), coords.full_dim, list(dead), list(zero), sorted(shift),

@@ -24,7 +24,7 @@ from .first_order import NeuronTest
 from .operators import Layout
 from .options import Tolerances
 from .point import Point
-from .quotient import SpanCoordinates, affine_neurons, constant_direction, span_guess
+from .quotient import SpanCoordinates, affine_neurons
 
 __all__ = ["SharedRows", "linear_groups", "linear_group_rows", "duplicate_groups", "response_span", "duplicate_rows",
            "shared_rows"]
@@ -261,20 +261,19 @@ def duplicate_rows(pt: Point, coords: SpanCoordinates, boundary: np.ndarray, gro
 
 
 def shared_rows(pt: Point, coords: SpanCoordinates, neurons: list[NeuronTest], boundary: np.ndarray,
-                dead: list[int], zero: list[int], keep: np.ndarray, tol: Tolerances) -> list[SharedRows]:
+                dead: list[int], zero: list[int], keep: np.ndarray, tol: Tolerances,
+                nu_c: np.ndarray | None = None) -> list[SharedRows]:
     """The linear groups (:func:`linear_groups`) and the duplicate groups among the neurons with kink
     points, zero-output neurons included (their ``u_k`` trades with the others' weights), dead ones not;
     none under weight decay (it is not flat along them). ``keep``: the coordinates kept (mask over
-    ``theta``)."""
+    ``theta``); ``nu_c``: the data span's constant direction (:func:`~sospcheck.quotient.span_constant`)."""
     if pt.weight_decay != 0:
         return []
     found = []
     for kind, group in linear_groups(pt, neurons, set(dead)):
         if all(k in zero for k in group):
             continue
-        ok = kind == "affine" and pt.net.has_b2
-        nu_c = constant_direction(coords.Xr, tol.rank, span_guess(pt, coords.V)) if ok else None
-        found.append(linear_group_rows(pt, coords, group, nu_c, keep, set(zero), kind))
+        found.append(linear_group_rows(pt, coords, group, nu_c if kind == "affine" else None, keep, set(zero), kind))
     others = [nt.k for nt in neurons if nt.k not in dead and nt.M > 0]
     for group in duplicate_groups(pt, coords, boundary, others, tol.boundary):
         if all(k in zero for k in group):
