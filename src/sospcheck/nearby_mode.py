@@ -36,9 +36,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .geometry import boundary_mask
 from .loss_change import risk_change
 from .losses import Loss
-from .model import TwoLayerNet
+from .model import TwoLayerNet, forward
 from .nearby import Nearby, merge_duplicates, near_zero_neurons, on_kink, polish, with_hidden, zero_neurons
 from .options import Tolerances
 from .result import CheckResult, Reason, Verdict
@@ -318,9 +319,10 @@ def nearby_verdict(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, 
     room = max(budget - _dist(cur, net), 0.0)
     if weight_decay:
         cur = rebalance(cur)
+    fwd = forward(cur, X)
     sp, added = converge_holding(lambda B: converge_on_stratum(cur, X, Yp, loss, weight, weight_decay, B, radius=room),
-                                 on_kink(cur, X, nearby.snap_tol), on_kink(cur, X, nearby.hold_tol), nearby.max_holds,
-                                 notify)
+                                 boundary_mask(fwd.N, cur.Z, fwd.Xbar, nearby.snap_tol),
+                                 boundary_mask(fwd.N, cur.Z, fwd.Xbar, nearby.hold_tol), nearby.max_holds, notify)
     common = dict(steps=sp.steps, residual=sp.relative_gradient, radius=nearby.radius, zeroed=zeroed, merged=merged,
                   polish_steps=polished, held=int(sp.boundary.sum()), added=added, stratum=sp,
                   tolerances=NEARBY_TOLERANCES)
