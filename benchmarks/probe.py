@@ -5,7 +5,7 @@ interpreter that has only imported the libraries) and lets the parent stop a cas
 time limit without losing the stages already done: every stage prints one JSON line as it finishes.
 
 SPEC: ``{"data": {"m", "dx", "dy", "seed"} or {"npz": "data.npz"} (arrays X, Y), "net": "net.npz",
-"stages": [{"stage": NAME, "label": optional name of its record, ...}, ...]}``.
+"warm_up": optional {planted_minimum's arguments, "solver"} (see :func:`warm_up`), "stages": [{"stage": NAME, "label": optional name of its record, ...}, ...]}``.
 Stages (run in order, on the current net; any stage may carry ``time_limit`` (wall) or ``cpu_limit`` (CPU)
 seconds, past which it is interrupted and reported as ``{"interrupted": ..., "seconds": ...}``):
   refit         refit the output layer (least squares), as a random point's baseline
@@ -25,6 +25,7 @@ products done by ``sospcheck.operators.HessianOperator.matmat`` in that stage, c
 
 from __future__ import annotations
 
+import gc
 import json
 import resource
 import signal
@@ -201,8 +202,23 @@ def run_stage(net, X, Y, st: dict):
     return net, rec
 
 
+def warm_up(spec: dict) -> None:
+    """A check on a small planted minimum of the same widths (``spec["warm_up"]``: ``planted_minimum``'s
+    arguments, ``solver``) before the baseline: the library code the check loads lazily and the BLAS work
+    buffers, fixed costs that do not grow with the data, are then resident before "start"."""
+    warm = dict(spec["warm_up"])
+    solver = warm.pop("solver", "auto")
+    inst = common.planted_minimum(**warm)
+    common.timed_check(inst["net"], inst["X"], inst["Y"], solver=solver)
+    del inst
+    gc.collect()
+
+
 def main(path: str) -> int:
     spec = json.loads(Path(path).read_text())
+    if spec.get("warm_up"):
+        warm_up(spec)
+        reset_peak()
     emit({"stage": "start", "rss_peak": rss_peak(), "rss": rss_now()})
     d = spec["data"]
     if "npz" in d:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .augmented import AugmentedData
+
 __all__ = ["boundary_mask", "row_norms", "data_span", "row_space", "ray_directions", "validity_radius"]
 
 
@@ -15,6 +17,8 @@ def boundary_mask(N: np.ndarray, Z: np.ndarray, Xbar: np.ndarray, tol: float) ->
 
 def row_norms(A: np.ndarray) -> np.ndarray:
     """``|a_i|`` per row, without the m x d temporary of ``np.linalg.norm(A, axis=1)``."""
+    if isinstance(A, AugmentedData):
+        return A.row_norms()
     return np.sqrt(np.einsum("ij,ij->i", A, A))
 
 

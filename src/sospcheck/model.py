@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass
 
 import numpy as np
+
+from .augmented import AugmentedData
 
 __all__ = ["TwoLayerNet", "Direction", "Forward", "forward", "as_float_array", "real_array", "check_size",
            "dtype_problem", "MAX_ELEMENTS"]
@@ -151,14 +152,12 @@ class TwoLayerNet:
         """``[W1 b1]`` (or ``W1`` without ``b1``), one row per hidden neuron."""
         return np.hstack([self.W1, self.b1[:, None]]) if self.has_b1 else np.array(self.W1)
 
-    def augment(self, X: np.ndarray) -> np.ndarray:
-        """``xbar_i = [x_i; 1]``, or ``x_i`` when the network has no ``b1``. For a read-only ``X`` (the
-        check's validated data) the m x (d + 1) array is formed once and shared (:func:`_augmented`)."""
+    def augment(self, X: np.ndarray) -> np.ndarray | AugmentedData:
+        """``xbar_i = [x_i; 1]`` as an operator over ``X`` (no copy, :class:`AugmentedData`), or ``X``
+        itself when the network has no ``b1``."""
         if not self.has_b1:
             return np.asarray(X)
-        if isinstance(X, np.ndarray) and not X.flags.writeable:
-            return _augmented(X)
-        return np.hstack([X, np.ones((X.shape[0], 1))])
+        return AugmentedData(np.asarray(X))
 
     def activation(self, N: np.ndarray) -> np.ndarray:
         return np.where(N > 0, self.s_plus * N, self.s_minus * N)
@@ -285,7 +284,7 @@ class Direction:
 class Forward:
     """Quantities of one forward pass: ``Xbar = [X 1]`` (or ``X``), ``N = Xbar Z'``, ``O = h(N)``, outputs."""
 
-    Xbar: np.ndarray
+    Xbar: np.ndarray | AugmentedData
     N: np.ndarray
     O: np.ndarray
     out: np.ndarray
@@ -300,20 +299,3 @@ def forward(net: TwoLayerNet, X: np.ndarray) -> Forward:
     if net.has_b2:
         out = out + net.b2
     return Forward(Xbar, N, O, out)
-
-
-# id(X) -> (weak reference to X, read-only [X 1]): the check's forward passes (validation, the
-# near-zero screen, the point) share one augmented copy of the data instead of forming three
-_AUGMENTED: dict[int, tuple[weakref.ref, np.ndarray]] = {}
-
-
-def _augmented(X: np.ndarray) -> np.ndarray:
-    """``[X 1]`` for a read-only ``X``, read-only itself, kept while ``X`` lives."""
-    key = id(X)
-    hit = _AUGMENTED.get(key)
-    if hit is not None and hit[0]() is X:
-        return hit[1]
-    Xbar = np.hstack([X, np.ones((X.shape[0], 1))])
-    Xbar.flags.writeable = False
-    _AUGMENTED[key] = (weakref.ref(X, lambda _, key=key: _AUGMENTED.pop(key, None)), Xbar)
-    return Xbar

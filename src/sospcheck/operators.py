@@ -19,6 +19,8 @@ import copy
 
 import numpy as np
 
+from .augmented import dense, row_block
+
 __all__ = ["Layout", "HessianOperator", "TorchHessianOperator", "make_operator"]
 
 
@@ -124,7 +126,7 @@ class HessianOperator:
         W2 = self.W2
         for s in range(0, self.m, step):
             rows = slice(s, min(self.m, s + step))
-            O, Xr, Jt, rt = self.O[rows], self.Xr[rows], self.Jt[:, rows], self.r[rows].T
+            O, Xr, Jt, rt = self.O[rows], row_block(self.Xr, rows), self.Jt[:, rows], self.r[rows].T
             mc = O.shape[0]
             JT = (Nu2 @ Xr.T).reshape(b, dh, mc) * Jt  # J_ik t_ik
             JT2 = JT.reshape(b * dh, mc)
@@ -344,7 +346,7 @@ class TorchHessianOperator(HessianOperator):
         super().__init__(*args, **kw)
 
     def _to_backend(self, arr):
-        arr = np.asarray(arr, dtype=np.float64)
+        arr = np.asarray(dense(arr), dtype=np.float64)
         if not arr.flags.writeable:  # torch cannot wrap read-only memory
             arr = arr.copy()
         return self.xp.as_tensor(arr, device=self.device)

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .copositive import orthant_lower_bound
+from .geometry import row_norms
 from .first_order import NeuronTest
 from .options import Tolerances
 from .point import Point
@@ -96,7 +97,7 @@ def third_derivative_bound(loss_name: str) -> float | None:
 def uniform_validity_radius(N: np.ndarray, boundary: np.ndarray, Xbar: np.ndarray) -> float:
     """``min |N_ik| / |xbar_i|`` over the off-kink pairs: below it no perturbation of the weights of that
     length changes the sign of any off-kink pair (``|t_ik| <= |dZ_k| |xbar_i|``)."""
-    norms = np.linalg.norm(Xbar, axis=1)
+    norms = row_norms(Xbar)
     off = ~boundary & (norms[:, None] > 0)
     if not np.any(off):
         return math.inf
@@ -156,7 +157,7 @@ def _first_order(pt: Point, neurons: list[NeuronTest], kept: set[int]) -> tuple[
     g_out = float(np.linalg.norm(G) ** 2)
     if net.has_b2:
         g_out += float(np.linalg.norm(pt.r.sum(axis=0) + lam * net.b2) ** 2)
-    norms = np.linalg.norm(pt.fwd.Xbar, axis=1)
+    norms = row_norms(pt.fwd.Xbar)
     alpha, per_neuron, ok = math.inf, 0.0, True
     for nt in neurons:
         loose = float(np.linalg.norm(nt.vt))
@@ -176,7 +177,7 @@ def _output_bounds(pt: Point) -> tuple[np.ndarray, np.ndarray, np.ndarray, float
     Jacobian), ``h_i = |H_i|_2``, ``|xbar_i|``; and ``s_hi``."""
     net = pt.net
     s_hi = max(net.s_plus, net.s_minus)
-    xn = np.linalg.norm(pt.fwd.Xbar, axis=1)
+    xn = row_norms(pt.fwd.Xbar)
     G1 = np.sqrt(np.sum(pt.fwd.O ** 2, axis=1) + (1.0 if net.has_b2 else 0.0)
                  + (s_hi * np.linalg.norm(net.W2, 2) * xn) ** 2)
     return G1, np.linalg.norm(pt.Hl, 2, axis=(1, 2)), xn, s_hi

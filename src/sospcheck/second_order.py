@@ -22,6 +22,7 @@ from itertools import product
 
 import numpy as np
 
+from .augmented import frobenius_norm
 from .copositive import NOT, STRICT, UNKNOWN, copositivity
 from .degenerate import cell_product
 from .degenerate_second import NeuronFaces, face_choices, face_combinations
@@ -193,7 +194,7 @@ def _zero_output_neurons(pt: Point, neurons: list[NeuronTest], boundary: np.ndar
         return [], [], None, None
     ratios = zero_output_ratios(pt, tol.a_zero)
     mask = ratios <= 1.0
-    g_tol = tol.gradient * max(net.s_plus, net.s_minus) * np.linalg.norm(pt.r) * np.linalg.norm(coords.Xr)
+    g_tol = tol.gradient * max(net.s_plus, net.s_minus) * np.linalg.norm(pt.r) * frobenius_norm(coords.Xr)
     flat, dead = [], set(dead)
     for nt in neurons:
         k = nt.k

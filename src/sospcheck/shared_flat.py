@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.linalg import null_space, orth
 
+from .augmented import frobenius_norm
 from .first_order import NeuronTest
 from .operators import Layout
 from .options import Tolerances
@@ -174,7 +175,7 @@ def _responses(pt: Point, coords: SpanCoordinates, boundary: np.ndarray,
     net, N, r, Xr = pt.net, pt.fwd.N, pt.r, coords.Xr
     on = boundary[:, k]
     E_off = (r[~on] * net.slope(N[~on, k])[:, None]).T @ Xr[~on]
-    return E_off, Xr[on], max(net.s_plus, net.s_minus) * float(np.linalg.norm(r) * np.linalg.norm(Xr))
+    return E_off, Xr[on], max(net.s_plus, net.s_minus) * float(np.linalg.norm(r) * frobenius_norm(Xr))
 
 
 def response_span(pt: Point, coords: SpanCoordinates, boundary: np.ndarray, k: int, grad_tol: float) -> np.ndarray:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .augmented import frobenius_norm
 from .validation import validate_inputs
 from .model import TwoLayerNet
 from .operators import HessianOperator
@@ -47,6 +48,6 @@ def smooth_view(net: TwoLayerNet, X, Y, loss="squared", reduction="sum", weight_
     H = HessianOperator(pt.fwd.O, Xbar, net.W2, pt.r, pt.Hl, J, lam, has_b2=net.has_b2).dense()
     ev = np.linalg.eigvalsh(H)
     scale = max(np.max(np.abs(ev)), 1e-300)
-    gscale = np.linalg.norm(pt.r) * (np.linalg.norm(pt.fwd.O) + np.linalg.norm(Xbar) * np.linalg.norm(net.W2) + 1) + 1e-300
+    gscale = np.linalg.norm(pt.r) * (np.linalg.norm(pt.fwd.O) + frobenius_norm(Xbar) * np.linalg.norm(net.W2) + 1) + 1e-300
     gn = float(np.linalg.norm(g))
     return SmoothView(gn, float(ev[0]), float(ev[-1]), bool(gn <= tol * gscale and ev[0] >= -tol * scale))

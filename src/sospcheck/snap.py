@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 
+from .geometry import row_norms
 from .losses import Loss
 from .model import TwoLayerNet, forward
 
@@ -146,7 +147,7 @@ def snap_to_kinks(net: TwoLayerNet, X: np.ndarray, Y: np.ndarray, loss: Loss, we
 
     fwd = forward(net, X)
     Xbar, N = fwd.Xbar, fwd.N
-    xmax = np.max(np.linalg.norm(Xbar, axis=1))
+    xmax = np.max(row_norms(Xbar))
     Z = net.Z.copy()
     per_neuron, dropped, max_res, n_pairs = [], [], 0.0, 0
     for k in range(net.dh):

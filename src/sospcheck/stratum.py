@@ -24,6 +24,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.linalg import null_space
 
+from .augmented import frobenius_norm
+from .geometry import row_norms
 from .loss_change import risk_change
 from .losses import Loss
 from .model import TwoLayerNet, as_float_array
@@ -234,7 +236,7 @@ def _evaluate(st: _Stratum, theta: np.ndarray, X: np.ndarray, Yp: np.ndarray, lo
     rho = np.linalg.norm(r) + math.sqrt(float(np.max(np.sum(Hl * Hl, axis=(1, 2))))) * np.linalg.norm(out)
     out_scale = rho * math.sqrt(np.linalg.norm(O) ** 2 + (st.Xbar.shape[0] if b2 is not None else 0))
     s_hi = max(st.net.s_plus, st.net.s_minus)
-    neuron_scale = s_hi * rho * np.linalg.norm(W2, axis=0) * np.linalg.norm(st.Xbar)
+    neuron_scale = s_hi * rho * np.linalg.norm(W2, axis=0) * frobenius_norm(st.Xbar)
     scale = math.sqrt(out_scale**2 + float(np.sum(neuron_scale**2)))
     value = weight * math.fsum(np.asarray(loss.value(out, Yp), dtype=float).tolist())
     if lam:
@@ -284,7 +286,7 @@ def _kink_residual(net: TwoLayerNet, Xbar: np.ndarray, B: np.ndarray) -> float:
     held = B & (zn > 0)[None, :]
     if not np.any(held):
         return 0.0
-    rel = np.abs(Xbar @ Z.T) / (np.linalg.norm(Xbar, axis=1)[:, None] * np.where(zn > 0, zn, 1.0)[None, :])
+    rel = np.abs(Xbar @ Z.T) / (row_norms(Xbar)[:, None] * np.where(zn > 0, zn, 1.0)[None, :])
     return float(np.max(rel[held]))
 
 

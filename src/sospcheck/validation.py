@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 
+from .augmented import abs_max
 from .losses import Loss, get_loss, reduction_weight
 from .model import TwoLayerNet, as_float_array, check_size, forward
 
@@ -95,7 +96,7 @@ def check_finite_point(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Lo
         if r.shape != (m, dy) or Hl.shape != (m, dy, dy):
             return
         s_hi = max(net.s_plus, net.s_minus)
-        xmax = max(float(np.max(fwd.Xbar)), -float(np.min(fwd.Xbar)))  # max |xbar_ij| without an m x d temporary
+        xmax = abs_max(fwd.Xbar)
         grad_Z = ((r @ net.W2) * net.slope(fwd.N)).T @ fwd.Xbar
         reach = float(np.max(np.abs(fwd.O))) + s_hi * float(np.linalg.norm(net.W2)) * xmax
         second = m * (float(np.max(np.abs(Hl))) * reach * reach + float(np.max(np.abs(r))) * s_hi * xmax + xmax * xmax) + lam

@@ -16,7 +16,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..augmented import dense
 from ..check import check, validate_inputs
+from ..geometry import row_norms
 from ..losses import Loss, risk
 from ..model import TwoLayerNet, forward
 from ..nearby import KINK_POINT, Nearby, escape_nearby, nearby_point, with_hidden
@@ -89,7 +91,7 @@ def neuron_size_bound(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray) -> float:
     rms(targets)) / max|xbar|`` that a neuron needs to produce outputs of the targets' scale."""
     fwd = forward(net, X)
     sizes = np.linalg.norm(net.W2, axis=0) * np.linalg.norm(net.Z, axis=1)
-    scale = (np.sqrt(np.mean(fwd.out**2)) + np.sqrt(np.mean(Yp**2))) / np.max(np.linalg.norm(fwd.Xbar, axis=1))
+    scale = (np.sqrt(np.mean(fwd.out**2)) + np.sqrt(np.mean(Yp**2))) / np.max(row_norms(fwd.Xbar))
     return float(max(np.max(sizes), scale))
 
 
@@ -147,7 +149,7 @@ def best_new_neuron(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss,
         cur = score(v)
         for _ in range(iters):
             pattern = np.where(Xbar @ v > 0, net.s_plus, net.s_minus)
-            U, sv, Vt = np.linalg.svd(pattern[:, None] * Xbar, full_matrices=False)
+            U, sv, Vt = np.linalg.svd(pattern[:, None] * dense(Xbar), full_matrices=False)
             rank = int(np.sum(sv > 1e-12 * sv[0])) if sv.size and sv[0] > 0 else 0
             if rank == 0:
                 break

@@ -1,0 +1,75 @@
+"""``[X 1]`` as an operator (sospcheck.augmented): every product equals the one with the explicit copy,
+and the check never forms that copy."""
+
+import numpy as np
+import pytest
+
+from instances import random_kink_instance
+from sospcheck import TwoLayerNet, check
+from sospcheck.augmented import AugmentedData, abs_max, dense, frobenius_norm, gram, row_block
+from sospcheck.geometry import row_norms
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((37, 5))
+    return X, np.hstack([X, np.ones((37, 1))]), rng
+
+
+def test_products_equal_those_of_the_explicit_copy(data):
+    X, Xb, rng = data
+    A = AugmentedData(X)
+    M, v, B, w = rng.standard_normal((6, 4)), rng.standard_normal(6), rng.standard_normal((3, 37)), rng.standard_normal(37)
+    assert A.shape == Xb.shape and len(A) == 37
+    np.testing.assert_allclose(A @ M, Xb @ M, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(A @ v, Xb @ v, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(B @ A, B @ Xb, rtol=1e-13, atol=1e-13)  # ndarray @ A defers to A
+    np.testing.assert_allclose(w @ A, w @ Xb, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(A.T @ B.T, Xb.T @ B.T, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(A.T @ w, Xb.T @ w, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(M.T @ A.T, M.T @ Xb.T, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(A.T @ A, Xb.T @ Xb, rtol=1e-13, atol=1e-12)
+    np.testing.assert_allclose(gram(A), gram(Xb), rtol=1e-13, atol=1e-12)
+    with pytest.raises(ValueError, match="columns"):
+        A @ np.ones((5, 2))
+
+
+def test_norms_rows_and_selections_equal_those_of_the_explicit_copy(data):
+    X, Xb, rng = data
+    A = AugmentedData(X)
+    np.testing.assert_allclose(row_norms(A), np.linalg.norm(Xb, axis=1), rtol=1e-14)
+    assert frobenius_norm(A) == pytest.approx(np.linalg.norm(Xb), rel=1e-14)
+    assert abs_max(A) == np.max(np.abs(Xb))
+    assert abs_max(AugmentedData(0.1 * X)) == 1.0  # the ones column
+    assert abs_max(AugmentedData(np.zeros((0, 3)))) == 0.0
+    mask = rng.random(37) < 0.4
+    np.testing.assert_array_equal(A[mask], Xb[mask])
+    np.testing.assert_array_equal(A[4], Xb[4])
+    np.testing.assert_array_equal(A[:6, 2:], Xb[:6, 2:])
+    np.testing.assert_array_equal(np.asarray(A), Xb)
+    np.testing.assert_array_equal(dense(A), Xb)
+    block = row_block(A, slice(3, 9))
+    assert isinstance(block, AugmentedData) and np.shares_memory(block.X, X)  # a view, no copy
+    np.testing.assert_allclose(block @ np.ones(6), Xb[3:9].sum(axis=1), rtol=1e-14)
+    np.testing.assert_array_equal(row_block(Xb, mask), Xb[mask])
+
+
+@pytest.mark.parametrize("solver", ["dense", "matrix_free"])
+def test_the_check_never_forms_the_augmented_copy(monkeypatch, solver):
+    """Any implicit conversion of ``[X 1]`` to an array (the m x (dx + 1) copy) fails the check here."""
+    def refuse(self, dtype=None, copy=None):
+        raise AssertionError("the check formed the augmented copy of X")
+
+    rng = np.random.default_rng(11)
+    insts = [random_kink_instance(rng, "any") for _ in range(12)]
+    expected = []
+    for inst in insts:
+        net = TwoLayerNet(inst["W1"], inst["b1"], inst["W2"], inst["b2"], inst["s_plus"], inst["s_minus"])
+        expected.append(check(net, inst["X"], inst["Y"], loss=inst["loss"], weight_decay=inst["weight_decay"],
+                              solver=solver).verdict)
+    monkeypatch.setattr(AugmentedData, "__array__", refuse)
+    for inst, want in zip(insts, expected):
+        net = TwoLayerNet(inst["W1"], inst["b1"], inst["W2"], inst["b2"], inst["s_plus"], inst["s_minus"])
+        got = check(net, inst["X"], inst["Y"], loss=inst["loss"], weight_decay=inst["weight_decay"], solver=solver)
+        assert got.verdict == want
