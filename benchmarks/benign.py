@@ -74,12 +74,13 @@ def gradient_cpu(net, X, Y, batches: int = 7) -> float:
     return best
 
 
-def timings(net, X, Y, repeats: int) -> dict:
+def timings(net, X, Y, repeats: int, engine: dict | None = None) -> dict:
     """Best CPU (and wall) seconds of the gradient, ``check(fragility=False)`` and ``check()``, measured in
     turns (gradient, check, check, gradient, ...) after one warm-up call each: the other jobs of a shared
     machine slow a memory-bound gradient by up to 2x, and taking turns exposes both to the same load."""
-    off = lambda: check(net, X, Y, fragility=False)  # noqa: E731
-    on = lambda: check(net, X, Y)  # noqa: E731
+    engine = engine or {}
+    off = lambda: check(net, X, Y, fragility=False, **engine)  # noqa: E731
+    on = lambda: check(net, X, Y, **engine)  # noqa: E731
     off(), on()
     best = {"gradient_s": np.inf, "check_off_s": np.inf, "check_off_wall_s": np.inf, "check_s": np.inf,
             "check_wall_s": np.inf}
@@ -146,7 +147,7 @@ def run_case(key: str, args, work: Path) -> dict:
     inst = common.planted_minimum(**spec, cache=args.cache)
     net, X, Y = inst["net"], inst["X"], inst["Y"]
     row = {"case": key, **spec, "stationarity": inst["stationarity"]}
-    t = timings(net, X, Y, args.repeats)
+    t = timings(net, X, Y, args.repeats, {"backend": args.backend, "device": args.device})
     r_off, r_on = t.pop("results").values()
     row.update(t)
     c_off, c_on = t["check_off_s"], t["check_s"]
@@ -160,6 +161,9 @@ def run_case(key: str, args, work: Path) -> dict:
           f"({c_off / row['gradient_s']:.0f}x), default {c_on:.3g} s ({c_on / row['gradient_s']:.0f}x); "
           f"{row['verdict']} ({so.solver}, n = {so.n_params_reduced}, {so.hessian_products} products, "
           f"{row['ecqp_detail']})", flush=True)
+    if args.backend == "torch":
+        print(f"[{key}] {args.backend} on {args.device or 'default device'}: check wall {t['check_off_wall_s']:.3g} s "
+              f"(fragility off), {t['check_wall_s']:.3g} s (default)", flush=True)
     if args.smooth:
         sm = smooth(inst, f"benign_{key}", work, args.smooth_limit)
         row["smooth"] = sm
@@ -211,6 +215,9 @@ def main(argv=None) -> int:
     ap.add_argument("--smooth-limit", type=int, default=300, help="CPU seconds for the smooth test")
     ap.add_argument("--no-memory", dest="memory", action="store_false")
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "sospcheck-benign"))
+    ap.add_argument("--backend", default="numpy", choices=["numpy", "torch"],
+                    help="torch: the data passes and Hessian products on --device (wall seconds are then the measure)")
+    ap.add_argument("--device", default=None, help="with --backend torch, e.g. cuda (default: a GPU when available)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     work = Path(args.cache)

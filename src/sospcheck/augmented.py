@@ -4,36 +4,56 @@ the m x (dx + 1) copy (DESIGN.md section 1; the memory budget of benchmarks/RESU
 ``Xbar M = X M[:dx] + 1 M[dx]`` and ``B Xbar = [B X, B 1]`` are one pass over ``X`` plus a rank-one
 correction; row selections (a neuron's kink points, a chunk of rows) are formed explicitly, since they
 are small. Wherever an ``ndarray`` ``Xbar`` was accepted (a network without ``b1`` passes ``X`` itself),
-an :class:`AugmentedData` is too.
+a :class:`DataOperator` is too: :class:`AugmentedData` here, ``device_data.DeviceData`` on a GPU.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["AugmentedData", "gram", "frobenius_norm", "abs_max", "dense", "row_block"]
+__all__ = ["DataOperator", "AugmentedData", "gram", "frobenius_norm", "abs_max", "dense", "row_block"]
 
 
-class AugmentedData:
-    """``[X 1]`` (m x (dx + 1)) read through a float64 ``X`` (m x dx) that is never copied."""
+class DataOperator:
+    """An m x d data matrix known through its products (``A @ M``, ``B @ A``, ``A.T @ B``, ``M @ A.T``),
+    row selections (``A[rows]``, an ndarray) and the reductions below; the check's only access to ``Xbar``."""
 
-    # ``ndarray @ AugmentedData`` must defer to ``__rmatmul__`` instead of building an object array
+    # ``ndarray @ DataOperator`` must defer to ``__rmatmul__`` instead of building an object array
     __array_ufunc__ = None
     ndim = 2
     dtype = np.dtype(np.float64)
+    shape: tuple[int, int]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def T(self) -> "_Transposed":
+        return _Transposed(self)
+
+    def _check_rows(self, M: np.ndarray) -> None:
+        if M.shape[0] != self.shape[1]:
+            raise ValueError(f"matmul: Xbar has {self.shape[1]} columns, the operand {M.shape[0]} rows")
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        # a NumPy routine without a product form: correct, at the cost of the copy this class avoids
+        out = self.toarray()
+        return out if dtype is None else out.astype(dtype)
+
+    # subclasses: __matmul__, __rmatmul__, __getitem__, row_norms, gram, frobenius_norm, abs_max, rows, toarray
+
+
+class AugmentedData(DataOperator):
+    """``[X 1]`` (m x (dx + 1)) read through a float64 ``X`` (m x dx) that is never copied."""
 
     def __init__(self, X: np.ndarray):
         self.X = X
         self.shape = (X.shape[0], X.shape[1] + 1)
 
-    def __len__(self) -> int:
-        return self.shape[0]
-
     def __matmul__(self, M) -> np.ndarray:
         """``Xbar M`` for ``M`` of shape (dx + 1,) or (dx + 1, k)."""
         M = np.asarray(M)
-        if M.shape[0] != self.shape[1]:
-            raise ValueError(f"matmul: Xbar has {self.shape[1]} columns, the operand {M.shape[0]} rows")
+        self._check_rows(M)
         if M.ndim == 1:
             return self.X @ M[:-1] + M[-1]
         # as ``(M' X')'``: with few columns (k << dx) BLAS runs this form about 1.5x faster than ``X M``
@@ -45,10 +65,6 @@ class AugmentedData:
         """``B Xbar`` for ``B`` of shape (m,) or (k, m)."""
         B = np.asarray(B)
         return np.concatenate([B @ self.X, B.sum(axis=-1)[..., None]], axis=-1)
-
-    @property
-    def T(self) -> "_TransposedAugmented":
-        return _TransposedAugmented(self)
 
     def __getitem__(self, idx) -> np.ndarray:
         """Rows (and then columns) of ``Xbar`` as an array: for the small selections the check makes."""
@@ -63,76 +79,79 @@ class AugmentedData:
         """``|xbar_i| = sqrt(|x_i|^2 + 1)``."""
         return np.sqrt(np.einsum("ij,ij->i", self.X, self.X) + 1.0)
 
+    def gram(self) -> np.ndarray:
+        """``[[X'X, X'1], [1'X, m]]``."""
+        X = self.X
+        G = np.empty((self.shape[1], self.shape[1]))
+        G[:-1, :-1] = X.T @ X
+        G[:-1, -1] = G[-1, :-1] = X.sum(axis=0)
+        G[-1, -1] = self.shape[0]
+        return G
+
+    def frobenius_norm(self) -> float:
+        return float(np.sqrt(np.einsum("ij,ij->", self.X, self.X) + self.shape[0]))
+
+    def abs_max(self) -> float:
+        return max(_abs_max(self.X), 1.0) if self.shape[0] else 0.0
+
+    def rows(self, idx) -> "AugmentedData":
+        return AugmentedData(self.X[idx])
+
     def toarray(self) -> np.ndarray:
         return np.hstack([self.X, np.ones((self.shape[0], 1))])
 
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        # a NumPy routine without a product form: correct, at the cost of the copy this class avoids
-        out = self.toarray()
-        return out if dtype is None else out.astype(dtype)
 
-
-class _TransposedAugmented:
-    """``Xbar'`` for the products ``Xbar' B`` and ``M Xbar'``."""
+class _Transposed:
+    """``A'`` for the products ``A' B`` and ``M A'``."""
 
     __array_ufunc__ = None
     ndim = 2
 
-    def __init__(self, A: AugmentedData):
+    def __init__(self, A: DataOperator):
         self.A = A
         self.shape = (A.shape[1], A.shape[0])
 
     @property
-    def T(self) -> AugmentedData:
+    def T(self) -> DataOperator:
         return self.A
 
     def __matmul__(self, B) -> np.ndarray:
-        """``Xbar' B`` for ``B`` of shape (m,) or (m, k); the Gram ``Xbar' Xbar`` when ``B`` is ``Xbar``."""
+        """``A' B`` for ``B`` of shape (m,) or (m, k); the Gram ``A' A`` when ``B`` is ``A``."""
         if B is self.A:
-            return gram(self.A)
+            return self.A.gram()
         B = np.asarray(B)
         return self.A.__rmatmul__(B.T).T
 
     def __rmatmul__(self, M) -> np.ndarray:
-        """``M Xbar'`` for ``M`` of shape (d,) or (k, d)."""
+        """``M A'`` for ``M`` of shape (d,) or (k, d)."""
         return (self.A @ np.asarray(M).T).T
 
 
+def _abs_max(X: np.ndarray) -> float:
+    return max(float(np.max(X)), -float(np.min(X))) if X.size else 0.0
+
+
 def gram(A) -> np.ndarray:
-    """``A' A`` (d x d) for an array or :class:`AugmentedData`: ``[[X'X, X'1], [1'X, m]]`` for the latter."""
-    if not isinstance(A, AugmentedData):
-        return A.T @ A
-    X = A.X
-    s = X.sum(axis=0)
-    G = np.empty((A.shape[1], A.shape[1]))
-    G[:-1, :-1] = X.T @ X
-    G[:-1, -1] = G[-1, :-1] = s
-    G[-1, -1] = A.shape[0]
-    return G
+    """``A' A`` (d x d) for an array or a :class:`DataOperator`."""
+    return A.gram() if isinstance(A, DataOperator) else A.T @ A
 
 
 def frobenius_norm(A) -> float:
     """``|A|_F``; ``sqrt(|X|_F^2 + m)`` for ``[X 1]``."""
-    if isinstance(A, AugmentedData):
-        return float(np.sqrt(np.einsum("ij,ij->", A.X, A.X) + A.shape[0]))
-    return float(np.linalg.norm(A))
+    return A.frobenius_norm() if isinstance(A, DataOperator) else float(np.linalg.norm(A))
 
 
 def abs_max(A) -> float:
     """``max_ij |a_ij|`` without an m x d temporary (0 for an empty array)."""
-    X = A.X if isinstance(A, AugmentedData) else A
-    if not X.shape[0]:
-        return 0.0
-    top = max(float(np.max(X)), -float(np.min(X))) if X.size else 0.0
-    return max(top, 1.0) if isinstance(A, AugmentedData) else top
+    return A.abs_max() if isinstance(A, DataOperator) else _abs_max(A)
 
 
 def dense(A) -> np.ndarray:
-    """``A`` as an ndarray (the copy, for a consumer that needs one, e.g. another array library)."""
-    return A.toarray() if isinstance(A, AugmentedData) else A
+    """``A`` as an ndarray (the copy, for a consumer that needs one)."""
+    return A.toarray() if isinstance(A, DataOperator) else A
 
 
 def row_block(A, rows):
-    """Rows ``rows`` of ``A`` in ``A``'s own form: an :class:`AugmentedData` over ``X[rows]`` (a view for a
-    slice, ``X``'s rows alone for a mask, never the augmented copy), else ``A[rows]``."""
-    return AugmentedData(A.X[rows]) if isinstance(A, AugmentedData) else A[rows]
+    """Rows ``rows`` of ``A`` in ``A``'s own form: for a :class:`DataOperator` another one over the selected
+    rows (a view for a slice, ``X``'s rows alone for a mask, never the augmented copy), else ``A[rows]``."""
+    return A.rows(rows) if isinstance(A, DataOperator) else A[rows]

@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import contextlib
 import math
 import time
 
 import numpy as np
 
+from .device_data import placement
 from .degenerate import DESCENT, OVER_BUDGET, DegenerateFirstOrder, degenerate_neuron
 from .degenerate_second import NeuronFaces, neuron_faces
 from .first_order import (NeuronTest, OutputLayerTest, neuron_tests, output_layer_test, ratios, record_sides,
@@ -60,8 +62,9 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
         seed: for the few random probes (zero-output neurons).
         solver: second-order solver, "dense", "matrix_free" (Hessian products only), or "auto"
             (dense up to ``budget.max_dense_params`` reduced parameters).
-        backend: "numpy", or "torch" for the Hessian products (``device`` e.g. "cuda"; default: a GPU
-            when available). Needs the ``torch`` extra.
+        backend: "numpy", or "torch": the data on ``device`` (e.g. "cuda"; default: a GPU when available)
+            for every pass over them (forward passes, first-order products, verification, Hessian
+            products; ``sospcheck.device_data``). Needs the ``torch`` extra.
         progress: called as ``progress(phase, done, total)`` (``total`` None when unknown) as the
             phases, the ICQPs, the Hessian-vector products and the re-runs advance; e.g. the CLI's
             progress bars.
@@ -77,11 +80,19 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
     Returns:
         :class:`CheckResult`.
     """
-    X, Yp, lossobj, weight, lam = validate_inputs(net, X, Y, loss, reduction, weight_decay)
     validate_engine(solver, backend, device)
+    # backend "torch": the data go to the device once and every pass over them runs there (device_data)
+    with placement(device) if backend == "torch" else contextlib.nullcontext():
+        return _check(net, X, Y, loss, reduction, weight_decay, tolerances, snap, budget, fragility, snap_tol, seed,
+                      (solver, backend, device), progress, nearby, nearby_radius)
+
+
+def _check(net, X, Y, loss, reduction, weight_decay, tolerances, snap, budget, fragility, snap_tol, seed, engine,
+           progress, nearby, nearby_radius) -> CheckResult:
+    """:func:`check` once the engine is set up."""
+    X, Yp, lossobj, weight, lam = validate_inputs(net, X, Y, loss, reduction, weight_decay)
     validate_progress(progress)
     nearby_cfg = nearby_config(nearby, nearby_radius)
-    engine = (solver, backend, device)
     notify = progress or (lambda phase, done, total=None: None)
     tol = Tolerances.from_any(tolerances)
     bud = Budget.from_any(budget)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .augmented import AugmentedData
+from .augmented import DataOperator
 
 __all__ = ["boundary_mask", "row_norms", "data_span", "row_space", "ray_directions", "validity_radius"]
 
@@ -17,7 +17,7 @@ def boundary_mask(N: np.ndarray, Z: np.ndarray, Xbar: np.ndarray, tol: float) ->
 
 def row_norms(A: np.ndarray) -> np.ndarray:
     """``|a_i|`` per row, without the m x d temporary of ``np.linalg.norm(A, axis=1)``."""
-    if isinstance(A, AugmentedData):
+    if isinstance(A, DataOperator):
         return A.row_norms()
     return np.sqrt(np.einsum("ij,ij->i", A, A))
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .augmented import AugmentedData
+from .augmented import AugmentedData, DataOperator
+from .device_data import placed
 
 __all__ = ["TwoLayerNet", "Direction", "Forward", "forward", "as_float_array", "real_array", "check_size",
            "dtype_problem", "MAX_ELEMENTS"]
@@ -152,9 +153,12 @@ class TwoLayerNet:
         """``[W1 b1]`` (or ``W1`` without ``b1``), one row per hidden neuron."""
         return np.hstack([self.W1, self.b1[:, None]]) if self.has_b1 else np.array(self.W1)
 
-    def augment(self, X: np.ndarray) -> np.ndarray | AugmentedData:
+    def augment(self, X: np.ndarray) -> np.ndarray | DataOperator:
         """``xbar_i = [x_i; 1]`` as an operator over ``X`` (no copy, :class:`AugmentedData`), or ``X``
-        itself when the network has no ``b1``."""
+        itself when the network has no ``b1``; on the device inside ``device_data.placement``."""
+        on_device = placed(X, self.has_b1)
+        if on_device is not None:
+            return on_device
         if not self.has_b1:
             return np.asarray(X)
         return AugmentedData(np.asarray(X))
@@ -284,7 +288,7 @@ class Direction:
 class Forward:
     """Quantities of one forward pass: ``Xbar = [X 1]`` (or ``X``), ``N = Xbar Z'``, ``O = h(N)``, outputs."""
 
-    Xbar: np.ndarray | AugmentedData
+    Xbar: np.ndarray | DataOperator
     N: np.ndarray
     O: np.ndarray
     out: np.ndarray

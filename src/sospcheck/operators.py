@@ -20,6 +20,7 @@ import copy
 import numpy as np
 
 from .augmented import dense, row_block
+from .device_data import DeviceData
 
 __all__ = ["Layout", "HessianOperator", "TorchHessianOperator", "make_operator"]
 
@@ -346,6 +347,8 @@ class TorchHessianOperator(HessianOperator):
         super().__init__(*args, **kw)
 
     def _to_backend(self, arr):
+        if isinstance(arr, DeviceData) and arr.t.device == self.device:
+            return arr.t  # the check's data, already on this device
         arr = np.asarray(dense(arr), dtype=np.float64)
         if not arr.flags.writeable:  # torch cannot wrap read-only memory
             arr = arr.copy()
