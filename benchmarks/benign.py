@@ -2,7 +2,7 @@
 the size of the data (not part of ``run.py``):
 
     nice -n 5 .venv/bin/python benchmarks/benign.py [--cases a,b,c,d] [--repeats 3] [--no-smooth]
-        [--no-memory] [--cache DIR] [--json OUT.json]
+        [--no-memory] [--cache DIR] [--json OUT.json] [--backend torch --device cuda]
 
 Cases (planted exactly stationary strict minima, ``common.planted_minimum``; squared loss, sum):
   a  (dx, dh, m) = (100, 1, 10000), dy = 1
@@ -20,7 +20,12 @@ should see the same load); the smooth autograd test (``smooth_baseline.smooth_te
 1e-9) once, in a fresh interpreter, stopped after ``--smooth-limit`` CPU seconds (then its time is a lower
 bound). Ratios are between numbers of the same run. Peak memory: ``probe.py`` in a fresh interpreter per path (the
 default check, and ``solver="matrix_free"`` where the default is dense), (peak resident set of the
-stage - resident set of the interpreter before the data) / bytes of X, X and Y included.
+stage - resident set of the interpreter before the data) / bytes of X, X and Y included; measured twice:
+cold (the interpreter has only imported the libraries) and after a warm-up check on a 2000-point instance
+of the same widths (``probe.warm_up``), whose baseline already holds the fixed costs that do not grow
+with the data (the BLAS/LAPACK work buffers, allocator pools).
+With ``--backend torch`` the checks run with the data on ``--device`` and the wall seconds are printed
+too (the GPU's work does not show in the CPU seconds).
 """
 
 from __future__ import annotations
@@ -201,8 +206,8 @@ def markdown(rows: list[dict]) -> list[str]:
                       f"{'>' if lt else ''}{sm['cpu_s']:.3g} s, {sm.get('verdict', 'stopped')}")
         else:
             smooth = "-"
-        mem = ", ".join(f"{v['peak_over_X']:.1f}x ({v['solver_used']})" if "peak_over_X" in v else f"{k}: {v}"
-                        for k, v in r.get("memory", {}).items()) or "-"
+        mem = ", ".join(f"{v['peak_over_X']:.2f}x ({v['solver_used']}{', after warm-up' if k.endswith('warm') else ''})"
+                        if "peak_over_X" in v else f"{k}: {v}" for k, v in r.get("memory", {}).items()) or "-"
         out.append(f"| {label(r)} | {g * 1e3:.3g} ms | {off} | {on} | {smooth} | {mem} |")
     return out
 

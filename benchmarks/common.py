@@ -17,6 +17,7 @@ import os
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
+import contextlib  # noqa: E402
 import datetime as _dt  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
@@ -148,6 +149,16 @@ def first_order_pieces(net: TwoLayerNet, X: np.ndarray, Y: np.ndarray, tol: Tole
     ol = output_layer_test(pt, tol)
     neurons = neuron_tests(pt, boundary, tol)
     return Pieces(pt, boundary, neurons, tol, ol.stationary, time.perf_counter() - t0)
+
+
+def data_placement(backend: str, device: str | None = None):
+    """The data on ``device`` for the pieces called directly, as ``check(backend="torch")`` does
+    (``sospcheck.device_data.placement``); nothing for the numpy backend."""
+    if backend != "torch":
+        return contextlib.nullcontext()
+    from sospcheck.device_data import placement
+
+    return placement(device)
 
 
 def forced_second_order(net: TwoLayerNet, X: np.ndarray, Y: np.ndarray, solver: str = "auto",

@@ -5,8 +5,9 @@
 The same measurement as ``run.py --only e`` (see ``run.mnist_run``): m x 784 Gaussian inputs,
 dh = 1000, dy = 10, a random point with its output layer refit; the check, the first-order pieces,
 3 Hessian-vector products and the matrix-free second-order phase forced on the point (stopped after
-``--limit`` seconds), each with its peak memory. ``--backend torch`` runs the Hessian products with
-PyTorch (a GPU when one is present); everything else stays NumPy.
+``--limit`` seconds), each with its peak memory. ``--backend torch`` puts the data on a PyTorch device
+(a GPU when one is present) for the check, the first-order pieces and the second-order phase: every
+product with the data and the Hessian products run there; the elementwise work stays NumPy.
 """
 
 from __future__ import annotations

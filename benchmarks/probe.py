@@ -25,6 +25,7 @@ products done by ``sospcheck.operators.HessianOperator.matmat`` in that stage, c
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import resource
@@ -125,7 +126,7 @@ def stage_gradient(net, X, Y, spec):
 
 
 def stage_check(net, X, Y, spec):
-    kw = {k: spec[k] for k in ("snap", "solver", "fragility") if k in spec}
+    kw = {k: spec[k] for k in ("snap", "solver", "fragility", "backend", "device") if k in spec}
     t, res = common.timed_check(net, X, Y, **kw)
     rec = {"seconds": t, "verdict": res.verdict.value, "described": common.describe_result(res),
            "timings": res.timings, "M": res.stats.M, "L": res.stats.L, "K": res.stats.K,
@@ -140,7 +141,9 @@ def stage_check(net, X, Y, spec):
 
 
 def stage_second_order(net, X, Y, spec):
-    rec = common.forced_second_order(net, X, Y, spec.get("solver", "auto"), spec.get("backend", "numpy"))
+    backend = spec.get("backend", "numpy")
+    with common.data_placement(backend, spec.get("device")):
+        rec = common.forced_second_order(net, X, Y, spec.get("solver", "auto"), backend, spec.get("device"))
     return net, {**rec, "seconds": rec["pipeline_s"]}
 
 
@@ -153,7 +156,8 @@ def stage_smooth(net, X, Y, spec):
 
 
 def stage_pieces(net, X, Y, spec):
-    pieces = common.first_order_pieces(net, X, Y)
+    with common.data_placement(spec.get("backend", "numpy"), spec.get("device")):
+        pieces = common.first_order_pieces(net, X, Y)
     return net, {"seconds": pieces.seconds, "M": int(pieces.boundary.sum())}
 
 
@@ -205,13 +209,19 @@ def run_stage(net, X, Y, st: dict):
 def warm_up(spec: dict) -> None:
     """A check on a small planted minimum of the same widths (``spec["warm_up"]``: ``planted_minimum``'s
     arguments, ``solver``) before the baseline: the library code the check loads lazily and the BLAS work
-    buffers, fixed costs that do not grow with the data, are then resident before "start"."""
+    buffers, fixed costs that do not grow with the data, are then resident before "start". The memory the
+    warm-up's arrays leave in the allocator's free pool is handed back (``malloc_trim``), so that the
+    measured check cannot reuse it unseen."""
     warm = dict(spec["warm_up"])
     solver = warm.pop("solver", "auto")
     inst = common.planted_minimum(**warm)
     common.timed_check(inst["net"], inst["X"], inst["Y"], solver=solver)
     del inst
     gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError) as exc:  # not glibc: the pool stays, and the record says so
+        emit({"stage": "warm_up", "malloc_trim": f"unavailable ({exc})"})
 
 
 def main(path: str) -> int:

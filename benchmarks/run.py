@@ -277,7 +277,8 @@ def mnist_run(m: int, work: Path, limit: float, backend: str = "numpy") -> dict:
     dx, dh, dy = 784, 1000, 10
     net = common.random_net(dx, dh, dy, seed=0)
     spec = {"data": {"m": m, "dx": dx, "dy": dy, "seed": 0}, "net": save_net(net, work / "mnist.npz"),
-            "stages": [{"stage": "refit"}, {"stage": "gradient"}, {"stage": "check"}, {"stage": "pieces"},
+            "stages": [{"stage": "refit"}, {"stage": "gradient"}, {"stage": "check", "backend": backend},
+                       {"stage": "pieces", "backend": backend},
                        {"stage": "hvp", "n": 3, "backend": backend},
                        {"stage": "second_order", "solver": "matrix_free", "backend": backend, "time_limit": int(limit)}]}
     log(f"(e) MNIST-size run, m = {m} (second-order phase capped at {limit:.0f} s) ...")

@@ -221,3 +221,26 @@ def test_a_non_finite_slope_flag_is_named(tmp_path, capsys):
     argv = ["check", "--params", str(tmp_path / "p.npz"), "--data", str(tmp_path / "d.npz"), "--loss", "squared"]
     assert main(argv + ["--s-plus", "nan"]) == 2
     assert "--s-plus must be a finite number" in capsys.readouterr().err
+
+
+def test_device_option_runs_the_check_with_the_torch_backend(files, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    import sospcheck.cli as cli
+
+    tmp, params, data = files
+    seen = {}
+    real = cli.check
+
+    def spy(*a, **k):
+        seen.update(k)
+        return real(*a, **k)
+
+    monkeypatch.setattr(cli, "check", spy)
+    base = ["check", "--params", params, "--data", data, "--loss", "squared", "--quiet"]
+    assert main(base) == 0
+    host = capsys.readouterr().out
+    assert main(base + ["--device", "cpu"]) == 0
+    assert capsys.readouterr().out == host and seen["backend"] == "torch" and seen["device"] == "cpu"
+    monkeypatch.setattr(cli, "check", lambda *a, **k: pytest.fail("the check ran with a bad --device"))
+    assert main(base + ["--device", "tpu"]) == 2
+    assert capsys.readouterr().err.startswith("sospcheck: error: --device: ")

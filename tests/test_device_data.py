@@ -101,3 +101,22 @@ def test_the_hessian_operator_uses_the_placed_tensor_without_a_second_upload():
     host = TorchHessianOperator(*(args[:1] + (D.toarray(),) + args[2:]), device="cpu")
     T = rng.standard_normal((op.layout.n, 2))
     np.testing.assert_allclose(op.matmat(T), host.matmat(T), rtol=1e-13, atol=1e-13)
+
+
+def test_nearby_mode_on_the_device_finds_the_same_stationary_point():
+    from oracle import oracle_on
+    from pieces import perturbed, planted
+
+    rng = np.random.default_rng([13, 2])
+    for _ in range(300):
+        inst = random_kink_instance(rng, "planted", max_M=4)
+        if oracle_on(inst).verdict == "local_minimum":
+            break
+    net, _, _, B = planted(inst)
+    start = perturbed(net, inst["X"], B, 1e-6, rng)
+    host = check(start, inst["X"], inst["Y"], fragility=False, nearby=True)
+    dev = check(start, inst["X"], inst["Y"], fragility=False, nearby=True, backend="torch", device="cpu")
+    assert dev.verdict == host.verdict and dev.nearby.verdict == host.nearby.verdict == "local_minimum"
+    assert dev.nearby.relative_distance == pytest.approx(host.nearby.relative_distance, rel=1e-6)
+    assert dev.nearby.result.certified_radius.value == pytest.approx(host.nearby.result.certified_radius.value,
+                                                                     rel=1e-6)

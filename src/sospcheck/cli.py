@@ -23,6 +23,7 @@ from .check import check
 from .io import InputError, check_writable, clean_message, load_data, load_params, save_direction, save_params
 from .nearby_mode import nearby_config
 from .options import Budget, Tolerances
+from .validation import validate_engine
 
 __all__ = ["main", "build_parser", "ProgressDisplay"]
 
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "s_plus, s_minus; for several hidden layers the state_dict keys 0.weight, 0.bias, 2.weight, ...; "
                    "readable by --params) to exactly this path, when z* was found")
     c.add_argument("--plot", metavar="OUT.png", help="also draw the plots of `sospcheck plot` (.png, .svg or .pdf)")
+    c.add_argument("--device", metavar="DEV", help="run the passes over the data and the Hessian products with PyTorch "
+                   "on DEV (cuda, cuda:N or cpu; needs the torch extra)")
     c.add_argument("--quiet", action="store_true", help="print only the verdict")
 
     p = sub.add_parser("plot", help="check one point and draw the loss along the direction, a 2-D slice and "
@@ -175,6 +178,12 @@ def _check(args, display: ProgressDisplay):
     for option, value in (("--s-plus", args.s_plus), ("--s-minus", args.s_minus)):
         if value is not None and not math.isfinite(value):
             raise InputError(f"{option} must be a finite number, got {value!r}")
+    device = getattr(args, "device", None)
+    if device is not None:
+        try:
+            validate_engine("auto", "torch", device)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"--device: {exc}") from exc
     with display.phase("reading --params"):
         net = load_params(args.params, args.no_bias1, args.no_bias2, s_plus=args.s_plus, s_minus=args.s_minus)
     with display.phase("reading --data"):
@@ -185,6 +194,8 @@ def _check(args, display: ProgressDisplay):
               fragility=not args.no_fragility)
     if getattr(args, "nearby", False):
         kw.update(nearby=True, nearby_radius=args.nearby_radius)
+    if device is not None:
+        kw.update(device=device)
     if getattr(net, "depth", 1) > 1:  # several hidden layers: sospcheck.deep (DESIGN.md section 10)
         from .deep import check_deep
 
@@ -192,7 +203,7 @@ def _check(args, display: ProgressDisplay):
             raise InputError("--snap and plots are not available for networks with several hidden layers")
         kw.pop("snap_tol")
         return check_deep(net, X, Y, progress=display, **kw), X, Y
-    result = check(net, X, Y, progress=display, **kw)
+    result = check(net, X, Y, progress=display, backend="numpy" if device is None else "torch", **kw)
     return result, X, Y
 
 
