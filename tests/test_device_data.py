@@ -77,6 +77,7 @@ def test_the_torch_backend_runs_the_data_passes_on_the_device_with_the_same_verd
     monkeypatch.setattr(DeviceData, "__matmul__", counted(matmul))
     monkeypatch.setattr(DeviceData, "__rmatmul__", counted(rmatmul))
     monkeypatch.setattr(DeviceData, "__array__", refuse)
+    monkeypatch.setattr(DeviceData, "toarray", refuse)
     for AugmentedMethod in ("__matmul__", "__rmatmul__", "gram"):
         monkeypatch.setattr(AugmentedData, AugmentedMethod, refuse)
     for inst, want in zip(insts, host):

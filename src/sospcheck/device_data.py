@@ -17,7 +17,7 @@ import numpy as np
 
 from .augmented import DataOperator
 
-__all__ = ["DeviceData", "placement", "placed"]
+__all__ = ["DeviceData", "placement", "placed", "resolve_device"]
 
 # (arrays placed so far: key -> (the host array, kept alive so that its address stays its own; its
 # DeviceData), the torch.device); None outside a placement
@@ -104,15 +104,24 @@ class DeviceData(DataOperator):
         return self._get(self.t)
 
 
-@contextlib.contextmanager
-def placement(device=None):
-    """Within this block :func:`placed` puts the data on ``device`` (default: a GPU when available).
-    Leaving it drops the device copies."""
+def resolve_device(device=None):
+    """``device`` as a concrete ``torch.device`` (default: a GPU when available; "cuda" becomes "cuda:N",
+    N the current one, so that tensors made on it compare equal to it)."""
     import torch
 
     from .validation import torch_device
 
     dev = torch_device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+@contextlib.contextmanager
+def placement(device=None):
+    """Within this block :func:`placed` puts the data on ``device`` (:func:`resolve_device`).
+    Leaving it drops the device copies."""
+    dev = resolve_device(device)
     token = _PLACEMENT.set(({}, dev))
     try:
         yield dev

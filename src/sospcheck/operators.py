@@ -20,7 +20,7 @@ import copy
 import numpy as np
 
 from .augmented import dense, row_block
-from .device_data import DeviceData
+from .device_data import DeviceData, resolve_device
 
 __all__ = ["Layout", "HessianOperator", "TorchHessianOperator", "make_operator"]
 
@@ -343,7 +343,7 @@ class TorchHessianOperator(HessianOperator):
         import torch
 
         self.xp = torch
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         super().__init__(*args, **kw)
 
     def _to_backend(self, arr):
