@@ -73,3 +73,22 @@ def test_the_check_never_forms_the_augmented_copy(monkeypatch, solver):
         net = TwoLayerNet(inst["W1"], inst["b1"], inst["W2"], inst["b2"], inst["s_plus"], inst["s_minus"])
         got = check(net, inst["X"], inst["Y"], loss=inst["loss"], weight_decay=inst["weight_decay"], solver=solver)
         assert got.verdict == want
+
+
+def test_any_input_layout_is_read_as_float64_with_contiguous_rows():
+    rng = np.random.default_rng(8)
+    wide = rng.standard_normal((20, 10))
+    strided = wide[:, ::2]  # neither C nor F contiguous: every product would be ~3x slower
+    A = AugmentedData(strided)
+    assert A.X.flags.c_contiguous and np.array_equal(A.X, strided)
+    ints = AugmentedData(np.array([[50000, 2], [3, 4]], dtype=np.int32))
+    assert ints.X.dtype == np.float64
+    assert frobenius_norm(ints) == pytest.approx(np.sqrt(50000.0**2 + 4 + 9 + 16 + 2))  # no int32 overflow
+
+
+def test_element_and_transposed_array_access(data):
+    X, Xb, _ = data
+    A = AugmentedData(X)
+    assert A[3, 2] == Xb[3, 2] and A[3, -1] == 1.0
+    np.testing.assert_array_equal(A[[1, 4], 1:3], Xb[[1, 4], 1:3])
+    np.testing.assert_array_equal(np.asarray(A.T), Xb.T)

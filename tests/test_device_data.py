@@ -121,3 +121,39 @@ def test_nearby_mode_on_the_device_finds_the_same_stationary_point():
     assert dev.nearby.relative_distance == pytest.approx(host.nearby.relative_distance, rel=1e-6)
     assert dev.nearby.result.certified_radius.value == pytest.approx(host.nearby.result.certified_radius.value,
                                                                      rel=1e-6)
+
+
+def test_device_selections_are_copies_and_read_indices_as_numpy_does():
+    X = np.arange(20.0).reshape(5, 4)
+    D = DeviceData.upload(X, True, "cpu")
+    rows = D[0:2]
+    rows[:] = -1.0  # a caller's in-place edit must not reach the placed data
+    assert float(D.t[0, 0]) == 0.0
+    D.toarray()[:] = -1.0
+    assert float(D.t[1, 1]) == 5.0
+    np.testing.assert_array_equal(D[np.array([1, 3], dtype=np.uint8)], AugmentedData(X)[np.array([1, 3])])
+    assert D[[]].shape == (0, 5) and D[2, 4] == 1.0
+
+
+def test_rank_deficient_span_coordinates_stay_on_the_device_and_numpy_checks_stay_on_the_host(monkeypatch):
+    from sospcheck.losses import get_loss
+    from sospcheck.point import evaluate_point
+    from sospcheck.quotient import span_coordinates
+
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((30, 2)) @ rng.standard_normal((2, 5))  # rank 2 in R^5
+    net = TwoLayerNet(rng.standard_normal((3, 5)), rng.standard_normal(3), rng.standard_normal((1, 3)), np.zeros(1))
+    Y = rng.standard_normal((30, 1))
+    host = span_coordinates(evaluate_point(net, X, Y, get_loss("squared"), 1.0, 0.0), 1e-10)
+    with placement("cpu"):
+        dev = span_coordinates(evaluate_point(net, X, Y, get_loss("squared"), 1.0, 0.0), 1e-10)
+        assert isinstance(dev.Xr, DeviceData) and dev.Xr.shape == host.Xr.shape and host.Xr.shape[1] < 6
+        np.testing.assert_allclose(dev.Xr.toarray(), host.Xr, rtol=1e-12, atol=1e-12)
+        def refuse(self, *a):
+            raise AssertionError("a numpy-backend check used the device")
+
+        with monkeypatch.context() as mp:
+            for name in ("__matmul__", "__rmatmul__", "gram"):
+                mp.setattr(DeviceData, name, refuse)
+            inner = check(net, X, Y)  # the numpy backend inside an outer placement stays on the host
+    assert check(net, X, Y, backend="torch", device="cpu").verdict == inner.verdict

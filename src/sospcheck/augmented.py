@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DataOperator", "AugmentedData", "gram", "frobenius_norm", "abs_max", "dense", "row_block"]
+__all__ = ["DataOperator", "AugmentedData", "gram", "frobenius_norm", "abs_max", "dense", "in_basis", "row_block"]
 
 
 class DataOperator:
@@ -40,13 +40,17 @@ class DataOperator:
         out = self.toarray()
         return out if dtype is None else out.astype(dtype)
 
-    # subclasses: __matmul__, __rmatmul__, __getitem__, row_norms, gram, frobenius_norm, abs_max, rows, toarray
+    # subclasses: __matmul__, __rmatmul__, __getitem__, row_norms, gram, frobenius_norm, abs_max, rows,
+    # in_basis, toarray
 
 
 class AugmentedData(DataOperator):
     """``[X 1]`` (m x (dx + 1)) read through a float64 ``X`` (m x dx) that is never copied."""
 
     def __init__(self, X: np.ndarray):
+        X = np.asarray(X, dtype=np.float64)  # no copy for float64
+        if not (X.flags.c_contiguous or X.flags.f_contiguous):
+            X = np.ascontiguousarray(X)  # a strided view would slow every product ~3x; copied once instead
         self.X = X
         self.shape = (X.shape[0], X.shape[1] + 1)
 
@@ -69,7 +73,7 @@ class AugmentedData(DataOperator):
     def __getitem__(self, idx) -> np.ndarray:
         """Rows (and then columns) of ``Xbar`` as an array: for the small selections the check makes."""
         if isinstance(idx, tuple):
-            return self[idx[0]][(slice(None),) + idx[1:]]
+            return then_columns(self[idx[0]], idx[1:])
         rows = self.X[idx]
         if rows.ndim == 1:
             return np.append(rows, 1.0)
@@ -96,6 +100,9 @@ class AugmentedData(DataOperator):
 
     def rows(self, idx) -> "AugmentedData":
         return AugmentedData(self.X[idx])
+
+    def in_basis(self, V: np.ndarray) -> np.ndarray:
+        return self @ V
 
     def toarray(self) -> np.ndarray:
         return np.hstack([self.X, np.ones((self.shape[0], 1))])
@@ -126,6 +133,14 @@ class _Transposed:
         """``M A'`` for ``M`` of shape (d,) or (k, d)."""
         return (self.A @ np.asarray(M).T).T
 
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.asarray(self.A, dtype=dtype).T
+
+
+def then_columns(rows: np.ndarray, cols: tuple) -> np.ndarray:
+    """``rows[:, cols]`` for a block of rows, ``rows[cols]`` for a single row (1-D)."""
+    return rows[cols] if rows.ndim == 1 else rows[(slice(None),) + cols]
+
 
 def _abs_max(X: np.ndarray) -> float:
     return max(float(np.max(X)), -float(np.min(X))) if X.size else 0.0
@@ -149,6 +164,12 @@ def abs_max(A) -> float:
 def dense(A) -> np.ndarray:
     """``A`` as an ndarray (the copy, for a consumer that needs one)."""
     return A.toarray() if isinstance(A, DataOperator) else A
+
+
+def in_basis(A, V: np.ndarray):
+    """``A V`` (data span coordinates, ``V`` d x rho) in ``A``'s own form: an array on the host, a device
+    operator that stays on the device."""
+    return A.in_basis(V) if isinstance(A, DataOperator) else A @ V
 
 
 def row_block(A, rows):

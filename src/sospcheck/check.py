@@ -10,13 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import contextlib
 import math
 import time
 
 import numpy as np
 
-from .device_data import placement
+from .device_data import on_host, placement
 from .degenerate import DESCENT, OVER_BUDGET, DegenerateFirstOrder, degenerate_neuron
 from .degenerate_second import NeuronFaces, neuron_faces
 from .first_order import (NeuronTest, OutputLayerTest, neuron_tests, output_layer_test, ratios, record_sides,
@@ -82,7 +81,7 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
     """
     validate_engine(solver, backend, device)
     # backend "torch": the data go to the device once and every pass over them runs there (device_data)
-    with placement(device) if backend == "torch" else contextlib.nullcontext():
+    with placement(device) if backend == "torch" else on_host():
         return _check(net, X, Y, loss, reduction, weight_decay, tolerances, snap, budget, fragility, snap_tol, seed,
                       (solver, backend, device), progress, nearby, nearby_radius)
 

@@ -15,9 +15,9 @@ import contextvars
 
 import numpy as np
 
-from .augmented import DataOperator
+from .augmented import DataOperator, then_columns
 
-__all__ = ["DeviceData", "placement", "placed", "resolve_device"]
+__all__ = ["DeviceData", "placement", "on_host", "placed", "resolve_device"]
 
 # (arrays placed so far: key -> (the host array, kept alive so that its address stays its own; its
 # DeviceData), the torch.device); None outside a placement
@@ -64,7 +64,10 @@ class DeviceData(DataOperator):
 
         if isinstance(idx, (slice, int, np.integer)):
             return idx
-        return torch.as_tensor(np.asarray(idx), device=self.t.device)
+        a = np.asarray(idx)
+        # as NumPy reads it: a boolean mask, else integer positions (torch would take uint8 as a mask)
+        a = a if a.dtype == bool else a.astype(np.int64)
+        return torch.as_tensor(a, device=self.t.device)
 
     def __matmul__(self, M) -> np.ndarray:
         M = np.asarray(M)
@@ -76,8 +79,9 @@ class DeviceData(DataOperator):
 
     def __getitem__(self, idx) -> np.ndarray:
         if isinstance(idx, tuple):
-            return self[idx[0]][(slice(None),) + idx[1:]]
-        return self._get(self.t[self._index(idx)])
+            return then_columns(self[idx[0]], idx[1:])
+        # a copy: on the CPU device a view of ``t`` would let a caller's in-place edit change the data
+        return self._get(self.t[self._index(idx)].clone())
 
     def row_norms(self) -> np.ndarray:
         import torch
@@ -100,8 +104,11 @@ class DeviceData(DataOperator):
     def rows(self, idx) -> "DeviceData":
         return DeviceData(self.t[self._index(idx)], self.bias)
 
+    def in_basis(self, V: np.ndarray) -> "DeviceData":
+        return DeviceData(self.t @ self._put(V), False)
+
     def toarray(self) -> np.ndarray:
-        return self._get(self.t)
+        return self._get(self.t.clone())
 
 
 def resolve_device(device=None):
@@ -125,6 +132,16 @@ def placement(device=None):
     token = _PLACEMENT.set(({}, dev))
     try:
         yield dev
+    finally:
+        _PLACEMENT.reset(token)
+
+
+@contextlib.contextmanager
+def on_host():
+    """Within this block the data stay on the host, even inside an outer :func:`placement`."""
+    token = _PLACEMENT.set(None)
+    try:
+        yield
     finally:
         _PLACEMENT.reset(token)
 

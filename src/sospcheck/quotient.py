@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .augmented import row_block
+from .augmented import in_basis, row_block
 from .first_order import NeuronTest
 from .geometry import data_span, row_space
 from .operators import Layout
@@ -133,7 +133,7 @@ def span_coordinates(pt: Point, rank_tol: float) -> SpanCoordinates:
     layout = Layout(net.dy, net.dh, V.shape[1], net.has_b2)
     if V.shape[1] == d and np.array_equal(V, np.eye(d)):
         return SpanCoordinates(V, Xbar, net.Z, layout, gram)
-    return SpanCoordinates(V, Xbar @ V, net.Z @ V, layout)
+    return SpanCoordinates(V, in_basis(Xbar, V), net.Z @ V, layout)
 
 
 def dead_neurons(pt: Point, neurons: list[NeuronTest]) -> list[int]:

@@ -144,8 +144,9 @@ def _neuron_rows(prob: ReducedProblem, nt: NeuronTest, kept: np.ndarray, nu_kept
             rows.append(r2)
     n_slice = len(rows)
     if nu_kept:
+        kink_rows = prob.Xr[nt.boundary] if len(nt.boundary) else np.zeros((0, prob.Xr.shape[1]))
         for j, i in enumerate(nt.boundary):
-            row = np.concatenate([np.zeros(layout.dy), prob.Xr[i]])[kept]
+            row = np.concatenate([np.zeros(layout.dy), kink_rows[j]])[kept]
             fp, fm = bool(nt.flat_plus[j]), bool(nt.flat_minus[j])
             if nt.assumption2 and (fp or fm):
                 flat_rows.append(row)

@@ -130,6 +130,7 @@ def best_new_neuron(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss,
     """
     fwd = forward(net, X)
     Xbar = fwd.Xbar
+    Xd = dense(Xbar)  # the SVDs below need the array; formed once
     r = weight * np.asarray(loss.grad(fwd.out, Yp))
     s_max = neuron_size_bound(net, X, Yp)
 
@@ -149,7 +150,7 @@ def best_new_neuron(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss,
         cur = score(v)
         for _ in range(iters):
             pattern = np.where(Xbar @ v > 0, net.s_plus, net.s_minus)
-            U, sv, Vt = np.linalg.svd(pattern[:, None] * dense(Xbar), full_matrices=False)
+            U, sv, Vt = np.linalg.svd(pattern[:, None] * Xd, full_matrices=False)
             rank = int(np.sum(sv > 1e-12 * sv[0])) if sv.size and sv[0] > 0 else 0
             if rank == 0:
                 break
