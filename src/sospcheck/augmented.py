@@ -37,6 +37,8 @@ class DataOperator:
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         # a NumPy routine without a product form: correct, at the cost of the copy this class avoids
+        if copy is False:
+            raise ValueError("the data as an array is a copy (np.asarray(..., copy=False) cannot be honoured)")
         out = self.toarray()
         return out if dtype is None else out.astype(dtype)
 

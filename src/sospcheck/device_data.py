@@ -5,7 +5,7 @@ Within :func:`placement` (entered by ``check(..., backend="torch")``), every ``X
 tensor. The forward passes (``N = Xbar Z'``), the first-order products (``C = (S * a)' Xbar``), the
 verification's directions (``T = Xbar dZ'``), the data span's Gram and the Hessian products (which use
 the same tensor) then run on the device; only the small operands and the (m, dh)-sized results cross.
-The elementwise work on (m, dh) arrays stays on the host. DESIGN.md section 5; Needs the ``torch`` extra.
+The elementwise work on (m, dh) arrays stays on the host. DESIGN.md section 5. Needs the ``torch`` extra.
 """
 
 from __future__ import annotations
