@@ -25,6 +25,7 @@ weights, rather than the difference of two rounded forward passes.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 from scipy.special import expit, softmax
@@ -32,7 +33,7 @@ from scipy.special import expit, softmax
 from .losses import Loss
 from .model import TwoLayerNet, forward
 
-__all__ = ["loss_change", "loss_change_noise", "activation_change", "output_change", "risk_change",
+__all__ = ["loss_change", "loss_change_noise", "noise_bound", "combine_output_change", "activation_change", "output_change", "risk_change",
            "risk_change_and_noise", "output_size", "decay_change", "QUADRATIC_LOSSES", "NOISE_ULPS"]
 
 #: loss names whose per-sample loss is a quadratic in the output (constant Hessian)
@@ -134,14 +135,26 @@ def loss_change_noise(loss: Loss, out: np.ndarray, Yp: np.ndarray, weight: float
     ``|H| out_size`` term the rounding of ``r`` (through that of ``out``), the ``|H| delta_size`` term
     that of the second-order part. A loss without a formula of its own adds ``8 eps weight sum |l_i|``
     (per-sample subtraction)."""
+    return noise_bound(loss, out, Yp, weight, out_size)(delta_size)
+
+
+def noise_bound(loss: Loss, out: np.ndarray, Yp: np.ndarray, weight: float,
+                out_size: np.ndarray) -> Callable[[np.ndarray], float]:
+    """``delta_size -> ``:func:`loss_change_noise` at fixed outputs ``out``: the loss derivatives there
+    (and the per-sample term) computed once, for a line search's many trial steps."""
     out = np.asarray(out, dtype=float)
     r = np.abs(np.asarray(loss.grad(out, Yp), dtype=float))
     H = np.abs(np.asarray(loss.hess(out, Yp), dtype=float))
-    size = np.einsum("icd,id->ic", H, out_size + delta_size)
-    value = NOISE_ULPS * _EPS * weight * math.fsum(((r + size) * delta_size).ravel().tolist())
+    per_sample = 0.0
     if loss.name not in _FORMULA_LOSSES:
-        value += 8.0 * _EPS * weight * math.fsum(np.abs(np.asarray(loss.value(out, Yp), dtype=float)).tolist())
-    return value
+        per_sample = 8.0 * _EPS * weight * math.fsum(np.abs(np.asarray(loss.value(out, Yp), dtype=float)).tolist())
+
+    def bound(delta_size: np.ndarray) -> float:
+        size = np.einsum("icd,id->ic", H, out_size + delta_size)
+        value = NOISE_ULPS * _EPS * weight * math.fsum(((r + size) * delta_size).ravel().tolist())
+        return value + per_sample
+
+    return bound
 
 
 def activation_change(net: TwoLayerNet, N: np.ndarray, N_new: np.ndarray, T: np.ndarray) -> np.ndarray:
@@ -152,18 +165,29 @@ def activation_change(net: TwoLayerNet, N: np.ndarray, N_new: np.ndarray, T: np.
     return np.where(same, net.slope(N) * T, net.activation(N_new) - net.activation(N))
 
 
-def _output_change(net: TwoLayerNet, new: TwoLayerNet, X: np.ndarray):
+def combine_output_change(dO: np.ndarray, W2_new: np.ndarray, OdW2: np.ndarray, db2: np.ndarray | None,
+                          aOdW2: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """``delta = dO W2_new' + O dW2' + db2`` from its parts (``OdW2 = O dW2'``), and with ``aOdW2 = |O|
+    |dW2|'`` the bound ``|dO| |W2_new|' + |O| |dW2|' + |db2|`` on ``|delta|`` (None without it)."""
+    delta = dO @ W2_new.T + OdW2
+    size = None if aOdW2 is None else np.abs(dO) @ np.abs(W2_new).T + aOdW2
+    if db2 is not None:
+        delta = delta + db2
+        size = None if size is None else size + np.abs(db2)
+    return delta, size
+
+
+def _output_change(net: TwoLayerNet, new: TwoLayerNet, X: np.ndarray, fwd=None, sizes: bool = True):
     """``(delta, delta_size, fwd)``: :func:`output_change`, a bound on ``|delta|`` elementwise (the
-    sum of the absolute values of its terms) and the forward pass at ``net``."""
-    fwd, fwd_new = forward(net, X), forward(new, X)
+    sum of the absolute values of its terms; None without ``sizes``) and the forward pass at ``net``
+    (``fwd`` when the caller has it)."""
+    fwd = forward(net, X) if fwd is None else fwd
+    fwd_new = forward(new, X)
     T = fwd.Xbar @ (new.Z - net.Z).T
     dO = activation_change(net, fwd.N, fwd_new.N, T)
     dW2 = new.W2 - net.W2
-    delta = dO @ new.W2.T + fwd.O @ dW2.T
-    size = np.abs(dO) @ np.abs(new.W2).T + np.abs(fwd.O) @ np.abs(dW2).T
-    if net.has_b2:
-        delta = delta + (new.b2 - net.b2)
-        size = size + np.abs(new.b2 - net.b2)
+    aOdW2 = np.abs(fwd.O) @ np.abs(dW2).T if sizes else None
+    delta, size = combine_output_change(dO, new.W2, fwd.O @ dW2.T, new.b2 - net.b2 if net.has_b2 else None, aOdW2)
     return delta, size, fwd
 
 
@@ -191,10 +215,11 @@ def decay_change(weight_decay: float, z: np.ndarray, dz: np.ndarray) -> tuple[fl
 
 
 def risk_change_and_noise(net: TwoLayerNet, new: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss,
-                          weight: float = 1.0, weight_decay: float = 0.0) -> tuple[float, float]:
+                          weight: float = 1.0, weight_decay: float = 0.0, fwd=None) -> tuple[float, float]:
     """``R(new) - R(net)`` as :func:`risk_change`, and a bound on its rounding error
-    (:func:`loss_change_noise`, plus ``64 eps lam sum |z_j dz_j| + dz_j^2 / 2`` for weight decay)."""
-    delta, size, fwd = _output_change(net, new, X)
+    (:func:`loss_change_noise`, plus ``64 eps lam sum |z_j dz_j| + dz_j^2 / 2`` for weight decay).
+    ``fwd``: the forward pass at ``net`` when the caller has it."""
+    delta, size, fwd = _output_change(net, new, X, fwd)
     value = loss_change(loss, fwd.out, None, Yp, weight, delta=delta)
     noise = loss_change_noise(loss, fwd.out, Yp, weight, output_size(net, fwd.O), size)
     if weight_decay:
@@ -208,4 +233,9 @@ def risk_change(net: TwoLayerNet, new: TwoLayerNet, X: np.ndarray, Yp: np.ndarra
                 weight_decay: float = 0.0) -> float:
     """``R(new) - R(net)`` below the rounding of ``R``: :func:`loss_change` with :func:`output_change`,
     plus ``lam (z . dz + |dz|^2 / 2)`` for weight decay (``dz = z' - z``)."""
-    return risk_change_and_noise(net, new, X, Yp, loss, weight, weight_decay)[0]
+    delta, _, fwd = _output_change(net, new, X, sizes=False)  # no rounding bound: only the value is asked for
+    value = loss_change(loss, fwd.out, None, Yp, weight, delta=delta)
+    if weight_decay:
+        z = net.as_direction().vector()
+        value += decay_change(weight_decay, z, new.as_direction().vector() - z)[0]
+    return value

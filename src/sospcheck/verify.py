@@ -8,15 +8,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .geometry import validity_radius
-from .loss_change import (NOISE_ULPS, activation_change, loss_change, loss_change_noise, output_size,
-                          risk_change_and_noise)
+from .loss_change import (_EPS, NOISE_ULPS, activation_change, combine_output_change, loss_change, noise_bound,
+                          output_size, risk_change_and_noise)
 from .model import Direction
 from .point import Point
 
 __all__ = ["Verification", "verify_descent"]
-
-_EPS = float(np.finfo(float).eps)
-
 
 @dataclass(frozen=True)
 class Verification:
@@ -49,7 +46,7 @@ def _change_along(pt: Point, d: Direction, T: np.ndarray):
     (:func:`~sospcheck.loss_change.loss_change_noise`). No ``m x d x dh`` product per trial step."""
     net, fwd = pt.net, pt.fwd
     N, O, out = fwd.N, fwd.O, fwd.out
-    out_size = output_size(net, O)
+    noise_at = noise_bound(pt.loss, out, pt.Y, pt.weight, output_size(net, O))
     dW2, db2 = d.W2, d.b2
     OdW2, aOdW2 = O @ dW2.T, np.abs(O) @ np.abs(dW2).T
     lam = pt.weight_decay
@@ -60,14 +57,10 @@ def _change_along(pt: Point, d: Direction, T: np.ndarray):
     def change(t: float) -> tuple[float, float]:
         tT = t * T
         dO = activation_change(net, N, N + tT, tT)
-        W2t = net.W2 + t * dW2
-        delta = dO @ W2t.T + t * OdW2
-        size = np.abs(dO) @ np.abs(W2t).T + t * aOdW2
-        if net.has_b2:
-            delta = delta + t * db2
-            size = size + t * np.abs(db2)
+        delta, size = combine_output_change(dO, net.W2 + t * dW2, t * OdW2, t * db2 if net.has_b2 else None,
+                                            t * aOdW2)
         value = loss_change(pt.loss, out, None, pt.Y, pt.weight, delta=delta)
-        noise = loss_change_noise(pt.loss, out, pt.Y, pt.weight, out_size, size)
+        noise = noise_at(size)
         if lam:
             value += lam * math.fsum([t * zd, 0.5 * t * t * dd])
             noise += NOISE_ULPS * _EPS * lam * (t * azd + 0.5 * t * t * dd)
@@ -86,7 +79,7 @@ def verify_descent(pt: Point, d: Direction, boundary: np.ndarray, max_halvings: 
     eps of the change itself, and a decrease counts only above ``noise``, the bound on its rounding
     error: decreases far below the rounding of ``R`` itself are verified. Stops once a verified
     decrease has been found and halving ``t`` only makes it smaller. The trial steps reuse ``N + t
-    T``; the chosen step is then confirmed independently, from full forward passes of both weights
+    T``; the chosen step is then confirmed independently, from a full forward pass of the moved weights
     (:func:`~sospcheck.loss_change.risk_change_and_noise`): the decrease reported is that one.
     """
     d = d.normalized()
@@ -113,7 +106,7 @@ def verify_descent(pt: Point, d: Direction, boundary: np.ndarray, max_halvings: 
     if best_dec > best_noise:
         n += 1
         change, best_noise = risk_change_and_noise(pt.net, pt.net.perturbed(d, best_t), pt.X, pt.Y, pt.loss,
-                                                   pt.weight, pt.weight_decay)
+                                                   pt.weight, pt.weight_decay, fwd=pt.fwd)
         best_dec = -change
     verified = bool(best_dec > best_noise)
     return Verification(
