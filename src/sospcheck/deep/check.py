@@ -50,7 +50,10 @@ class DeepProblem:
     weight_decay: float
 
     def risk_at(self, theta: np.ndarray) -> float:
-        out = deep_forward(self.net.with_vector(theta), self.X).out
+        return self.risk_from(deep_forward(self.net.with_vector(theta), self.X).out, theta)
+
+    def risk_from(self, out: np.ndarray, theta: np.ndarray) -> float:
+        """``R`` at the weights ``theta`` whose outputs on ``X`` are ``out``."""
         v = self.weight * float(np.sum(self.loss.value(out, self.Y)))
         if self.weight_decay:
             v += 0.5 * self.weight_decay * float(theta @ theta)
@@ -185,7 +188,7 @@ def _analyze(problem: DeepProblem, tol: Tolerances, bud: Budget, solver: str, ma
     fwd = deep_forward(net, X)
     r = problem.weight * np.asarray(problem.loss.grad(fwd.out, problem.Y), float)
     Hl = problem.weight * np.asarray(problem.loss.hess(fwd.out, problem.Y), float)
-    value = problem.risk_at(theta0)
+    value = problem.risk_from(fwd.out, theta0)
     stats = DeepStats(m=X.shape[0], p=net.n_params, widths=net.widths)
     st = _State(problem, value, Margins(), {}, [], stats, tol, bud)
     if _interpolates(problem, fwd.out, r):

@@ -56,9 +56,11 @@ def deep_nearby_config(nearby, nearby_radius: float | None, net: DeepNet, m: int
     return cfg
 
 
-def hold_masks(net: DeepNet, X: np.ndarray, tol: float) -> list[np.ndarray]:
-    """Per hidden layer, the pairs within ``tol`` of their kink at the deep kink test's scale."""
-    return find_kinks(net, deep_forward(net, X), tol)[0]
+def hold_masks(net: DeepNet, X: np.ndarray, tols: tuple[float, ...]) -> list[list[np.ndarray]]:
+    """Per tolerance in ``tols``, per hidden layer, the pairs within it of their kink at the deep kink
+    test's scale (one forward pass for all)."""
+    fwd = deep_forward(net, X)
+    return [find_kinks(net, fwd, tol)[0] for tol in tols]
 
 
 def deep_nearby_verdict(net: DeepNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, weight: float, weight_decay: float,
@@ -76,7 +78,7 @@ def deep_nearby_verdict(net: DeepNet, X: np.ndarray, Yp: np.ndarray, loss: Loss,
         held = [mask[:, widths[l]:widths[l + 1]] for l in range(net.depth)]
         return converge_on_deep_stratum(net, X, Yp, loss, weight, weight_decay, held, radius=budget)
 
-    joined = [np.concatenate(hold_masks(net, X, tol), axis=1) for tol in (nearby.snap_tol, nearby.hold_tol)]
+    joined = [np.concatenate(masks, axis=1) for masks in hold_masks(net, X, (nearby.snap_tol, nearby.hold_tol))]
     sp, added = converge_holding(converge, joined[0], joined[1], nearby.max_holds, notify)
     common = dict(steps=sp.steps, residual=sp.relative_gradient, radius=nearby.radius, zeroed=[], merged=[],
                   polish_steps=0, held=int(sp.boundary.sum()), added=added, stratum=sp,

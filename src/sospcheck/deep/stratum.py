@@ -101,7 +101,6 @@ class _Eval:
     values over their kink scale (``rel_c``)."""
 
     theta: np.ndarray
-    pre: list
     r: np.ndarray
     Hl: np.ndarray
     J: np.ndarray
@@ -182,11 +181,10 @@ class _DeepStratum:
         scale += self.lam * float(np.linalg.norm(theta))
         value = self.weight * math.fsum(np.asarray(self.loss.value(out, self.Yp), float).tolist())
         value += 0.5 * self.lam * float(theta @ theta)
-        pre = self.pre(theta)
-        return _Eval(theta, pre, r, Hl, J, g, c, mu, Qn, (Vr, sig, Ur), float(np.linalg.norm(gp)), scale,
-                     self.kink_residual(theta, pre, c), value)
+        return _Eval(theta, r, Hl, J, g, c, mu, Qn, (Vr, sig, Ur), float(np.linalg.norm(gp)), scale,
+                     self.kink_residual(theta, c), value)
 
-    def kink_residual(self, theta: np.ndarray, pre: list, c: np.ndarray) -> float:
+    def kink_residual(self, theta: np.ndarray, c: np.ndarray) -> float:
         """``max |N_j| / (|[W_l b_l]_k| max_i |[a_i; 1]|)`` over the held pairs (0 for a unit with zero row)."""
         if not self.n_held:
             return 0.0
