@@ -239,11 +239,12 @@ def orthant_lower_bound(S: np.ndarray, time_limit: float = 60.0) -> float | None
     """
     if S.size == 0:
         return None
-    bounds = [float(np.linalg.eigvalsh(S)[0])]
+    ev = np.linalg.eigvalsh(S)
+    bounds = [float(ev[0])]
     off = S - np.diag(np.diag(S))
     if np.all(off >= 0):
         bounds.append(float(np.min(np.diag(S))))
-    if max(bounds) <= 1e-6 * float(np.linalg.norm(S, 2)):
+    if max(bounds) <= 1e-6 * max(abs(float(ev[0])), abs(float(ev[-1]))):  # |S|_2 of a symmetric S
         res = copositivity_milp(S, 0.0, time_limit)
         bounds.append(res.value if res.value is not None else -math.inf)
     best = max(bounds)

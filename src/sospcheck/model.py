@@ -185,6 +185,10 @@ class TwoLayerNet:
     def as_direction(self) -> "Direction":
         return Direction(self.W1.copy(), _copy(self.b1), self.W2.copy(), _copy(self.b2))
 
+    def distance(self, other: "TwoLayerNet") -> float:
+        """``|z - z'|``, the Euclidean distance between the two weight vectors."""
+        return float(np.linalg.norm(self.as_direction().vector() - other.as_direction().vector()))
+
     def to_dict(self) -> dict:
         return {
             "W1": self.W1.tolist(), "b1": _list(self.b1), "W2": self.W2.tolist(), "b2": _list(self.b2),

@@ -9,8 +9,8 @@ Trained weights ``z`` are never exactly stationary, so a verdict about them depe
 2. with weight decay, each neuron is rescaled to ``|w_k| = |Z_k|`` (:func:`rebalance`): the network's
    function is unchanged (``h`` is positively homogeneous) and the decay term is at its minimum
    along the rescaling orbit, whose curvature (``lam``) is too small for any optimizer to resolve;
-   so distances are measured modulo rescaling (:func:`rescaled_distance`). (The escape loop's
-   configuration also takes a few Levenberg-Marquardt descent steps, :func:`~sospcheck.nearby.polish`.)
+   so distances are measured modulo rescaling (:func:`rescaled_distance`). (With ``polish_iters > 0``
+   a few Levenberg-Marquardt descent steps follow, :func:`~sospcheck.nearby.polish`.)
 3. the pairs with ``|N_ik| <= snap_tol |Z_k| max|xbar|`` are held exactly on their kinks and the
    iteration converges on that stratum (:func:`sospcheck.stratum.converge_on_stratum`) to ``z*``,
    stationary to rounding; when a step would move a neuron across a data point within ``hold_tol``
@@ -214,10 +214,6 @@ class NearbyResult:
         }
 
 
-def _dist(a: TwoLayerNet, b: TwoLayerNet) -> float:
-    return float(np.linalg.norm(a.as_direction().vector() - b.as_direction().vector()))
-
-
 def rebalance(net: TwoLayerNet) -> TwoLayerNet:
     """Each neuron with ``w_k, Z_k`` both nonzero rescaled to ``|c w_k| = |Z_k / c|``: the same function
     (``h(c t) = c h(t)`` for ``c > 0``) with ``|w_k|^2 + |Z_k|^2`` at its minimum over ``c``."""
@@ -265,14 +261,14 @@ def _prepare(net: TwoLayerNet, X, Yp, loss: Loss, weight: float, lam: float, cfg
     ks = _zero_within(net, X, Yp, cfg.zero_tol, budget)
     cur = zero_neurons(net, ks) if ks else net
     merged, groups = merge_duplicates(cur, X, cfg.merge_tol)
-    if groups and _dist(merged, net) <= budget:
+    if groups and merged.distance(net) <= budget:
         cur = merged
     else:
         groups = []
     steps = 0
     if cfg.polish_iters and X.shape[0] * net.dy * net.n_params <= cfg.polish_max_size:
         held = on_kink(cur, X, cfg.snap_tol) & (np.linalg.norm(cur.Z, axis=1) > 0)[None, :]
-        room = min(cfg.polish_radius * (1.0 + cur.as_direction().norm()), budget - _dist(cur, net))
+        room = min(cfg.polish_radius * (1.0 + cur.as_direction().norm()), budget - cur.distance(net))
         if room > 0:
             cur, steps = polish(cur, X, Yp, loss, weight, lam, held, int(cfg.polish_iters), room)
     return cur, ks, groups, steps
@@ -316,7 +312,7 @@ def nearby_verdict(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, 
     znorm = net.as_direction().norm()
     budget = nearby.radius * znorm
     cur, zeroed, merged, polished = _prepare(net, X, Yp, loss, weight, weight_decay, nearby, budget)
-    room = max(budget - _dist(cur, net), 0.0)
+    room = max(budget - cur.distance(net), 0.0)
     if weight_decay:
         cur = rebalance(cur)
     fwd = forward(cur, X)
@@ -327,7 +323,7 @@ def nearby_verdict(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, 
                   polish_steps=polished, held=int(sp.boundary.sum()), added=added, stratum=sp,
                   tolerances=NEARBY_TOLERANCES)
     star = sp.net
-    dist, moved = _dist(star, net), rescaled_distance(net, star)
+    dist, moved = star.distance(net), rescaled_distance(net, star)
     status, why = sp.status.value, sp.message + (f" (after holding {len(added)} more pair(s) on their kinks)"
                                                  if added else "")
     if sp.success and moved > budget * (1 + 1e-12):  # the zeroing or merging, rescaled, took more room

@@ -35,7 +35,6 @@ known third-derivative bound; neurons failing Assumption 2 have no extreme rays.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -198,9 +197,8 @@ def _second_order_constants(pt: Point, zero_output: bool, L3: float, bounds: tup
     return beta, K3
 
 
-def kink_residual_slack(pt: Point, boundary: np.ndarray, L3: float,
-                        bounds: tuple | None = None) -> Callable[[float], float]:
-    """``r -> sum_i delta_i (|r_i| + (h_i + L3 (G1_i r + delta_i)) (G1_i r + delta_i))``, ``delta_i = (s_hi -
+def kink_residual_slack(pt: Point, boundary: np.ndarray, L3: float, r: float, bounds: tuple | None = None) -> float:
+    """``sum_i delta_i (|r_i| + (h_i + L3 (G1_i r + delta_i)) (G1_i r + delta_i))``, ``delta_i = (s_hi -
     s_lo) sum_k |w_k| |N_ik|`` over the kink pairs: how far ``R`` near ``z`` can lie below the model that
     puts the kink pairs exactly on their kinks, when they sit at ``|N_ik|`` of a few eps instead (a move
     crossing such a pair changes its activation by at most ``(s_hi - s_lo) |N_ik|`` more than the
@@ -210,13 +208,8 @@ def kink_residual_slack(pt: Point, boundary: np.ndarray, L3: float,
     G1, h, _, _ = bounds if bounds is not None else _output_bounds(pt)
     gap = abs(net.s_plus - net.s_minus)
     delta = gap * (np.abs(np.where(boundary, pt.fwd.N, 0.0)) @ np.linalg.norm(net.W2, axis=0))
-    rn = np.linalg.norm(pt.r, axis=1)
-
-    def slack(r: float) -> float:
-        move = G1 * r + delta
-        return float(delta @ (rn + (h + L3 * move) * move))
-
-    return slack
+    move = G1 * r + delta
+    return float(delta @ (np.linalg.norm(pt.r, axis=1) + (h + L3 * move) * move))
 
 
 def _largest(ok, hi: float) -> float:
@@ -299,11 +292,12 @@ def certified_radius(pt: Point, boundary: np.ndarray, neurons: list[NeuronTest],
 
         conditions.append(first_order_ok)
     r_star = _largest(lambda r: all(c(r) for c in conditions), r_valid)
-    kink_slack = kink_residual_slack(pt, boundary, L3, bounds)(min(r_star, 1e300))
+    r_cap = min(r_star, 1e300)
+    kink_slack = kink_residual_slack(pt, boundary, L3, r_cap, bounds)
     slack = (eps_g * r_star if math.isfinite(r_star) else (0.0 if eps_g == 0 else math.inf)) + kink_slack
     components = {"validity_radius": r_valid, "curvature": lam, "first_order_slope": alpha,
                   "kink_conditioning": kappa, "kink_norm": sig_hi, "form_bound": beta,
-                  "remainder_constant": K3(min(r_star, 1e300)), "third_derivative": L3,
+                  "remainder_constant": K3(r_cap), "third_derivative": L3,
                   "gradient_residual": eps_g, "kink_residual_slack": kink_slack, "loss_slack": slack,
                   "remainder_radius": _largest(remainder_ok, math.inf)}
     shape = ("every perturbation eta with |eta| <= r* made of a part in the quotient slice (orthogonal to "

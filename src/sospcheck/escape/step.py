@@ -82,7 +82,7 @@ def nearby_check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum",
         result = check(near, X, Yp, **common, **check_kwargs)
         zeroed, merged, polished = info["zeroed"], info["merged"], info["polish_steps"]
     start_loss = risk(net, X, Yp, lossobj, weight, weight_decay)
-    distance = float(np.linalg.norm(near.as_direction().vector() - net.as_direction().vector()))
+    distance = near.distance(net)
     return NearbyCheck(result, near, net, zeroed, merged, polished, start_loss, result.loss_value, distance, nb)
 
 
@@ -232,7 +232,7 @@ def _steps(res: CheckResult, near: TwoLayerNet, X, Yp, lossobj, weight, lam, bes
     if k is not None:
         grown, f_grown = best_new_neuron(near, X, Yp, lossobj, weight, k, lam, starts=[d.Z[k]])
         if grown is not None:
-            dist = float(np.linalg.norm(grown.as_direction().vector() - near.as_direction().vector()))
+            dist = grown.distance(near)
             out.append((f_grown, grown, "best neuron", dist))
     return out
 
