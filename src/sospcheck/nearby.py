@@ -106,10 +106,7 @@ KINK_POINT = replace(ESCAPE_NEARBY, polish_iters=30)
 def escape_nearby(value, base: Nearby = ESCAPE_NEARBY) -> Nearby:
     """``None`` -> ``base`` (:data:`ESCAPE_NEARBY`); a dict overrides some of its fields; a :class:`Nearby`
     as given."""
-    if isinstance(value, dict):
-        Nearby.from_any(value)  # unknown keys and bad values named as for any Nearby
-        return replace(base, **value)
-    return base if value is None else Nearby.from_any(value)
+    return Nearby.from_any(value, base)
 
 
 def near_zero_neurons(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, tol: float, *,
@@ -325,11 +322,20 @@ def nearby_point(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, we
     cur = zero_neurons(net, ks) if ks else net
     cur, groups = merge_duplicates(cur, X, opt.merge_tol)
     cur = _snap_and_refit(cur, X, Yp, loss, weight, weight_decay, opt)
-    steps = 0
-    if opt.polish_iters and X.shape[0] * net.dy * net.n_params <= opt.polish_max_size:
-        held = on_kink(cur, X, opt.snap_tol) & (np.linalg.norm(cur.Z, axis=1) > 0)[None, :]
-        radius = opt.polish_radius * (1.0 + cur.as_direction().norm())
-        cur, steps = polish(cur, X, Yp, loss, weight, weight_decay, held, int(opt.polish_iters), radius)
-        if steps:
-            cur = _snap_and_refit(cur, X, Yp, loss, weight, weight_decay, opt)
+    cur, steps = polish_within(cur, X, Yp, loss, weight, weight_decay, opt)
+    if steps:
+        cur = _snap_and_refit(cur, X, Yp, loss, weight, weight_decay, opt)
     return cur, {"zeroed": ks, "merged": groups, "polish_steps": steps}
+
+
+def polish_within(net: TwoLayerNet, X, Yp, loss: Loss, weight: float, weight_decay: float, opt: Nearby,
+                  room: float = math.inf) -> tuple[TwoLayerNet, int]:
+    """:func:`polish` with ``opt``'s iterations and size limit, the pairs on their kinks held, within
+    ``opt.polish_radius * (1 + |z|)`` and ``room``; ``(net, 0)`` when it does not run."""
+    if not opt.polish_iters or X.shape[0] * net.dy * net.n_params > opt.polish_max_size:
+        return net, 0
+    held = on_kink(net, X, opt.snap_tol) & (np.linalg.norm(net.Z, axis=1) > 0)[None, :]
+    radius = min(opt.polish_radius * (1.0 + net.as_direction().norm()), room)
+    if radius <= 0:
+        return net, 0
+    return polish(net, X, Yp, loss, weight, weight_decay, held, int(opt.polish_iters), radius)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -40,7 +40,7 @@ from .geometry import boundary_mask
 from .loss_change import risk_change
 from .losses import Loss
 from .model import TwoLayerNet, forward
-from .nearby import Nearby, merge_duplicates, near_zero_neurons, on_kink, polish, with_hidden, zero_neurons
+from .nearby import Nearby, merge_duplicates, near_zero_neurons, polish_within, with_hidden, zero_neurons
 from .options import Tolerances
 from .result import CheckResult, Reason, Verdict
 from .stratum import StratumPoint, StratumStatus, converge_on_stratum
@@ -74,7 +74,7 @@ def nearby_config(nearby, nearby_radius: float | None = None) -> Nearby | None:
         return None
     cfg = Nearby() if nearby is True else Nearby.from_any(nearby)
     if nearby_radius is not None:
-        cfg = Nearby.from_any({**cfg.to_dict(), "radius": nearby_radius})
+        cfg = replace(cfg, radius=nearby_radius)
     return cfg
 
 
@@ -265,12 +265,7 @@ def _prepare(net: TwoLayerNet, X, Yp, loss: Loss, weight: float, lam: float, cfg
         cur = merged
     else:
         groups = []
-    steps = 0
-    if cfg.polish_iters and X.shape[0] * net.dy * net.n_params <= cfg.polish_max_size:
-        held = on_kink(cur, X, cfg.snap_tol) & (np.linalg.norm(cur.Z, axis=1) > 0)[None, :]
-        room = min(cfg.polish_radius * (1.0 + cur.as_direction().norm()), budget - cur.distance(net))
-        if room > 0:
-            cur, steps = polish(cur, X, Yp, loss, weight, lam, held, int(cfg.polish_iters), room)
+    cur, steps = polish_within(cur, X, Yp, loss, weight, lam, cfg, budget - cur.distance(net))
     return cur, ks, groups, steps
 
 
@@ -323,15 +318,19 @@ def nearby_verdict(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, 
                   polish_steps=polished, held=int(sp.boundary.sum()), added=added, stratum=sp,
                   tolerances=NEARBY_TOLERANCES)
     star = sp.net
-    dist, moved = star.distance(net), rescaled_distance(net, star)
-    status, why = sp.status.value, sp.message + (f" (after holding {len(added)} more pair(s) on their kinks)"
-                                                 if added else "")
-    if sp.success and moved > budget * (1 + 1e-12):  # the zeroing or merging, rescaled, took more room
-        status, why = StratumStatus.RADIUS_EXCEEDED.value, (f"z* lies {moved:.3g} from the weights modulo rescaling, "
-                                                            f"beyond the radius {budget:.3g}")
-    if status != sp.status.value or not sp.success:
-        return NearbyResult(status, why, None, None, None, None, None, None,
-                            seconds=time.perf_counter() - t0, **common)
+    why = sp.message + (f" (after holding {len(added)} more pair(s) on their kinks)" if added else "")
+
+    def failed(status: str, why: str) -> NearbyResult:
+        return NearbyResult(status, why, None, None, None, None, None, None, seconds=time.perf_counter() - t0,
+                            **common)
+
+    if not sp.success:
+        return failed(sp.status.value, why)
+    moved = rescaled_distance(net, star)
+    if moved > budget * (1 + 1e-12):  # the zeroing or merging, rescaled, took more room
+        return failed(StratumStatus.RADIUS_EXCEEDED.value,
+                      f"z* lies {moved:.3g} from the weights modulo rescaling, beyond the radius {budget:.3g}")
+    dist = star.distance(net)
     notify("nearby: the check at z*", 0, 1)
     result = judge(star, NEARBY_TOLERANCES)
     notify("nearby: the check at z*", 1, 1)

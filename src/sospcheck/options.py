@@ -59,10 +59,12 @@ class Options:
         return asdict(self)
 
     @classmethod
-    def from_any(cls: type[_O], value) -> _O:
-        """``None`` (the defaults), an instance, or a dict of some of the fields."""
+    def from_any(cls: type[_O], value, base: _O | None = None) -> _O:
+        """``None`` (``base``, else the defaults), an instance, or a dict of some of the fields (the others
+        from ``base``, else the defaults)."""
+        base = cls() if base is None else base
         if value is None:
-            return cls()
+            return base
         if isinstance(value, cls):
             return value
         if isinstance(value, dict):
@@ -70,7 +72,7 @@ class Options:
             unknown = set(value) - set(known)
             if unknown:
                 raise ValueError(f"`{cls.argument}` has unknown key(s) {sorted(map(str, unknown))}; known: {known}")
-            return replace(cls(), **value)
+            return replace(base, **value)
         raise TypeError(f"`{cls.argument}` must be a {cls.__name__}, a dict or None, got {type(value).__name__}")
 
 

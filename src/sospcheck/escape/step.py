@@ -21,7 +21,7 @@ from ..check import check, validate_inputs
 from ..geometry import row_norms
 from ..losses import Loss, risk
 from ..model import TwoLayerNet, forward
-from ..nearby import KINK_POINT, Nearby, escape_nearby, nearby_point, with_hidden
+from ..nearby import Nearby, escape_nearby, nearby_point, with_hidden
 from ..nearby_mode import NearbyResult, nearby_verdict
 from ..options import Tolerances
 from ..result import CheckResult, Verdict
@@ -78,7 +78,7 @@ def nearby_check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum",
     if nb.success:
         result, near, zeroed, merged, polished = nb.result, nb.net, nb.zeroed, nb.merged, nb.polish_steps
     else:
-        near, info = nearby_point(net, X, Yp, lossobj, weight, weight_decay, escape_nearby(nearby, KINK_POINT))
+        near, info = nearby_point(net, X, Yp, lossobj, weight, weight_decay, nearby)
         result = check(near, X, Yp, **common, **check_kwargs)
         zeroed, merged, polished = info["zeroed"], info["merged"], info["polish_steps"]
     start_loss = risk(net, X, Yp, lossobj, weight, weight_decay)
