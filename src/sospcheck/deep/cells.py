@@ -39,10 +39,6 @@ def _layers(ks: KinkSet) -> np.ndarray:
     return np.array([ks.kinks[g.rep].l for g in ks.groups], int)
 
 
-def _reps(ks: KinkSet) -> list[tuple]:
-    return [(ks.kinks[g.rep].i, ks.kinks[g.rep].l, ks.kinks[g.rep].k) for g in ks.groups]
-
-
 def _slopes(pieces: Pieces, net: DeepNet, ks: KinkSet, signs) -> list:
     return pieces.slopes(piece_slopes(net, ks, list(signs)))
 
@@ -97,7 +93,7 @@ def enumerate_deep_cells(pieces: Pieces, net: DeepNet, ks: KinkSet, geo: KinkGeo
     for l in sorted(set(lay.tolist())):
         grown = []
         for signs, walls in cells:
-            A = pieces.jacobian(_slopes(pieces, net, ks, signs + (1,) * (n - len(signs))), _reps(ks))
+            A = pieces.jacobian(_slopes(pieces, net, ks, signs + (1,) * (n - len(signs))), ks.reps())
             if l == top:
                 out.rows[signs] = A
             zero = _zero_rows(A, tol_rank)
@@ -140,7 +136,7 @@ def structure_residual(pieces: Pieces, net: DeepNet, ks: KinkSet, signs, A: np.n
         return 0.0
     V = np.random.default_rng(seed).standard_normal((A.shape[1], _PROBES))
     Q = np.zeros((A.shape[0], _PROBES))
-    Q[curved] = pieces.second_derivatives(_slopes(pieces, net, ks, signs), [_reps(ks)[q] for q in curved], V)
+    Q[curved] = pieces.second_derivatives(_slopes(pieces, net, ks, signs), [ks.reps()[q] for q in curved], V)
     num = np.abs(C.T @ (w[:, None] * Q))  # relation x probe (unit relations)
     den = np.max(np.abs(w[:, None] * Q), axis=0)  # the rounding of c is relative to the largest term
     return float(np.max(np.where(den > 0, num / np.where(den > 0, den, 1.0)[None, :], 0.0)))
@@ -253,7 +249,7 @@ def second_order_cells(pieces: Pieces, net: DeepNet, ks: KinkSet, geo: KinkGeome
                               n_icqp_planned=len(faces), **base)
     ref_sig = cells.signs[0]
     ref = _Piece(pieces, net, ks, list(ref_sig), _kappa(pieces, net, ks, ref_sig, cells.rows[cells.keys[0]]), curved)
-    out, sub, eig = ecqp(pieces, net, geo, quot, ref, tol, budget, solver, progress, len(faces), margins)
+    out, sub, eig = ecqp(net, geo, quot, ref, tol, budget, solver, progress, len(faces), margins)
     out.cells, out.cell_bound, out.faces = base["cells"], base["cell_bound"], len(faces)
     if sub is None:
         return out

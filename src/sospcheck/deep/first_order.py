@@ -50,7 +50,7 @@ def numerical_rank(G: np.ndarray, tol_rank: float) -> tuple[int, np.ndarray]:
 def kink_geometry(pieces, net, ks: KinkSet, tol_rank: float) -> KinkGeometry:
     from .switching import piece_slopes
 
-    reps = [(ks.kinks[g.rep].i, ks.kinks[g.rep].l, ks.kinks[g.rep].k) for g in ks.groups]
+    reps = ks.reps()
     n = len(ks.groups)
     S_plus = pieces.slopes(piece_slopes(net, ks, [1] * n))
     S_minus = pieces.slopes(piece_slopes(net, ks, [-1] * n))
@@ -158,7 +158,7 @@ def first_order_patterns(pieces, net, ks: KinkSet, scale: float, tol_gradient: f
     live = [q for q, g in enumerate(ks.groups) if g.rho == 0]
     if 2.0 ** len(live) > max_patterns:
         return None
-    reps = [(ks.kinks[ks.groups[q].rep].i, ks.kinks[ks.groups[q].rep].l, ks.kinks[ks.groups[q].rep].k) for q in live]
+    reps = ks.reps(live)
     best, worst_value, n = None, 0.0, 0
     for signs in product((1, -1), repeat=len(live)):
         full = [1] * len(ks.groups)

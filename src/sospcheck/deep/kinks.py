@@ -62,6 +62,11 @@ class KinkSet:
     def per_layer(self) -> list[int]:
         return [int(m.sum()) for m in self.mask]
 
+    def reps(self, groups: list[int] | None = None) -> list[tuple[int, int, int]]:
+        """``(i, l, k)`` of each group's representative kink (of the groups indexed by ``groups``, else all)."""
+        chosen = self.groups if groups is None else [self.groups[q] for q in groups]
+        return [(self.kinks[g.rep].i, self.kinks[g.rep].l, self.kinks[g.rep].k) for g in chosen]
+
 
 def boundary_thresholds(net: DeepNet, fwd: DeepForward, tol_boundary: float) -> list[np.ndarray]:
     """Per hidden layer, ``tau_b |[W_l b_l]_k| max_i |[a^{l-1}_i; 1]|`` (section 6, per unit)."""

@@ -146,7 +146,7 @@ class _Piece:
                  held: list[int]):
         self.signs = signs
         self.S = pieces.slopes(piece_slopes(net, ks, signs))
-        self.reps = [(ks.kinks[g.rep].i, ks.kinks[g.rep].l, ks.kinks[g.rep].k) for g in ks.groups]
+        self.reps = ks.reps()
         self.held = held
         held_reps = [self.reps[q] for q in held]
         self.apply = pieces.hvp_fn(self.S, kappa[held] if held else None, held_reps)
@@ -201,7 +201,7 @@ def second_order_deep(pieces: Pieces, net: DeepNet, ks: KinkSet, geo: KinkGeomet
     for q, allowed in flat:
         ref_signs[q] = allowed[0]
     ref = _Piece(pieces, net, ks, ref_signs, kappa, held)
-    out, sub, eig = ecqp(pieces, net, geo, quot, ref, tol, budget, solver, progress, planned, margins)
+    out, sub, eig = ecqp(net, geo, quot, ref, tol, budget, solver, progress, planned, margins)
     if sub is None:
         return out
     rec = out.records[0]
@@ -237,7 +237,7 @@ def second_order_deep(pieces: Pieces, net: DeepNet, ks: KinkSet, geo: KinkGeomet
     return _done(out, margins)
 
 
-def ecqp(pieces: Pieces, net: DeepNet, geo: KinkGeometry, quot: Quotient, ref: _Piece, tol: Tolerances,
+def ecqp(net: DeepNet, geo: KinkGeometry, quot: Quotient, ref: _Piece, tol: Tolerances,
          budget: Budget, solver: str, progress, planned: int, margins: Margins):
     """T3 with every kink held: ``lambda_min`` of the form of ``ref`` on ``W = null(G) ∩ U^perp`` (10.6; the form
     there is the same for every piece). Returns ``(out, sub, eig)``; ``sub`` None when ``out`` is final
