@@ -114,6 +114,7 @@ class _Eval:
     rel_c: float
     loss: float
     hess: np.ndarray | None = None
+    newton: tuple | None = None  # what _newton_step needs that no damping changes, once computed
 
     @property
     def rel(self) -> float:
@@ -311,11 +312,26 @@ class _Run:
         return hi, self.flipped(theta + hi * d)
 
 
-def _newton_step(run: _Run, ev: _Eval, nu: float, Q: np.ndarray) -> tuple[np.ndarray, float]:
+def _newton_step(run: _Run, ev: _Eval, nu: float) -> tuple[np.ndarray, float]:
     """The damped Newton step on the Lagrange system: ``dr = -C^+ c`` back onto ``c = 0``, then in the null space
-    ``Qn`` (rescaling orbits ``Q`` deflated) ``-sum_j l_j / (l_j^2 + mu) (v_j . b) v_j``, ``b`` the reduced
-    gradient at ``theta + dr``, ``mu = nu max|l| |g_p| / |theta|`` (DESIGN.md 10.11)."""
-    H = run.st.lagrangian_hessian(ev)
+    ``Qn`` (rescaling orbits deflated) ``-sum_j l_j / (l_j^2 + mu) (v_j . b) v_j``, ``b`` the reduced
+    gradient at ``theta + dr``, ``mu = nu max|l| |g_p| / |theta|`` (DESIGN.md 10.11). Only ``mu`` depends on
+    ``nu``: the rest is computed once per point (:func:`_newton_parts`), however many steps are rejected."""
+    if ev.newton is None:
+        ev.newton = _newton_parts(run, ev)
+    dr, B, lam_, V, lmax, rhs = ev.newton
+    if B is None:
+        return dr, 0.0
+    mu = nu * lmax * ev.gnorm / max(run.znorm, 1e-300)
+    coef = (V.T @ rhs) * (lam_ / (lam_ * lam_ + mu))
+    return dr - B @ (V @ coef), mu
+
+
+def _newton_parts(run: _Run, ev: _Eval) -> tuple:
+    """``(dr, B, l, V, max|l|, B' b)`` of :func:`_newton_step` (``B`` None when the null space is empty)."""
+    st = run.st
+    Q = st.rescaling(ev.theta) if not st.lam else np.zeros((len(ev.theta), 0))
+    H = st.lagrangian_hessian(ev)
     Vr, sig, Ur = ev.range_part
     dr = -(Vr @ ((Ur.T @ ev.c) / sig)) if sig.size else np.zeros_like(ev.theta)
     B = ev.Qn
@@ -325,16 +341,13 @@ def _newton_step(run: _Run, ev: _Eval, nu: float, Q: np.ndarray) -> tuple[np.nda
         keep = int(np.sum(s > 1e-8 * max(1.0, s[0]))) if s.size else 0
         B = B @ u[:, keep:]
     if B.shape[1] == 0:
-        return dr, 0.0
+        return dr, None, None, None, 0.0, None
     Hr = B.T @ H @ B
     lam_, V = np.linalg.eigh(0.5 * (Hr + Hr.T))
     lmax = float(np.max(np.abs(lam_))) if lam_.size else 0.0
     keep = np.abs(lam_) > run.rcond * lmax
-    lam_, V = lam_[keep], V[:, keep]
-    mu = nu * lmax * ev.gnorm / max(run.znorm, 1e-300)
     rhs = B.T @ (ev.g + H @ dr)  # B spans part of null(C): the multiplier term C' mu drops out
-    coef = (V.T @ rhs) * (lam_ / (lam_ * lam_ + mu))
-    return dr - B @ (V @ coef), mu
+    return dr, B, lam_[keep], V[:, keep], lmax, rhs
 
 
 def _project(run: _Run, ev: _Eval, max_iter: int = 20) -> _Eval:
@@ -392,8 +405,7 @@ def _iterate(run: _Run, cur: _Eval, gtol: float, floor_tol: float, max_iter: int
     for it in range(1, max_iter + 1):
         if cur.merit <= gtol:
             break
-        Q = st.rescaling(cur.theta) if not st.lam else np.zeros((len(cur.theta), 0))
-        d, mu = _newton_step(run, cur, nu, Q)
+        d, mu = _newton_step(run, cur, nu)
         t_cross, pair = run.first_crossing(cur.theta, d)
         t_ball = _ball_exit(cur.theta - run.theta_user, d, run.radius)
         if min(t_cross, t_ball) <= 1.0:
