@@ -2,7 +2,7 @@
 the size of the data (not part of ``run.py``):
 
     nice -n 5 .venv/bin/python benchmarks/benign.py [--cases a,b,c,d] [--repeats 3] [--no-smooth]
-        [--no-memory] [--cache DIR] [--json OUT.json] [--backend torch --device cuda]
+        [--no-memory] [--scaling 2,4] [--cache DIR] [--json OUT.json] [--backend torch --device cuda]
 
 Cases (planted exactly stationary strict minima, ``common.planted_minimum``; squared loss, sum):
   a  (dx, dh, m) = (100, 1, 10000), dy = 1
@@ -23,7 +23,8 @@ default check, and ``solver="matrix_free"`` where the default is dense), (peak r
 stage - resident set of the interpreter before the data) / bytes of X, X and Y included; measured twice:
 cold (the interpreter has only imported the libraries) and after a warm-up check on a 2000-point instance
 of the same widths (``probe.warm_up``), whose baseline already holds the fixed costs that do not grow
-with the data (the BLAS/LAPACK work buffers, allocator pools).
+with the data (the BLAS/LAPACK work buffers, allocator pools). With ``--scaling`` the cold measurement is
+repeated at ``m`` times each factor (same widths) and fitted as ``fixed + slope |X|`` (:func:`memory_scaling`).
 With ``--backend torch`` the checks run with the data on ``--device`` and the wall seconds are printed
 too (the GPU's work does not show in the CPU seconds).
 """
@@ -147,6 +148,22 @@ def memory(inst: dict, name: str, work: Path, solvers: list[str], warm: dict | N
     return out
 
 
+def memory_scaling(spec: dict, key: str, work: Path, factors: list[int], cache: str) -> dict:
+    """Cold peak memory of the default check on instances of the same widths with ``m`` times each factor,
+    and the least-squares line ``peak = fixed + slope |X|``: ``slope`` is what grows with the data, ``fixed``
+    (MiB) what does not (the reduced ``H``, whose size depends on the widths alone, library buffers and
+    pages)."""
+    points = []
+    for f in factors:
+        inst = common.planted_minimum(**{**spec, "m": spec["m"] * f}, cache=cache)
+        rec = memory(inst, f"benign_{key}_x{f}", work, ["auto"])["auto"]
+        points.append({"m": spec["m"] * f, "X_MiB": inst["X"].nbytes / 2**20, **rec})
+    xs = np.array([p["X_MiB"] for p in points])
+    ys = np.array([p.get("peak_MiB", np.nan) for p in points])
+    slope, fixed = np.polyfit(xs, ys, 1) if len(points) > 1 and np.all(np.isfinite(ys)) else (np.nan, np.nan)
+    return {"points": points, "slope": float(slope), "fixed_MiB": float(fixed)}
+
+
 def run_case(key: str, args, work: Path) -> dict:
     spec = CASES[key]
     inst = common.planted_minimum(**spec, cache=args.cache)
@@ -181,6 +198,12 @@ def run_case(key: str, args, work: Path) -> dict:
         warm = {**spec, "m": WARM_UP_POINTS, "kink_pairs": min(spec.get("kink_pairs", 0), 2), "cache": args.cache}
         row["memory"] = memory(inst, f"benign_{key}", work, solvers, warm)
         print(f"[{key}] peak memory / X: {row['memory']}", flush=True)
+    if args.scaling:
+        sc = memory_scaling(spec, key, work, [1] + args.scaling, args.cache)
+        row["scaling"] = sc
+        print(f"[{key}] cold peak vs m: " + ", ".join(f"m = {p['m']}: {p['peak_MiB']:.1f} MiB ({p['peak_over_X']:.2f}x, "
+              f"{p['solver_used']})" for p in sc["points"]) + f"; fit: {sc['fixed_MiB']:.1f} MiB + "
+              f"{sc['slope']:.2f} |X|", flush=True)
     return row
 
 
@@ -209,6 +232,16 @@ def markdown(rows: list[dict]) -> list[str]:
         mem = ", ".join(f"{v['peak_over_X']:.2f}x ({v['solver_used']}{', after warm-up' if k.endswith('warm') else ''})"
                         if "peak_over_X" in v else f"{k}: {v}" for k, v in r.get("memory", {}).items()) or "-"
         out.append(f"| {label(r)} | {g * 1e3:.3g} ms | {off} | {on} | {smooth} | {mem} |")
+    scaled = [r for r in rows if r.get("scaling")]
+    if scaled:
+        out += ["", "| (dx, dh), default path | cold peak memory at m, ... (MiB, / size of X) | fit: fixed + slope x size of X |",
+                "|---|---|---|"]
+        for r in scaled:
+            sc = r["scaling"]
+            pts = "; ".join(f"m = {p['m']}: {p['peak_MiB']:.1f} MiB ({p['peak_over_X']:.2f}x)" for p in sc["points"])
+            out.append(f"| ({r['dx']}, {r['dh']}){', dy = ' + str(r['dy']) if r['dy'] != 1 else ''}"
+                       f"{', kink pairs' if r['kink_pairs'] else ''}, {sc['points'][0]['solver_used']} | {pts} | "
+                       f"{sc['fixed_MiB']:.1f} MiB + {sc['slope']:.2f} x |")
     return out
 
 
@@ -223,6 +256,9 @@ def main(argv=None) -> int:
     ap.add_argument("--backend", default="numpy", choices=["numpy", "torch"],
                     help="torch: the data passes and Hessian products on --device (wall seconds are then the measure)")
     ap.add_argument("--device", default=None, help="with --backend torch, e.g. cuda (default: a GPU when available)")
+    ap.add_argument("--scaling", type=lambda v: [int(f) for f in v.split(",")], default=[],
+                    help="e.g. 2,4: also the cold peak memory at m times each factor (same widths), fitted as "
+                         "fixed + slope |X|")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     work = Path(args.cache)

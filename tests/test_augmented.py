@@ -6,7 +6,7 @@ import pytest
 
 from instances import random_kink_instance
 from sospcheck import TwoLayerNet, check
-from sospcheck.augmented import AugmentedData, abs_max, dense, frobenius_norm, gram, row_block
+from sospcheck.augmented import AugmentedData, abs_max, dense, frobenius_norm, gram, gram_of_rows, row_block
 from sospcheck.geometry import row_norms
 
 
@@ -53,6 +53,26 @@ def test_norms_rows_and_selections_equal_those_of_the_explicit_copy(data):
     assert isinstance(block, AugmentedData) and np.shares_memory(block.X, X)  # a view, no copy
     np.testing.assert_allclose(block @ np.ones(6), Xb[3:9].sum(axis=1), rtol=1e-14)
     np.testing.assert_array_equal(row_block(Xb, mask), Xb[mask])
+
+
+def test_gram_of_selected_rows_reads_blocks_and_equals_the_gram_of_the_selection(monkeypatch):
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((3000, 40))  # 2^16 // 41 = 1598 rows a block: two blocks, the last one partial
+    Xb = np.hstack([X, np.ones((3000, 1))])
+    mask = rng.random(3000) < 0.6
+    biggest = [0]
+    real_gram = gram
+
+    def watched(A):  # every selection that reaches the Gram is one block's
+        biggest[0] = max(biggest[0], A.shape[0])
+        return real_gram(A)
+
+    monkeypatch.setattr("sospcheck.augmented.gram", watched)
+    for A in (AugmentedData(X), Xb):
+        biggest[0] = 0
+        np.testing.assert_allclose(gram_of_rows(A, mask), Xb[mask].T @ Xb[mask], rtol=1e-12, atol=1e-10)
+        assert 0 < biggest[0] <= (1 << 16) // 41
+    np.testing.assert_array_equal(gram_of_rows(AugmentedData(X), np.zeros(3000, bool)), np.zeros((41, 41)))
 
 
 @pytest.mark.parametrize("solver", ["dense", "matrix_free"])

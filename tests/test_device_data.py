@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 
 from instances import random_kink_instance  # noqa: E402
 from sospcheck import TwoLayerNet, check  # noqa: E402
-from sospcheck.augmented import AugmentedData, abs_max, frobenius_norm, gram, row_block  # noqa: E402
+from sospcheck.augmented import AugmentedData, abs_max, frobenius_norm, gram, gram_of_rows, row_block  # noqa: E402
 from sospcheck.device_data import DeviceData, placed, placement  # noqa: E402
 from sospcheck.geometry import row_norms  # noqa: E402
 from sospcheck.operators import TorchHessianOperator  # noqa: E402
@@ -36,6 +36,7 @@ def test_products_and_reductions_equal_the_host_ones(bias):
     np.testing.assert_array_equal(D[3], host[3])
     np.testing.assert_array_equal(D[:5, 1:], host[:5, 1:])
     np.testing.assert_array_equal(row_block(D, mask).toarray(), host[mask])
+    np.testing.assert_allclose(gram_of_rows(D, mask), host[mask].T @ host[mask], rtol=1e-13, atol=1e-12)
     np.testing.assert_array_equal(np.asarray(D), host)
     with pytest.raises(ValueError, match="columns"):
         D @ np.ones((d + 1, 2))

@@ -171,6 +171,18 @@ def test_row_space_with_a_cut_above_the_gram_resolution():
     assert V.shape == (4, 3) and C.shape == (4, 1)
     np.testing.assert_allclose(abs(C[:, 0] @ W[:, 3]), 1.0, atol=1e-9)
     assert row_space(A, 1e-10)[0] is None
+    # with the Gram given, the matrix itself is asked for only when the Gram cannot decide
+    asked = []
+
+    def rows():
+        asked.append(1)
+        return A
+
+    V2, C2 = row_space(rows, 1e-2, A.T @ A)
+    assert asked and V2.shape == (4, 3) and abs(C2[:, 0] @ C[:, 0]) == pytest.approx(1.0, abs=1e-9)
+    asked.clear()
+    assert row_space(rows, 1e-10, (U[:, :3] @ W[:, :3].T).T @ (U[:, :3] @ W[:, :3].T) + np.eye(4))[0] is None
+    assert not asked
 
 
 def test_constant_direction_keeps_a_good_guess_and_replaces_a_bad_one():

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DataOperator", "AugmentedData", "gram", "frobenius_norm", "abs_max", "dense", "in_basis", "row_block"]
+__all__ = ["DataOperator", "AugmentedData", "gram", "gram_of_rows", "frobenius_norm", "abs_max", "dense", "in_basis", "row_block"]
 
 
 class DataOperator:
@@ -151,6 +151,22 @@ def _abs_max(X: np.ndarray) -> float:
 def gram(A) -> np.ndarray:
     """``A' A`` (d x d) for an array or a :class:`DataOperator`."""
     return A.gram() if isinstance(A, DataOperator) else A.T @ A
+
+
+def gram_of_rows(A, mask: np.ndarray) -> np.ndarray:
+    """``A_S' A_S`` for the rows ``S`` where ``mask`` holds, read in blocks of rows (each block's selection
+    at most ``2^16`` floats on the host), so that the selected rows are never copied all at once; on a
+    device, where the memory is not the host's, from one selection."""
+    if isinstance(A, DataOperator) and not isinstance(A, AugmentedData):
+        return A.rows(mask).gram()
+    m, d = A.shape
+    G = np.zeros((d, d))
+    step = max(1, (1 << 16) // max(d, 1))
+    for i0 in range(0, m, step):
+        sel = mask[i0 : i0 + step]
+        if sel.any():
+            G += gram(row_block(row_block(A, slice(i0, i0 + step)), sel))
+    return G
 
 
 def frobenius_norm(A) -> float:

@@ -34,10 +34,11 @@ def data_span(Xbar: np.ndarray, rank_tol: float, gram: np.ndarray | None = None)
     return np.eye(Xbar.shape[1]) if V is None else V
 
 
-def row_space(A: np.ndarray, rank_tol: float, gram: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray]:
+def row_space(A, rank_tol: float, gram: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray]:
     """``(V, W)``: orthonormal bases (columns) of the row space of ``A`` (n x d) and of its orthogonal
     complement, a singular value counting when above ``rank_tol`` times the largest; ``V`` is None when
-    the row space is all of ``R^d`` (``W`` is then d x 0).
+    the row space is all of ``R^d`` (``W`` is then d x 0). With ``gram`` given, ``A`` may be a function
+    that returns the matrix, called only when the Gram alone cannot decide.
 
     From the d x d Gram ``A' A = U diag(lam) U'`` (one pass over the rows, no n x d factor): its
     eigenvalues give the singular values only to ``~ eps s_max^2 / s`` in absolute terms, so the
@@ -45,8 +46,8 @@ def row_space(A: np.ndarray, rank_tol: float, gram: np.ndarray | None = None) ->
     (n x t, t usually 0), where the mixing of the Gram's rounding adds at most ``~ 1e3 eps s_max`` (far
     below the cut).
     """
-    d = A.shape[1]
     G = A.T @ A if gram is None else gram
+    d = G.shape[0]
     lam = np.linalg.eigvalsh(G) if d else np.zeros(0)
     if not d or lam[-1] <= 0:
         return np.zeros((d, 0)), np.eye(d)
@@ -57,7 +58,7 @@ def row_space(A: np.ndarray, rank_tol: float, gram: np.ndarray | None = None) ->
     lam, U = np.linalg.eigh(G)  # the eigenvectors only when some direction needs a second look
     small = lam < reliable**2 * lam[-1]
     Us = U[:, small]
-    _, s, Wt = np.linalg.svd(A @ Us)  # Wt: t x t
+    _, s, Wt = np.linalg.svd((A() if callable(A) else A) @ Us)  # Wt: t x t
     r = int(np.sum(s > rank_tol * np.sqrt(lam[-1])))
     if r == Us.shape[1]:
         return None, np.zeros((d, 0))

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .augmented import in_basis, row_block
+from .augmented import gram_of_rows, in_basis, row_block
 from .first_order import NeuronTest
 from .geometry import data_span, row_space
 from .operators import Layout
@@ -225,7 +225,8 @@ def inactive_rows(pt: Point, boundary: np.ndarray, Xr: np.ndarray, neurons: list
         # is then skipped on large problems (no quotient: at worst `sosp` instead of a certificate)
         if n_act == 0 or (n_act >= rho and n_act * rho * rho > _INACTIVE_RANK_FLOPS):
             continue
-        _, W = row_space(row_block(Xr, act), max(rank_tol, 1e-12))  # the rho x rho Gram, not an SVD of the points
+        # the rho x rho Gram by blocks of rows; the selected rows themselves only if it cannot decide
+        _, W = row_space(lambda: row_block(Xr, act), max(rank_tol, 1e-12), gram_of_rows(Xr, act))
         if W.shape[1]:
             rows[k] = W.T
     return rows
