@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from sospcheck import Direction, TwoLayerNet
-from sospcheck.model import forward
+from sospcheck.model import forward, relu_like, relu_like_slope
 
 
 def good(**kw):
@@ -81,3 +81,25 @@ def test_real_dtypes_and_numpy_scalars_are_accepted():
                              s_plus=np.float32(2.0), s_minus=np.int64(0)))
     assert net.W1.dtype == net.b1.dtype == net.W2.dtype == np.float64 and net.b1.tolist() == [1.0, 0.0]
     assert (net.s_plus, net.s_minus) == (2.0, 0.0) and type(net.s_plus) is float
+
+
+@pytest.mark.parametrize("s_plus,s_minus", [(1.0, 0.0), (1.0, 0.01), (2.5, 0.0), (1.0, -1.0), (0.5, 1.0), (0.3, 0.3)])
+def test_activation_and_slope_equal_the_select_to_the_last_bit(s_plus, s_minus):
+    rng = np.random.default_rng(11)
+    N = np.concatenate([rng.standard_normal(498) * 10.0 ** rng.integers(-300, 300, 498),
+                        [0.0, -0.0, np.nan, 5e-324, -5e-324, 1.7e308, -1.7e308]]).reshape(-1, 5)
+    with np.errstate(over="ignore"):  # 2.5 x 1.7e308 overflows in both forms alike
+        want = np.where(N > 0, s_plus * N, s_minus * N)
+        got = relu_like(N, s_plus, s_minus)
+    assert got.shape == N.shape and got.dtype == np.float64
+    np.testing.assert_array_equal(got, want)  # NaN where NaN, every other entry bitwise
+    np.testing.assert_array_equal(relu_like_slope(N, s_plus, s_minus), np.where(N > 0, s_plus, s_minus))
+    # at -inf the ReLU is its limit 0 (the select gave 0 * -inf = NaN); elsewhere infinities pass through
+    inf = relu_like(np.array([np.inf, -np.inf]), s_plus, s_minus)
+    assert inf[0] == (np.inf if s_plus > 0 else -np.inf)
+    assert inf[1] == (0.0 if s_minus == 0 else -np.inf if s_minus > 0 else np.inf)
+    if s_plus > 0 <= s_minus != s_plus:  # the slopes a network accepts
+        net = TwoLayerNet(np.ones((2, 5)), np.zeros(2), np.ones((1, 2)), np.zeros(1), s_plus=s_plus, s_minus=s_minus)
+        with np.errstate(over="ignore"):
+            np.testing.assert_array_equal(net.activation(N), want)
+        np.testing.assert_array_equal(net.slope(N), np.where(N > 0, s_plus, s_minus))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..model import as_float_array
+from ..model import as_float_array, relu_like
 
 __all__ = ["DeepNet", "DeepForward", "DeepDirection", "deep_forward", "deep_from_state_dict"]
 
@@ -133,7 +133,7 @@ class DeepNet:
         return out
 
     def activation(self, N: np.ndarray) -> np.ndarray:
-        return np.where(N > 0, self.s_plus * N, self.s_minus * N)
+        return relu_like(N, self.s_plus, self.s_minus)
 
     def state_dict(self) -> dict:
         """The arrays under the keys of the equivalent ``nn.Sequential``'s state_dict (``0.weight``, ``0.bias``,
