@@ -435,3 +435,17 @@ def test_fragility_reruns_only_the_factor_a_margin_could_flip(monkeypatch):
     assert [t.gradient for t in calls] == [1e-7, 1e-8]  # the analysis, then x0.1 only: x10 cannot flip it
     assert r.fragility["tolerances_x10"] == "local_minimum" and r.fragile
     assert ("output-layer gradient", pytest.approx(0.375, rel=1e-3)) in r.marginal()
+
+
+def test_a_fragility_rerun_reuses_the_point_instead_of_a_second_forward_pass(monkeypatch):
+    import sospcheck.point as point_module
+
+    net, X, Y = cases.convex_kink_minimum()
+    scale = check(net, X, Y).stats.output_gradient_scale
+    evaluations = []
+    evaluate = point_module._evaluate
+    monkeypatch.setattr(point_module, "_evaluate", lambda problem: evaluations.append(problem.net) or evaluate(problem))
+    r = check(net.with_weights(b2=net.b2 + 3e-8 * scale / 4), X, Y)  # one fragility re-run, as above
+    assert r.fragile and len(evaluations) == 1
+    with pytest.raises(ValueError, match="read-only"):  # shared by the runs, so nothing may write to it
+        r.problem(X, Y).point().fwd.N[0, 0] = 1.0

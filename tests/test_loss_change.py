@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from sospcheck import Direction, TwoLayerNet
-from sospcheck.loss_change import expm1mx, log1pmx, loss_change, output_change, risk_change
+from sospcheck.loss_change import (activation_change, activation_change_along, expm1mx, log1pmx, loss_change,
+                                   output_change, risk_change)
 from sospcheck.losses import get_loss, risk
 from sospcheck.model import forward
 
@@ -121,3 +122,24 @@ def test_output_change_and_risk_change_across_kinks_and_with_weight_decay():
     Y = rng.standard_normal((40, 2))
     plain = risk(new, X, Y, loss, 0.1, 0.3) - risk(net, X, Y, loss, 0.1, 0.3)
     assert risk_change(net, new, X, Y, loss, 0.1, 0.3) == pytest.approx(plain, rel=1e-12)
+
+
+@pytest.mark.parametrize("s_minus", [0.0, 0.01])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_activation_change_is_the_slope_times_T_on_one_side_and_the_difference_elsewhere(s_minus, order):
+    """Bitwise the defining select, for steps with many pairs crossing the kink, pairs on it before or
+    after, either memory layout (the forward pass returns ``N`` in Fortran order)."""
+    rng = np.random.default_rng(12)
+    net = TwoLayerNet(np.ones((6, 3)), np.zeros(6), np.ones((1, 6)), np.zeros(1), s_minus=s_minus)
+    N = np.asarray(rng.standard_normal((400, 6)), order=order)
+    N[rng.random(N.shape) < 0.05] = 0.0
+    along = activation_change_along(net, N)
+    for t in (1e-8, 0.1, 3.0):
+        T = np.asarray(t * rng.standard_normal(N.shape), order=order)
+        N_new = N + T
+        N_new[rng.random(N.shape) < 0.05] = 0.0
+        same = ((N > 0) & (N_new > 0)) | ((N < 0) & (N_new < 0))
+        want = np.where(same, net.slope(N) * T, net.activation(N_new) - net.activation(N))
+        assert t < 1 or not same.all()
+        np.testing.assert_array_equal(along(N_new, T), want)
+        np.testing.assert_array_equal(activation_change(net, N, N_new, T), want)

@@ -182,7 +182,7 @@ def test_loss_mapping_reproduces_the_criterion_value_gradient_and_hessian(criter
     lossobj = get_loss(spec.loss)
     pt = evaluate_point(net, X, lossobj.prepare(spec.targets(Yt), dy), lossobj,
                         reduction_weight(spec.reduction, X.shape[0]), 0.0)
-    out = torch.as_tensor(pt.fwd.out).requires_grad_(True)
+    out = torch.tensor(pt.fwd.out).requires_grad_(True)  # a copy: the point's arrays are read-only
     (g,) = torch.autograd.grad(criterion(out, Yt), out)
     np.testing.assert_allclose(pt.r, g.numpy(), rtol=1e-10, atol=1e-14)
     Hfull = torch.autograd.functional.hessian(lambda o: criterion(o, Yt), out.detach()).numpy()

@@ -146,7 +146,8 @@ def _check_point(problem: Problem, tol: Tolerances, bud: Budget, seed: int, engi
         t1 = time.perf_counter()
         result.fragility = fragility_verdicts(
             result.verdict, analysis.factors,
-            lambda factor: _analyze(problem, tol.scaled(factor), bud, seed, engine).result.verdict, notify)
+            lambda factor: _analyze(problem, tol.scaled(factor), bud, seed, engine, point=analysis.point).result.verdict,
+            notify)
         result.fragile = any(v != result.verdict.value for v in result.fragility.values())
         result.timings["fragility"] = time.perf_counter() - t1
     return result
@@ -246,9 +247,10 @@ class SecondOrder:
     established: tuple = ()
 
 
-def forward_and_boundary(problem: Problem, tol: Tolerances) -> Start:
-    """One forward pass and the boundary pairs ``|N_ik| <= boundary |Z_k| max|xbar|`` (DESIGN.md section 1)."""
-    pt = problem.point()
+def forward_and_boundary(problem: Problem, tol: Tolerances, pt: Point | None = None) -> Start:
+    """One forward pass (unless ``pt``, the problem's point, is given) and the boundary pairs ``|N_ik| <=
+    boundary |Z_k| max|xbar|`` (DESIGN.md section 1)."""
+    pt = problem.point() if pt is None else pt
     boundary = boundary_mask(pt.fwd.N, pt.net.Z, pt.fwd.Xbar, tol.boundary)
     threshold = tol.boundary * np.linalg.norm(pt.net.Z, axis=1) * np.max(row_norms(pt.fwd.Xbar))
     margins = Margins()
@@ -435,12 +437,15 @@ class Analysis:
     result: CheckResult
     factors: tuple[float, ...]
     radius: Callable[[], Radius]
+    point: Point
 
 
-def _analyze(problem: Problem, tol: Tolerances, bud: Budget, seed: int, engine: tuple, progress=None) -> Analysis:
-    """Steps 1-4 and the verification once, each step a function returning its record (DESIGN.md section 3)."""
+def _analyze(problem: Problem, tol: Tolerances, bud: Budget, seed: int, engine: tuple, progress=None,
+             point: Point | None = None) -> Analysis:
+    """Steps 1-4 and the verification once, each step a function returning its record (DESIGN.md section 3);
+    ``point``: the problem's point when already evaluated (it does not depend on the tolerances)."""
     clock = _Clock(progress)
-    st = forward_and_boundary(problem, tol)
+    st = forward_and_boundary(problem, tol, point)
     clock.lap("forward")
     first = so = None
     ending = interpolation_ending(st.pt)
@@ -468,7 +473,7 @@ def _analyze(problem: Problem, tol: Tolerances, bud: Budget, seed: int, engine: 
             return Radius.interpolation()
         return certified_radius(st.pt, st.boundary, first.neurons, so.outcome, tol, bud.milp_time_limit)
 
-    return Analysis(result, rerun_factors(sided, unsided), radius)
+    return Analysis(result, rerun_factors(sided, unsided), radius, st.pt)
 
 
 def _result(problem: Problem, st: Start, first: FirstOrder | None, so: SecondOrder | None, ending: Ending,

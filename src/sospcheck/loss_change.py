@@ -33,8 +33,9 @@ from scipy.special import expit, softmax
 from .losses import Loss
 from .model import TwoLayerNet, forward
 
-__all__ = ["loss_change", "loss_change_noise", "noise_bound", "combine_output_change", "activation_change", "output_change", "risk_change",
-           "risk_change_and_noise", "output_size", "decay_change", "QUADRATIC_LOSSES", "NOISE_ULPS"]
+__all__ = ["loss_change", "loss_change_noise", "noise_bound", "combine_output_change", "activation_change",
+           "activation_change_along", "output_change", "risk_change", "risk_change_and_noise", "output_size",
+           "decay_change", "QUADRATIC_LOSSES", "NOISE_ULPS"]
 
 #: loss names whose per-sample loss is a quadratic in the output (constant Hessian)
 QUADRATIC_LOSSES = ("squared", "mse")
@@ -161,8 +162,23 @@ def activation_change(net: TwoLayerNet, N: np.ndarray, N_new: np.ndarray, T: np.
     """``h(N_new) - h(N)`` accurate relative to ``T = N_new - N`` (given, not recomputed): ``h'(N) T`` for
     pairs on the same side of the kink before and after, ``h(N_new) - h(N)`` elsewhere (there ``|N|,
     |N_new| <= |T|``, so the subtraction is exact to ``eps |T|``)."""
-    same = ((N > 0) & (N_new > 0)) | ((N < 0) & (N_new < 0))
-    return np.where(same, net.slope(N) * T, net.activation(N_new) - net.activation(N))
+    return activation_change_along(net, N)(N_new, T)
+
+
+def activation_change_along(net: TwoLayerNet, N: np.ndarray):
+    """:func:`activation_change` for many ``N_new`` around one ``N`` (a line search): the slopes and the
+    signs of ``N`` computed once; per call ``h'(N) T`` everywhere, then ``h(N_new) - h(N)`` only at the
+    pairs off one side of the kink (usually few), read by their indices."""
+    J, pos, neg = net.slope(N), N > 0, N < 0
+
+    def change(N_new: np.ndarray, T: np.ndarray) -> np.ndarray:
+        dO = J * T
+        rows, cols = np.nonzero(~((pos & (N_new > 0)) | (neg & (N_new < 0))))
+        if rows.size:
+            dO[rows, cols] = net.activation(N_new[rows, cols]) - net.activation(N[rows, cols])
+        return dO
+
+    return change
 
 
 def combine_output_change(dO: np.ndarray, W2_new: np.ndarray, OdW2: np.ndarray, db2: np.ndarray | None,

@@ -350,8 +350,8 @@ class TorchHessianOperator(HessianOperator):
         if isinstance(arr, DeviceData) and arr.t.device == self.device:
             return arr.t  # the check's data, already on this device
         arr = np.asarray(dense(arr), dtype=np.float64)
-        if not arr.flags.writeable:  # torch cannot wrap read-only memory
-            arr = arr.copy()
+        if not arr.flags.writeable:  # the point's arrays: torch cannot wrap read-only memory, so it copies
+            return self.xp.tensor(arr, device=self.device)
         return self.xp.as_tensor(arr, device=self.device)
 
     def _from_backend(self, arr) -> np.ndarray:

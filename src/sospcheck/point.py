@@ -118,4 +118,8 @@ def _evaluate(problem: Problem) -> Point:
         raise ValueError(f"loss `{loss.name}` is not finite at this point")
     if weight_decay:
         value += 0.5 * weight_decay * weight_norm_sq(net)
-    return Point(problem, fwd, r, Hl, r @ net.W2, value)
+    a = r @ net.W2
+    for arr in (fwd.N, fwd.O, fwd.out, r, Hl, a):  # shared by every analysis of this point (fragility re-runs)
+        if isinstance(arr, np.ndarray):
+            arr.flags.writeable = False
+    return Point(problem, fwd, r, Hl, a, value)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .geometry import validity_radius
-from .loss_change import (_EPS, NOISE_ULPS, activation_change, combine_output_change, loss_change, noise_bound,
+from .loss_change import (_EPS, NOISE_ULPS, activation_change_along, combine_output_change, loss_change, noise_bound,
                           output_size, risk_change_and_noise)
 from .model import Direction
 from .point import Point
@@ -41,12 +41,13 @@ class Verification:
 def _change_along(pt: Point, d: Direction, T: np.ndarray):
     """``t -> (R(z + t d) - R(z), noise)`` from ``N + t T`` (``T = Xbar dZ'``), below the rounding of ``R``
     (DESIGN.md 8.5): the outputs change by ``delta = (W2 + t dW2) dO + t dW2 O + t db2`` with ``dO`` the
-    activations' change (:func:`~sospcheck.loss_change.activation_change`), and the risk by
+    activations' change (:func:`~sospcheck.loss_change.activation_change_along`), and the risk by
     :func:`~sospcheck.loss_change.loss_change` of ``delta``; ``noise`` bounds the rounding error
     (:func:`~sospcheck.loss_change.loss_change_noise`). No ``m x d x dh`` product per trial step."""
     net, fwd = pt.net, pt.fwd
     N, O, out = fwd.N, fwd.O, fwd.out
     noise_at = noise_bound(pt.loss, out, pt.Y, pt.weight, output_size(net, O))
+    dO_at = activation_change_along(net, N)
     dW2, db2 = d.W2, d.b2
     OdW2, aOdW2 = O @ dW2.T, np.abs(O) @ np.abs(dW2).T
     lam = pt.weight_decay
@@ -56,7 +57,7 @@ def _change_along(pt: Point, d: Direction, T: np.ndarray):
 
     def change(t: float) -> tuple[float, float]:
         tT = t * T
-        dO = activation_change(net, N, N + tT, tT)
+        dO = dO_at(N + tT, tT)
         delta, size = combine_output_change(dO, net.W2 + t * dW2, t * OdW2, t * db2 if net.has_b2 else None,
                                             t * aOdW2)
         value = loss_change(pt.loss, out, None, pt.Y, pt.weight, delta=delta)
