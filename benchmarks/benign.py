@@ -24,7 +24,8 @@ stage - resident set of the interpreter before the data) / bytes of X, X and Y i
 cold (the interpreter has only imported the libraries) and after a warm-up check on a 2000-point instance
 of the same widths (``probe.warm_up``), whose baseline already holds the fixed costs that do not grow
 with the data (the BLAS/LAPACK work buffers, allocator pools). With ``--scaling`` the cold measurement is
-repeated at ``m`` times each factor (same widths) and fitted as ``fixed + slope |X|`` (:func:`memory_scaling`).
+repeated at ``m`` times each factor (same widths) for the cases on the dense path, and fitted as ``fixed +
+slope |X|`` (:func:`memory_scaling`).
 With ``--backend torch`` the checks run with the data on ``--device`` and the wall seconds are printed
 too (the GPU's work does not show in the CPU seconds).
 """
@@ -198,7 +199,7 @@ def run_case(key: str, args, work: Path) -> dict:
         warm = {**spec, "m": WARM_UP_POINTS, "kink_pairs": min(spec.get("kink_pairs", 0), 2), "cache": args.cache}
         row["memory"] = memory(inst, f"benign_{key}", work, solvers, warm)
         print(f"[{key}] peak memory / X: {row['memory']}", flush=True)
-    if args.scaling:
+    if args.scaling and so.solver == "dense":  # where the reduced H, fixed in m, is part of the peak
         sc = memory_scaling(spec, key, work, [1] + args.scaling, args.cache)
         row["scaling"] = sc
         print(f"[{key}] cold peak vs m: " + ", ".join(f"m = {p['m']}: {p['peak_MiB']:.1f} MiB ({p['peak_over_X']:.2f}x, "
@@ -257,8 +258,8 @@ def main(argv=None) -> int:
                     help="torch: the data passes and Hessian products on --device (wall seconds are then the measure)")
     ap.add_argument("--device", default=None, help="with --backend torch, e.g. cuda (default: a GPU when available)")
     ap.add_argument("--scaling", type=lambda v: [int(f) for f in v.split(",")], default=[],
-                    help="e.g. 2,4: also the cold peak memory at m times each factor (same widths), fitted as "
-                         "fixed + slope |X|")
+                    help="e.g. 2,4: for the cases on the dense path, also the cold peak memory at m times each "
+                         "factor (same widths), fitted as fixed + slope |X|")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     work = Path(args.cache)
