@@ -437,15 +437,18 @@ def test_fragility_reruns_only_the_factor_a_margin_could_flip(monkeypatch):
     assert ("output-layer gradient", pytest.approx(0.375, rel=1e-3)) in r.marginal()
 
 
-def test_a_fragility_rerun_reuses_the_point_instead_of_a_second_forward_pass(monkeypatch):
+def test_the_point_reuses_the_validations_forward_pass_and_so_do_the_fragility_reruns(monkeypatch):
     import sospcheck.point as point_module
+    import sospcheck.validation as validation_module
 
     net, X, Y = cases.convex_kink_minimum()
     scale = check(net, X, Y).stats.output_gradient_scale
-    evaluations = []
-    evaluate = point_module._evaluate
-    monkeypatch.setattr(point_module, "_evaluate", lambda problem: evaluations.append(problem.net) or evaluate(problem))
+    passes = []
+    for module in (point_module, validation_module):
+        real = module.forward
+        monkeypatch.setattr(module, "forward", lambda n, X_, real=real, where=module.__name__:
+                            passes.append(where) or real(n, X_))
     r = check(net.with_weights(b2=net.b2 + 3e-8 * scale / 4), X, Y)  # one fragility re-run, as above
-    assert r.fragile and len(evaluations) == 1
+    assert r.fragile and passes == ["sospcheck.validation"]
     with pytest.raises(ValueError, match="read-only"):  # shared by the runs, so nothing may write to it
         r.problem(X, Y).point().fwd.N[0, 0] = 1.0

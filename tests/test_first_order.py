@@ -30,6 +30,27 @@ def test_ratios_are_value_over_threshold_with_zero_thresholds_never_flipping():
     assert m.items() == [("y (beyond)", 11.0)]
 
 
+def test_boundary_margins_from_column_extremes_equal_those_of_every_ratio():
+    """The nearest boundary decisions from two masked reductions per neuron, as from all m x dh ratios."""
+    from sospcheck.check import forward_and_boundary
+    from sospcheck.geometry import boundary_threshold
+
+    rng = np.random.default_rng(14)
+    net, X, Y = cases.convex_kink_minimum()
+    L = get_loss("squared")
+    counts = set()
+    for tol_b in (1e-9, 1e-2, 0.3, 2.0):
+        problem = Problem(net, X + 1e-3 * rng.standard_normal(X.shape), L.prepare(Y, net.dy), L, 1.0, 0.0)
+        st = forward_and_boundary(problem, Tolerances(boundary=tol_b))
+        N, thr = st.pt.fwd.N, boundary_threshold(net.Z, st.pt.fwd.Xbar, tol_b)
+        np.testing.assert_array_equal(st.boundary, boundary_mask(N, net.Z, st.pt.fwd.Xbar, tol_b))
+        want = Margins()
+        record_sides(want, "boundary |N_ik|", ratios(N, thr[None, :]))
+        assert st.margins == want.items()
+        counts.add("none" if not st.boundary.any() else "all" if st.boundary.all() else "some")
+    assert counts == {"none", "some", "all"}
+
+
 def test_margins_are_the_decisions_numbers_over_their_thresholds():
     net, X, Y = cases.autograd_fooled()
     tol = Tolerances()

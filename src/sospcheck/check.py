@@ -19,10 +19,10 @@ from .device_data import on_host, placement
 from .degenerate import DESCENT, OVER_BUDGET, DegenerateFirstOrder, degenerate_neuron
 from .degenerate_second import NeuronFaces, neuron_faces
 from .first_order import (NeuronTest, OutputLayerTest, neuron_tests, output_layer_test, ratios, record_sides,
-                          steepest_ray)
-from .geometry import boundary_mask, row_norms
+                          record_within_beyond, steepest_ray)
+from .geometry import boundary_threshold, boundary_with_sides
 from .margins import Margins, fragility_verdicts, rerun_factors
-from .model import Direction, TwoLayerNet
+from .model import Direction, Forward, TwoLayerNet
 from .nearby import Nearby, near_zero_neurons, zero_neurons
 from .nearby_mode import nearby_config, nearby_verdict
 from .options import Budget, Tolerances
@@ -32,7 +32,7 @@ from .radius import Radius, certified_radius
 from .result import CheckResult, DescentCertificate, Reason, Stats, Verdict
 from .second_order import Outcome, SecondOrderOutcome, second_order_test
 from .snap import snap_to_kinks
-from .validation import validate_engine, validate_inputs, validate_progress
+from .validation import validate_engine, validate_inputs, validate_progress, validate_with_forward
 from .verify import verify_descent
 from .zero_output import zero_output_mask, zero_output_ratios
 
@@ -89,7 +89,7 @@ def check(net: TwoLayerNet, X, Y, loss="squared", reduction: str = "sum", weight
 def _check(net, X, Y, loss, reduction, weight_decay, tolerances, snap, budget, fragility, snap_tol, seed, engine,
            progress, nearby, nearby_radius) -> CheckResult:
     """:func:`check` once the engine is set up."""
-    X, Yp, lossobj, weight, lam = validate_inputs(net, X, Y, loss, reduction, weight_decay)
+    X, Yp, lossobj, weight, lam, fwd = validate_with_forward(net, X, Y, loss, reduction, weight_decay)
     validate_progress(progress)
     nearby_cfg = nearby_config(nearby, nearby_radius)
     notify = progress or (lambda phase, done, total=None: None)
@@ -108,11 +108,11 @@ def _check(net, X, Y, loss, reduction, weight_decay, tolerances, snap, budget, f
         notify("snap", 1, 1)
     t_snap = time.perf_counter() - t0
 
-    def at(problem: Problem, tol: Tolerances, progress=progress, radius: bool = False) -> CheckResult:
+    def at(problem: Problem, tol: Tolerances, progress=progress, radius: bool = False, fwd=None) -> CheckResult:
         return _check_point(problem, tol, bud, seed, engine, fragility, notify, progress, lossobj.name, reduction,
-                            radius)
+                            radius, fwd)
 
-    result = at(problem, tol)
+    result = at(problem, tol, fwd=None if snap else fwd)  # the validation's forward pass is the point's
     if snap:
         result.timings = {"snap": t_snap, **result.timings}
     result.snap = snap_info
@@ -125,10 +125,12 @@ def _check(net, X, Y, loss, reduction, weight_decay, tolerances, snap, budget, f
 
 
 def _check_point(problem: Problem, tol: Tolerances, bud: Budget, seed: int, engine: tuple, fragility: bool,
-                 notify: Callable, progress, loss_name: str, reduction: str, radius: bool = False) -> CheckResult:
+                 notify: Callable, progress, loss_name: str, reduction: str, radius: bool = False,
+                 fwd: Forward | None = None) -> CheckResult:
     """The check at one point: the analysis, the near-zero probe, the fragility re-runs, and with
-    ``radius`` the certified radius of a strict local minimum (:func:`~sospcheck.radius.certified_radius`)."""
-    analysis = _analyze(problem, tol, bud, seed, engine, progress)
+    ``radius`` the certified radius of a strict local minimum (:func:`~sospcheck.radius.certified_radius`).
+    ``fwd``: the point's forward pass when already made; the re-runs reuse the analysis's."""
+    analysis = _analyze(problem, tol, bud, seed, engine, progress, fwd)
     result = analysis.result
     if radius and result.verdict == Verdict.LOCAL_MINIMUM:
         t0 = time.perf_counter()
@@ -146,8 +148,8 @@ def _check_point(problem: Problem, tol: Tolerances, bud: Budget, seed: int, engi
         t1 = time.perf_counter()
         result.fragility = fragility_verdicts(
             result.verdict, analysis.factors,
-            lambda factor: _analyze(problem, tol.scaled(factor), bud, seed, engine, point=analysis.point).result.verdict,
-            notify)
+            lambda factor: _analyze(problem, tol.scaled(factor), bud, seed, engine,
+                                    fwd=analysis.point.fwd).result.verdict, notify)
         result.fragile = any(v != result.verdict.value for v in result.fragility.values())
         result.timings["fragility"] = time.perf_counter() - t1
     return result
@@ -247,14 +249,17 @@ class SecondOrder:
     established: tuple = ()
 
 
-def forward_and_boundary(problem: Problem, tol: Tolerances, pt: Point | None = None) -> Start:
-    """One forward pass (unless ``pt``, the problem's point, is given) and the boundary pairs ``|N_ik| <=
+def forward_and_boundary(problem: Problem, tol: Tolerances, fwd: Forward | None = None) -> Start:
+    """One forward pass (unless ``fwd``, the problem's, is given) and the boundary pairs ``|N_ik| <=
     boundary |Z_k| max|xbar|`` (DESIGN.md section 1)."""
-    pt = problem.point() if pt is None else pt
-    boundary = boundary_mask(pt.fwd.N, pt.net.Z, pt.fwd.Xbar, tol.boundary)
-    threshold = tol.boundary * np.linalg.norm(pt.net.Z, axis=1) * np.max(row_norms(pt.fwd.Xbar))
+    pt = problem.point(fwd)
+    boundary, on, off = boundary_with_sides(pt.fwd.N, pt.net.Z, pt.fwd.Xbar, tol.boundary)
+    threshold = boundary_threshold(pt.net.Z, pt.fwd.Xbar, tol.boundary)
     margins = Margins()
-    record_sides(margins, "boundary |N_ik|", ratios(pt.fwd.N, threshold[None, :]))
+    if boundary.size:
+        within, beyond = ratios(on[on >= 0], threshold[on >= 0]), ratios(off[off < np.inf], threshold[off < np.inf])
+        record_within_beyond(margins, "boundary |N_ik|", float(np.max(within, initial=-np.inf)),
+                             float(np.min(beyond, initial=np.inf)))
     return Start(pt, boundary, margins.items())
 
 
@@ -441,11 +446,11 @@ class Analysis:
 
 
 def _analyze(problem: Problem, tol: Tolerances, bud: Budget, seed: int, engine: tuple, progress=None,
-             point: Point | None = None) -> Analysis:
+             fwd: Forward | None = None) -> Analysis:
     """Steps 1-4 and the verification once, each step a function returning its record (DESIGN.md section 3);
-    ``point``: the problem's point when already evaluated (it does not depend on the tolerances)."""
+    ``fwd``: the problem's forward pass when already made (it does not depend on the tolerances)."""
     clock = _Clock(progress)
-    st = forward_and_boundary(problem, tol, point)
+    st = forward_and_boundary(problem, tol, fwd)
     clock.lap("forward")
     first = so = None
     ending = interpolation_ending(st.pt)

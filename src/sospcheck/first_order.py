@@ -18,7 +18,7 @@ from .options import Tolerances
 from .point import Point
 
 __all__ = ["OutputLayerTest", "NeuronTest", "Ray", "output_layer_test", "neuron_tests", "steepest_ray", "ratios",
-           "record_sides"]
+           "record_sides", "record_within_beyond"]
 
 
 def ratios(x, t) -> np.ndarray:
@@ -35,8 +35,12 @@ def record_sides(margins: Margins, name: str, ratio) -> None:
     ratio = np.ravel(ratio)
     if ratio.size == 0:
         return
-    within = float(np.max(np.where(ratio <= 1.0, ratio, -np.inf)))
-    beyond = float(np.min(np.where(ratio > 1.0, ratio, np.inf)))
+    record_within_beyond(margins, name, float(np.max(ratio, where=ratio <= 1.0, initial=-np.inf)),
+                         float(np.min(ratio, where=ratio > 1.0, initial=np.inf)))
+
+
+def record_within_beyond(margins: Margins, name: str, within: float, beyond: float) -> None:
+    """:func:`record_sides` from the two ratios themselves (-inf / inf for a side without decisions)."""
     if within >= 0:
         margins.add(f"{name} (within)", within, 1.0)
     if beyond < np.inf:

@@ -6,13 +6,28 @@ import numpy as np
 
 from .augmented import DataOperator
 
-__all__ = ["boundary_mask", "row_norms", "data_span", "row_space", "ray_directions", "validity_radius"]
+__all__ = ["boundary_mask", "boundary_threshold", "boundary_with_sides", "row_norms", "data_span", "row_space",
+           "ray_directions", "validity_radius"]
 
 
 def boundary_mask(N: np.ndarray, Z: np.ndarray, Xbar: np.ndarray, tol: float) -> np.ndarray:
     """``B[i, k] = |N_ik| <= tol * |Z_k| * max_i |xbar_i|`` (m, dh)."""
-    scale = np.linalg.norm(Z, axis=1) * np.max(row_norms(Xbar))
-    return np.abs(N) <= tol * scale[None, :]
+    return np.abs(N) <= boundary_threshold(Z, Xbar, tol)[None, :]
+
+
+def boundary_threshold(Z: np.ndarray, Xbar: np.ndarray, tol: float) -> np.ndarray:
+    """``tol * |Z_k| * max_i |xbar_i|`` per neuron."""
+    return tol * (np.linalg.norm(Z, axis=1) * np.max(row_norms(Xbar)))
+
+
+def boundary_with_sides(N: np.ndarray, Z: np.ndarray, Xbar: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray,
+                                                                                               np.ndarray]:
+    """:func:`boundary_mask` and, per neuron, the largest ``|N_ik|`` on the boundary (-inf if none) and the
+    smallest off it (inf if none): the decisions nearest to the threshold, from two masked reductions
+    instead of an (m, dh) array of ratios (dividing by the column's threshold is monotone)."""
+    A = np.abs(N)
+    B = A <= boundary_threshold(Z, Xbar, tol)[None, :]
+    return B, np.max(A, axis=0, where=B, initial=-np.inf), np.min(A, axis=0, where=~B, initial=np.inf)
 
 
 def row_norms(A: np.ndarray) -> np.ndarray:

@@ -10,8 +10,8 @@ import numpy as np
 from .augmented import AugmentedData, DataOperator
 from .device_data import placed
 
-__all__ = ["TwoLayerNet", "Direction", "Forward", "forward", "relu_like", "relu_like_slope", "as_float_array", "real_array", "check_size",
-           "dtype_problem", "MAX_ELEMENTS"]
+__all__ = ["TwoLayerNet", "Direction", "Forward", "forward", "relu_like", "relu_like_slope", "as_float_array",
+           "real_array", "check_size", "dtype_problem", "MAX_ELEMENTS"]
 
 #: Largest number of elements of one array sospcheck reads or forms from its inputs (1 GiB as float64):
 #: the weights, ``X``, ``Y``, every array in a params or data file, and the ``(m, dh)`` pre-activations.

@@ -44,9 +44,10 @@ class Problem:
         """``R`` at the weights ``net`` (one forward pass)."""
         return risk(net, self.X, self.Y, self.loss, self.weight, self.weight_decay)
 
-    def point(self) -> "Point":
-        """One pass over the data: ``R(z)``, residuals and the local model at ``z = net``."""
-        return _evaluate(self)
+    def point(self, fwd: Forward | None = None) -> "Point":
+        """One pass over the data: ``R(z)``, residuals and the local model at ``z = net``; ``fwd``: the
+        forward pass of ``net`` on ``X`` when already made."""
+        return _evaluate(self, fwd)
 
 
 @dataclass(frozen=True)
@@ -102,10 +103,10 @@ def evaluate_point(net: TwoLayerNet, X: np.ndarray, Y: np.ndarray, loss: Loss, w
     return _evaluate(Problem(net, X, Y, loss, weight, weight_decay))
 
 
-def _evaluate(problem: Problem) -> Point:
+def _evaluate(problem: Problem, fwd: Forward | None = None) -> Point:
     net, X, Y, loss, weight, weight_decay = (problem.net, problem.X, problem.Y, problem.loss, problem.weight,
                                              problem.weight_decay)
-    fwd = forward(net, X)
+    fwd = forward(net, X) if fwd is None else fwd
     m, dy = fwd.out.shape
     r = weight * np.asarray(loss.grad(fwd.out, Y), dtype=float)
     Hl = weight * np.asarray(loss.hess(fwd.out, Y), dtype=float)

@@ -11,9 +11,9 @@ import numpy as np
 
 from .augmented import abs_max
 from .losses import Loss, get_loss, reduction_weight
-from .model import TwoLayerNet, as_float_array, check_size, forward
+from .model import Forward, TwoLayerNet, as_float_array, check_size, forward
 
-__all__ = ["validate_inputs", "validate_features", "validate_targets", "validate_engine", "validate_progress",
+__all__ = ["validate_inputs", "validate_with_forward", "validate_features", "validate_targets", "validate_engine", "validate_progress",
            "torch_device", "check_finite_point"]
 
 
@@ -22,6 +22,13 @@ def validate_inputs(net, X, Y, loss, reduction: str, weight_decay) -> tuple[np.n
 
     Also refuses a point where the risk or its derivatives overflow float64 (:func:`check_finite_point`).
     """
+    return validate_with_forward(net, X, Y, loss, reduction, weight_decay)[:5]
+
+
+def validate_with_forward(net, X, Y, loss, reduction: str, weight_decay) -> tuple[np.ndarray, np.ndarray, Loss, float,
+                                                                                  float, Forward]:
+    """:func:`validate_inputs` and the forward pass of ``net`` on ``X`` its overflow check made (the check's
+    point reuses it)."""
     if not isinstance(net, TwoLayerNet):
         raise TypeError(f"`net` must be a sospcheck.TwoLayerNet, got {type(net).__name__}")
     X = validate_features(X, net.dx)
@@ -29,8 +36,8 @@ def validate_inputs(net, X, Y, loss, reduction: str, weight_decay) -> tuple[np.n
     check_size((X.shape[0], net.dh), "X", "pre-activations X Z'")
     check_size((X.shape[0], net.dy, net.dy), "X", "per-sample loss Hessians")
     Yp, lossobj, weight, lam = validate_targets(X, Y, loss, reduction, weight_decay, net.dy)
-    check_finite_point(net, X, Yp, lossobj, weight, lam)
-    return X, Yp, lossobj, weight, lam
+    fwd = check_finite_point(net, X, Yp, lossobj, weight, lam)
+    return X, Yp, lossobj, weight, lam, fwd
 
 
 def validate_features(X, dx: int) -> np.ndarray:
@@ -73,9 +80,11 @@ def _refuse_overflow(checks: list, X: np.ndarray, z2: float, lam: float) -> None
                              f"weight_decay {lam:.3g}); rescale the data or the weights")
 
 
-def check_finite_point(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, weight: float, lam: float) -> None:
+def check_finite_point(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, weight: float,
+                       lam: float) -> Forward:
     """Raise one ``ValueError`` when the outputs, the risk, its derivatives or their squares overflow
     float64 at ``net``; the check would otherwise go on with infinities (norms square their entries).
+    Returns the forward pass it made.
 
     The second-order size is ``m (max|H_i| (max|o_i| + s_hi |W2| max|xbar_i|)^2 + max|r_i| s_hi max|xbar_i|
     + max|xbar_i|^2) + lam``, a bound on the entries of the Hessian blocks and of the data Gram matrix.
@@ -94,7 +103,7 @@ def check_finite_point(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Lo
         r = weight * np.asarray(loss.grad(fwd.out, Yp), dtype=float)
         Hl = weight * np.asarray(loss.hess(fwd.out, Yp), dtype=float)
         if r.shape != (m, dy) or Hl.shape != (m, dy, dy):
-            return
+            return fwd
         s_hi = max(net.s_plus, net.s_minus)
         xmax = abs_max(fwd.Xbar)
         grad_Z = ((r @ net.W2) * net.slope(fwd.N)).T @ fwd.Xbar
@@ -104,6 +113,7 @@ def check_finite_point(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Lo
                           ("its Hessian in the outputs", Hl),
                           ("the gradient in the weights, squared", np.sum((r.T @ fwd.O) ** 2) + np.sum(grad_Z**2)),
                           ("the size of the second derivatives", second)], X, z2, lam)
+    return fwd
 
 
 def validate_engine(solver: str, backend: str, device) -> None:
