@@ -103,3 +103,13 @@ def test_activation_and_slope_equal_the_select_to_the_last_bit(s_plus, s_minus):
         with np.errstate(over="ignore"):
             np.testing.assert_array_equal(net.activation(N), want)
         np.testing.assert_array_equal(net.slope(N), np.where(N > 0, s_plus, s_minus))
+
+
+@pytest.mark.parametrize("s_minus", [0.0, 0.01])
+def test_activation_and_slopes_keep_the_memory_order_of_N(s_minus):
+    """The forward pass returns ``N`` in Fortran order; the Hessian operator reads the slopes' transpose,
+    which is then contiguous without a copy."""
+    N = np.asfortranarray(np.random.default_rng(2).standard_normal((50, 4)))
+    for arr in (relu_like(N, 1.0, s_minus), relu_like_slope(N, 1.0, s_minus)):
+        assert arr.flags.f_contiguous and np.shares_memory(np.ascontiguousarray(arr.T), arr)
+    assert relu_like_slope(np.ascontiguousarray(N), 1.0, s_minus).flags.c_contiguous

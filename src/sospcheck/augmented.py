@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DataOperator", "AugmentedData", "gram", "gram_of_rows", "frobenius_norm", "abs_max", "dense", "in_basis", "row_block"]
+__all__ = ["DataOperator", "AugmentedData", "gram", "gram_of_rows", "frobenius_norm", "abs_max", "dense", "in_basis",
+           "row_block"]
 
 
 class DataOperator:

@@ -315,12 +315,13 @@ def relu_like(N: np.ndarray, s_plus: float, s_minus: float) -> np.ndarray:
 
 
 def relu_like_slope(N: np.ndarray, s_plus: float, s_minus: float) -> np.ndarray:
-    """``s_plus`` where ``N > 0``, ``s_minus`` elsewhere (as floats); for ``s_minus = 0`` one comparison
-    written straight into the result."""
+    """``s_plus`` where ``N > 0``, ``s_minus`` elsewhere (as floats, in ``N``'s memory order, so that a
+    transpose of the slopes of a Fortran-ordered ``N`` is contiguous without a copy); for ``s_minus = 0``
+    one comparison written straight into the result."""
     N = np.asarray(N)
     if s_minus != 0.0:
         return np.where(N > 0, s_plus, s_minus)
-    out = np.empty(N.shape)
+    out = np.empty_like(N, dtype=np.float64)
     np.greater(N, 0, out=out)
     if s_plus != 1.0:
         out *= s_plus

@@ -46,7 +46,7 @@ class ReducedProblem:
     @classmethod
     def of(cls, pt: Point, red: Reduction, boundary: np.ndarray, backend: str = "numpy",
            device: str | None = None) -> "ReducedProblem":
-        J = pt.net.slope(pt.fwd.N).astype(float)
+        J = pt.net.slope(pt.fwd.N)  # a new array, in N's memory order (the operator reads its transpose)
         J[boundary] = pt.net.s_plus
         c = red.coords
         return cls(pt, c.V, c.Xr, c.layout, red.keep, J, [], backend, device, gram=c.gram)
