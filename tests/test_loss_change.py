@@ -127,8 +127,9 @@ def test_output_change_and_risk_change_across_kinks_and_with_weight_decay():
 @pytest.mark.parametrize("s_minus", [0.0, 0.01])
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_activation_change_is_the_slope_times_T_on_one_side_and_the_difference_elsewhere(s_minus, order):
-    """Bitwise the defining select, for steps with many pairs crossing the kink, pairs on it before or
-    after, either memory layout (the forward pass returns ``N`` in Fortran order)."""
+    """The defining select (the same floats, up to the sign of a zero), for steps with many pairs crossing
+    the kink, pairs on it before or after, either memory layout (the forward pass returns ``N`` in Fortran
+    order)."""
     rng = np.random.default_rng(12)
     net = TwoLayerNet(np.ones((6, 3)), np.zeros(6), np.ones((1, 6)), np.zeros(1), s_minus=s_minus)
     N = np.asarray(rng.standard_normal((400, 6)), order=order)

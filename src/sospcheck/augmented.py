@@ -155,18 +155,17 @@ def gram(A) -> np.ndarray:
 
 
 def gram_of_rows(A, mask: np.ndarray) -> np.ndarray:
-    """``A_S' A_S`` for the rows ``S`` where ``mask`` holds, read in blocks of rows (each block's selection
-    at most ``2^16`` floats on the host), so that the selected rows are never copied all at once; on a
-    device, where the memory is not the host's, from one selection."""
+    """``A_S' A_S`` for the rows ``S`` where ``mask`` holds, a block of selected rows at a time (at most
+    ``2^16`` floats each on the host), so that the selection is never copied all at once; on a device,
+    where the memory is not the host's, from one selection."""
     if isinstance(A, DataOperator) and not isinstance(A, AugmentedData):
         return A.rows(mask).gram()
-    m, d = A.shape
+    d = A.shape[1]
+    idx = np.flatnonzero(mask)
     G = np.zeros((d, d))
     step = max(1, (1 << 16) // max(d, 1))
-    for i0 in range(0, m, step):
-        sel = mask[i0 : i0 + step]
-        if sel.any():
-            G += gram(row_block(row_block(A, slice(i0, i0 + step)), sel))
+    for j in range(0, idx.size, step):
+        G += gram(row_block(A, idx[j : j + step]))
     return G
 
 

@@ -18,9 +18,10 @@ import numpy as np
 from .device_data import on_host, placement
 from .degenerate import DESCENT, OVER_BUDGET, DegenerateFirstOrder, degenerate_neuron
 from .degenerate_second import NeuronFaces, neuron_faces
-from .first_order import (NeuronTest, OutputLayerTest, neuron_tests, output_layer_test, ratios, record_sides,
-                          record_within_beyond, steepest_ray)
-from .geometry import boundary_threshold, boundary_with_sides
+from .first_order import (NeuronTest, OutputLayerTest, neuron_tests, output_layer_test, ratios, record_column_sides,
+                          record_sides, steepest_ray)
+from .geometry import boundary_with_sides
+from .losses import INTERPOLATION_ULPS, interpolates
 from .margins import Margins, fragility_verdicts, rerun_factors
 from .model import Direction, Forward, TwoLayerNet
 from .nearby import Nearby, near_zero_neurons, zero_neurons
@@ -90,6 +91,7 @@ def _check(net, X, Y, loss, reduction, weight_decay, tolerances, snap, budget, f
            progress, nearby, nearby_radius) -> CheckResult:
     """:func:`check` once the engine is set up."""
     X, Yp, lossobj, weight, lam, fwd = validate_with_forward(net, X, Y, loss, reduction, weight_decay)
+    fwd = None if snap else fwd  # the point's own pass; a snapped point makes its own (not held beside it)
     validate_progress(progress)
     nearby_cfg = nearby_config(nearby, nearby_radius)
     notify = progress or (lambda phase, done, total=None: None)
@@ -112,7 +114,8 @@ def _check(net, X, Y, loss, reduction, weight_decay, tolerances, snap, budget, f
         return _check_point(problem, tol, bud, seed, engine, fragility, notify, progress, lossobj.name, reduction,
                             radius, fwd)
 
-    result = at(problem, tol, fwd=None if snap else fwd)  # the validation's forward pass is the point's
+    result = at(problem, tol, fwd=fwd)
+    del fwd  # nearby mode's analyses make their own passes
     if snap:
         result.timings = {"snap": t_snap, **result.timings}
     result.snap = snap_info
@@ -156,13 +159,6 @@ def _check_point(problem: Problem, tol: Tolerances, bud: Budget, seed: int, engi
 
 
 _PHASES = ("forward", "first_order", "second_order", "verify")
-INTERPOLATION_ULPS = 64.0
-
-
-def interpolates(out: np.ndarray, Y: np.ndarray) -> bool:
-    """Every ``|out_i - y_i| <= 64 eps (|out_i| + |y_i|)``: equal up to the rounding of a forward pass."""
-    Y = np.asarray(Y, float).reshape(out.shape)
-    return bool(np.all(np.abs(out - Y) <= INTERPOLATION_ULPS * np.finfo(float).eps * (np.abs(out) + np.abs(Y))))
 
 
 class _Clock:
@@ -253,13 +249,9 @@ def forward_and_boundary(problem: Problem, tol: Tolerances, fwd: Forward | None 
     """One forward pass (unless ``fwd``, the problem's, is given) and the boundary pairs ``|N_ik| <=
     boundary |Z_k| max|xbar|`` (DESIGN.md section 1)."""
     pt = problem.point(fwd)
-    boundary, on, off = boundary_with_sides(pt.fwd.N, pt.net.Z, pt.fwd.Xbar, tol.boundary)
-    threshold = boundary_threshold(pt.net.Z, pt.fwd.Xbar, tol.boundary)
+    boundary, on, off, threshold = boundary_with_sides(pt.fwd.N, pt.net.Z, pt.fwd.Xbar, tol.boundary)
     margins = Margins()
-    if boundary.size:
-        within, beyond = ratios(on[on >= 0], threshold[on >= 0]), ratios(off[off < np.inf], threshold[off < np.inf])
-        record_within_beyond(margins, "boundary |N_ik|", float(np.max(within, initial=-np.inf)),
-                             float(np.min(beyond, initial=np.inf)))
+    record_column_sides(margins, "boundary |N_ik|", on, off, threshold)
     return Start(pt, boundary, margins.items())
 
 

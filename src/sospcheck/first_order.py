@@ -18,7 +18,7 @@ from .options import Tolerances
 from .point import Point
 
 __all__ = ["OutputLayerTest", "NeuronTest", "Ray", "output_layer_test", "neuron_tests", "steepest_ray", "ratios",
-           "record_sides", "record_within_beyond"]
+           "record_sides", "record_column_sides", "record_within_beyond"]
 
 
 def ratios(x, t) -> np.ndarray:
@@ -37,6 +37,16 @@ def record_sides(margins: Margins, name: str, ratio) -> None:
         return
     record_within_beyond(margins, name, float(np.max(ratio, where=ratio <= 1.0, initial=-np.inf)),
                          float(np.min(ratio, where=ratio > 1.0, initial=np.inf)))
+
+
+def record_column_sides(margins: Margins, name: str, within: np.ndarray, beyond: np.ndarray,
+                        threshold: np.ndarray) -> None:
+    """:func:`record_sides` for decisions ``|x_ik| <= t_k`` from each column's largest ``|x|`` within its
+    threshold (-inf where none is) and smallest beyond it (inf where none is): dividing by the column's
+    threshold is monotone, so these hold the ratios nearest to 1."""
+    inside, outside = within >= 0, beyond < np.inf
+    record_within_beyond(margins, name, float(np.max(ratios(within[inside], threshold[inside]), initial=-np.inf)),
+                         float(np.min(ratios(beyond[outside], threshold[outside]), initial=np.inf)))
 
 
 def record_within_beyond(margins: Margins, name: str, within: float, beyond: float) -> None:

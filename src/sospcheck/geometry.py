@@ -20,14 +20,14 @@ def boundary_threshold(Z: np.ndarray, Xbar: np.ndarray, tol: float) -> np.ndarra
     return tol * (np.linalg.norm(Z, axis=1) * np.max(row_norms(Xbar)))
 
 
-def boundary_with_sides(N: np.ndarray, Z: np.ndarray, Xbar: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray,
-                                                                                               np.ndarray]:
-    """:func:`boundary_mask` and, per neuron, the largest ``|N_ik|`` on the boundary (-inf if none) and the
-    smallest off it (inf if none): the decisions nearest to the threshold, from two masked reductions
-    instead of an (m, dh) array of ratios (dividing by the column's threshold is monotone)."""
+def boundary_with_sides(N: np.ndarray, Z: np.ndarray, Xbar: np.ndarray, tol: float) -> tuple[np.ndarray, ...]:
+    """:func:`boundary_mask`, per neuron the largest ``|N_ik|`` on the boundary (-inf if none) and the
+    smallest off it (inf if none), and the thresholds: the decisions nearest to the threshold from two
+    masked reductions, instead of an (m, dh) array of ratios."""
     A = np.abs(N)
-    B = A <= boundary_threshold(Z, Xbar, tol)[None, :]
-    return B, np.max(A, axis=0, where=B, initial=-np.inf), np.min(A, axis=0, where=~B, initial=np.inf)
+    threshold = boundary_threshold(Z, Xbar, tol)
+    B = A <= threshold[None, :]
+    return B, np.max(A, axis=0, where=B, initial=-np.inf), np.min(A, axis=0, where=~B, initial=np.inf), threshold
 
 
 def row_norms(A: np.ndarray) -> np.ndarray:

@@ -14,7 +14,8 @@ from scipy.special import expit, log_softmax, softmax
 
 from .model import TwoLayerNet, as_float_array, forward
 
-__all__ = ["Loss", "get_loss", "risk", "reduction_weight", "LOSSES", "weight_norm_sq"]
+__all__ = ["Loss", "get_loss", "risk", "reduction_weight", "LOSSES", "weight_norm_sq", "interpolates",
+           "INTERPOLATION_ULPS"]
 
 Array = np.ndarray
 
@@ -153,3 +154,12 @@ def risk(net: TwoLayerNet, X: Array, Y: Array, loss: Loss, weight: float = 1.0, 
     if weight_decay:
         value += 0.5 * weight_decay * weight_norm_sq(net)
     return value
+
+
+INTERPOLATION_ULPS = 64.0
+
+
+def interpolates(out: np.ndarray, Y: np.ndarray) -> bool:
+    """Every ``|out_i - y_i| <= 64 eps (|out_i| + |y_i|)``: equal up to the rounding of a forward pass."""
+    Y = np.asarray(Y, float).reshape(out.shape)
+    return bool(np.all(np.abs(out - Y) <= INTERPOLATION_ULPS * np.finfo(float).eps * (np.abs(out) + np.abs(Y))))

@@ -300,9 +300,9 @@ class Forward:
 
 def relu_like(N: np.ndarray, s_plus: float, s_minus: float) -> np.ndarray:
     """``h(N)``: ``s_plus N`` where ``N > 0``, ``s_minus N`` elsewhere. Rounding is monotone, so with
-    ``s_plus >= s_minus`` this is ``max(s_plus N, s_minus N)`` to the last bit for finite ``N`` (and the
-    ReLU is ``s_plus max(N, 0)``, 0 at ``N = -inf``): one or two passes over ``N`` instead of the five of
-    a select between two products."""
+    ``s_plus >= s_minus`` this is ``max(s_plus N, s_minus N)``, the same floats for finite ``N`` (the ReLU,
+    ``s_plus max(N, 0)``, gives +0 where the select gave -0, and 0 at ``N = -inf``): one or two passes
+    over ``N`` instead of the five of a select between two products."""
     N = np.asarray(N)
     if s_minus == 0.0:
         out = np.maximum(N, 0.0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import copy
+import warnings
 
 import numpy as np
 
@@ -350,9 +351,10 @@ class TorchHessianOperator(HessianOperator):
         if isinstance(arr, DeviceData) and arr.t.device == self.device:
             return arr.t  # the check's data, already on this device
         arr = np.asarray(dense(arr), dtype=np.float64)
-        if not arr.flags.writeable:  # the point's arrays: torch cannot wrap read-only memory, so it copies
-            return self.xp.tensor(arr, device=self.device)
-        return self.xp.as_tensor(arr, device=self.device)
+        with warnings.catch_warnings():
+            # the point's arrays are read-only; the operator only reads them, so sharing (CPU) is safe
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return self.xp.as_tensor(arr, device=self.device)
 
     def _from_backend(self, arr) -> np.ndarray:
         return arr.cpu().numpy()

@@ -53,7 +53,8 @@ class Problem:
 @dataclass(frozen=True)
 class Point:
     """Everything the tests need about ``z``; ``r`` and ``Hl`` already include the reduction weight.
-    The problem's fields read through (``pt.net``, ``pt.X``, ...)."""
+    The problem's fields read through (``pt.net``, ``pt.X``, ...). Its arrays are read-only: the check's
+    analyses and fragility re-runs share them (a custom loss must not write into ``out``)."""
 
     problem: Problem
     fwd: Forward

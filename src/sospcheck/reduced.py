@@ -48,6 +48,7 @@ class ReducedProblem:
            device: str | None = None) -> "ReducedProblem":
         J = pt.net.slope(pt.fwd.N)  # a new array, in N's memory order (the operator reads its transpose)
         J[boundary] = pt.net.s_plus
+        J.flags.writeable = False  # shared with the operator: other slope patterns are copies
         c = red.coords
         return cls(pt, c.V, c.Xr, c.layout, red.keep, J, [], backend, device, gram=c.gram)
 

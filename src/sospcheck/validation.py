@@ -13,7 +13,8 @@ from .augmented import abs_max
 from .losses import Loss, get_loss, reduction_weight
 from .model import Forward, TwoLayerNet, as_float_array, check_size, forward
 
-__all__ = ["validate_inputs", "validate_with_forward", "validate_features", "validate_targets", "validate_engine", "validate_progress",
+__all__ = ["validate_inputs", "validate_with_forward",
+           "validate_features", "validate_targets", "validate_engine", "validate_progress",
            "torch_device", "check_finite_point"]
 
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..check import INTERPOLATION_ULPS, interpolates, second_order_cause
+from ..check import second_order_cause
+from ..losses import INTERPOLATION_ULPS, interpolates
 from ..first_order import record_sides
 from ..losses import Loss
 from ..margins import FRAGILITY_FACTORS, Margins, any_in_band, fragility_verdicts
