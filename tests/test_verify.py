@@ -6,7 +6,7 @@ from sospcheck.geometry import boundary_mask, validity_radius
 from sospcheck.losses import get_loss
 from sospcheck.model import Direction
 from sospcheck.point import evaluate_point
-from sospcheck.verify import verify_descent
+from sospcheck.verify import VerifiedDirections, verify_descent
 
 
 def point(net, X, Y):
@@ -33,6 +33,23 @@ def test_ray_direction_is_verified_and_local_model_matches():
     t = 0.25 * min(v.validity_radius, 1.0)
     exact = pt.risk_at(net.perturbed(d.normalized(), t))
     assert abs(exact - (pt.value + v.slope * t + v.curvature * t * t)) < 1e-12
+
+
+def test_remembered_line_searches_are_keyed_by_direction_and_boundary_pairs(monkeypatch):
+    import sospcheck.verify as verify_module
+
+    net, X, Y = cases.autograd_fooled()
+    pt, B = point(net, X, Y)
+    calls = []
+    monkeypatch.setattr(verify_module, "verify_descent", lambda *a: calls.append(a) or verify_descent(*a))
+    search = VerifiedDirections()
+    d = Direction.from_blocks(np.array([[0.0, 1.0]]), np.zeros((1, 1)), np.zeros(1))
+    first = search(pt, d, B)
+    assert search(pt, d, B.copy()) is first and len(calls) == 1  # the same pairs, another array
+    other = ~B
+    assert search(pt, d, other).validity_radius != first.validity_radius and len(calls) == 2
+    search(pt, d.scaled(0.5), B)  # a different direction (the caller normalises; here the key differs)
+    assert len(calls) == 3 and first.verified
 
 
 def test_validity_radius_only_counts_pairs_moving_towards_their_kink():

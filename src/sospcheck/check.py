@@ -34,7 +34,7 @@ from .result import CheckResult, DescentCertificate, Reason, Stats, Verdict
 from .second_order import Outcome, SecondOrderOutcome, second_order_test
 from .snap import snap_to_kinks
 from .validation import validate_engine, validate_inputs, validate_progress, validate_with_forward
-from .verify import verify_descent
+from .verify import VerifiedDirections, verify_descent
 from .zero_output import zero_output_mask, zero_output_ratios
 
 __all__ = ["check", "validate_inputs"]
@@ -130,10 +130,11 @@ def _check(net, X, Y, loss, reduction, weight_decay, tolerances, snap, budget, f
 def _check_point(problem: Problem, tol: Tolerances, bud: Budget, seed: int, engine: tuple, fragility: bool,
                  notify: Callable, progress, loss_name: str, reduction: str, radius: bool = False,
                  fwd: Forward | None = None) -> CheckResult:
-    """The check at one point: the analysis, the near-zero probe, the fragility re-runs, and with
-    ``radius`` the certified radius of a strict local minimum (:func:`~sospcheck.radius.certified_radius`).
-    ``fwd``: the point's forward pass when already made; the re-runs reuse the analysis's."""
-    analysis = _analyze(problem, tol, bud, seed, engine, progress, fwd)
+    """The check at one point: the analysis, the near-zero probe, the fragility re-runs (sharing the
+    analysis's forward pass and line searches), and with ``radius`` the certified radius of a strict
+    local minimum (:func:`~sospcheck.radius.certified_radius`); ``fwd``: the point's pass when made."""
+    search = VerifiedDirections()
+    analysis = _analyze(problem, tol, bud, seed, engine, progress, fwd, search)
     result = analysis.result
     if radius and result.verdict == Verdict.LOCAL_MINIMUM:
         t0 = time.perf_counter()
@@ -151,8 +152,8 @@ def _check_point(problem: Problem, tol: Tolerances, bud: Budget, seed: int, engi
         t1 = time.perf_counter()
         result.fragility = fragility_verdicts(
             result.verdict, analysis.factors,
-            lambda factor: _analyze(problem, tol.scaled(factor), bud, seed, engine,
-                                    fwd=analysis.point.fwd).result.verdict, notify)
+            lambda factor: _analyze(problem, tol.scaled(factor), bud, seed, engine, None, analysis.point.fwd,
+                                    search).result.verdict, notify)
         result.fragile = any(v != result.verdict.value for v in result.fragility.values())
         result.timings["fragility"] = time.perf_counter() - t1
     return result
@@ -256,9 +257,8 @@ def forward_and_boundary(problem: Problem, tol: Tolerances, fwd: Forward | None 
 
 
 def interpolation_ending(pt: Point) -> Ending | None:
-    """A nonnegative loss at outputs equal to the targets up to rounding is at its global minimum; the
-    relative gradient tests would only measure rounding noise there. (Exactly equal outputs have
-    ``r = 0`` exactly, and the tests decide them without noise.)"""
+    """A nonnegative loss at outputs equal to the targets up to rounding is at its global minimum, where the
+    relative gradient tests would measure only rounding (exactly equal outputs have ``r = 0``: no noise)."""
     if pt.weight_decay == 0 and pt.loss.zero_at_targets and np.any(pt.r) and interpolates(pt.fwd.out, pt.Y):
         return Ending(Reason.INTERPOLATION)
     return None
@@ -413,12 +413,12 @@ def second_order(so: SecondOrderOutcome) -> SecondOrder:
     return SecondOrder(so, ending=Ending(reason), established=tuple(established))
 
 
-def verify(pt: Point, boundary: np.ndarray, c: Candidate) -> Ending:
+def verify(pt: Point, boundary: np.ndarray, c: Candidate, search: Callable = verify_descent) -> Ending:
     """Section 4: a predicted descent counts only once the line search lowers the true risk."""
     d = c.direction.normalized()
     if c.symmetric and pt.local_terms(d, boundary)[0] > 0:
         d = d.scaled(-1.0)
-    v = verify_descent(pt, d, boundary)
+    v = search(pt, d, boundary)
     if not v.verified:
         return Ending(Reason.UNVERIFIED_DESCENT,
                       f"{c.test} predicted a descent direction (slope {v.slope:.3g}, curvature {v.curvature:.3g}) "
@@ -438,9 +438,9 @@ class Analysis:
 
 
 def _analyze(problem: Problem, tol: Tolerances, bud: Budget, seed: int, engine: tuple, progress=None,
-             fwd: Forward | None = None) -> Analysis:
-    """Steps 1-4 and the verification once, each step a function returning its record (DESIGN.md section 3);
-    ``fwd``: the problem's forward pass when already made (it does not depend on the tolerances)."""
+             fwd: Forward | None = None, search: Callable = verify_descent) -> Analysis:
+    """Steps 1-4 and the verification once, each a function returning its record (DESIGN.md section 3).
+    ``fwd``: the problem's forward pass if made; ``search``: the line search (``verify.verify_descent``)."""
     clock = _Clock(progress)
     st = forward_and_boundary(problem, tol, fwd)
     clock.lap("forward")
@@ -458,7 +458,7 @@ def _analyze(problem: Problem, tol: Tolerances, bud: Budget, seed: int, engine: 
         candidate, ending = so.candidate, so.ending
         clock.lap("second_order")
     if candidate is not None:
-        ending = verify(st.pt, st.boundary, candidate)
+        ending = verify(st.pt, st.boundary, candidate, search)
         clock.lap("verify")
     sided = list(st.margins) + (list(first.margins) if first is not None else [])
     unsided = so.outcome.margins if so is not None else []

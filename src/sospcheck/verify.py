@@ -13,7 +13,7 @@ from .loss_change import (_EPS, NOISE_ULPS, activation_change_along, combine_out
 from .model import Direction
 from .point import Point
 
-__all__ = ["Verification", "verify_descent"]
+__all__ = ["Verification", "verify_descent", "VerifiedDirections"]
 
 @dataclass(frozen=True)
 class Verification:
@@ -113,3 +113,21 @@ def verify_descent(pt: Point, d: Direction, boundary: np.ndarray, max_halvings: 
     return Verification(
         verified, best_t, float(best_dec), R0, R0 - float(best_dec), slope, curvature, radius, float(best_noise), n
     )
+
+
+class VerifiedDirections:
+    """:func:`verify_descent` remembering its line searches at one point, by direction and boundary pairs:
+    the fragility re-runs (scaled tolerances) often predict the same direction again, and the search
+    itself does not depend on the tolerances."""
+
+    def __init__(self):
+        self._done: list[tuple[bytes, np.ndarray, Verification]] = []
+
+    def __call__(self, pt: Point, d: Direction, boundary: np.ndarray) -> Verification:
+        key = d.vector().tobytes()
+        for k, b, v in self._done:
+            if k == key and np.array_equal(b, boundary):
+                return v
+        v = verify_descent(pt, d, boundary)
+        self._done.append((key, boundary, v))
+        return v
