@@ -35,7 +35,7 @@ def test_ray_direction_is_verified_and_local_model_matches():
     assert abs(exact - (pt.value + v.slope * t + v.curvature * t * t)) < 1e-12
 
 
-def test_remembered_line_searches_are_keyed_by_direction_and_boundary_pairs(monkeypatch):
+def test_remembered_line_searches_reuse_a_verified_direction_and_redo_an_unverified_one_under_other_pairs(monkeypatch):
     import sospcheck.verify as verify_module
 
     net, X, Y = cases.autograd_fooled()
@@ -45,11 +45,14 @@ def test_remembered_line_searches_are_keyed_by_direction_and_boundary_pairs(monk
     search = VerifiedDirections()
     d = Direction.from_blocks(np.array([[0.0, 1.0]]), np.zeros((1, 1)), np.zeros(1))
     first = search(pt, d, B)
-    assert search(pt, d, B.copy()) is first and len(calls) == 1  # the same pairs, another array
-    other = ~B
-    assert search(pt, d, other).validity_radius != first.validity_radius and len(calls) == 2
+    assert first.verified and search(pt, d, B.copy()) is first and len(calls) == 1
+    assert search(pt, d, ~B) is first and len(calls) == 1  # a verified decrease holds whatever the pairs
     search(pt, d.scaled(0.5), B)  # a different direction (the caller normalises; here the key differs)
-    assert len(calls) == 3 and first.verified
+    assert len(calls) == 2
+    up = d.scaled(-1.0)  # not a descent: searched again when the boundary pairs differ
+    assert not search(pt, up, B).verified and search(pt, up, B) is not None and len(calls) == 3
+    search(pt, up, ~B)
+    assert len(calls) == 4
 
 
 def test_validity_radius_only_counts_pairs_moving_towards_their_kink():

@@ -116,9 +116,11 @@ def verify_descent(pt: Point, d: Direction, boundary: np.ndarray, max_halvings: 
 
 
 class VerifiedDirections:
-    """:func:`verify_descent` remembering its line searches at one point, by direction and boundary pairs:
-    the fragility re-runs (scaled tolerances) often predict the same direction again, and the search
-    itself does not depend on the tolerances."""
+    """:func:`verify_descent` remembering its line searches at one point: the fragility re-runs (scaled
+    tolerances) often predict the same direction again. A verified decrease along a direction is a fact
+    about the risk, whatever the boundary pairs, so it is returned again as it is (its slope, curvature
+    and radius are those of the first search); an unverified direction is searched again unless the
+    boundary pairs, which set the first trial step, are the same."""
 
     def __init__(self):
         self._done: list[tuple[bytes, np.ndarray, Verification]] = []
@@ -126,7 +128,7 @@ class VerifiedDirections:
     def __call__(self, pt: Point, d: Direction, boundary: np.ndarray) -> Verification:
         key = d.vector().tobytes()
         for k, b, v in self._done:
-            if k == key and np.array_equal(b, boundary):
+            if k == key and (v.verified or np.array_equal(b, boundary)):
                 return v
         v = verify_descent(pt, d, boundary)
         self._done.append((key, boundary, v))
