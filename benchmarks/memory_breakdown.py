@@ -1,0 +1,94 @@
+"""Where the resident memory of one check goes, by mapping (not part of ``run.py``):
+
+    .venv/bin/python benchmarks/memory_breakdown.py [--case b] [--m 10000] [--solver auto] [--arrays] [--cache DIR]
+
+A planted minimum of ``benign.py``'s case (same cache), in this fresh interpreter: the resident set of
+each kind of mapping (``/proc/self/smaps``: the heap, anonymous maps, each shared library) is read
+before the check and at the moment the dense solver has factorised its reduced ``H`` (its peak), or at
+the end on the matrix-free path, and the growth is printed in MiB and as a multiple of the bytes of X.
+With ``--arrays`` what the NumPy arrays alive at that moment hold is printed too (``tracemalloc``, whose
+own bookkeeping then adds to the heap). Large anonymous maps
+are single arrays (``H``) or the BLAS libraries' work buffers; the libraries' own pages and those
+buffers do not grow with the data. Linux only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import tracemalloc
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402  (first: it pins the BLAS threads before NumPy loads)
+from benign import CASES  # noqa: E402
+from sospcheck import check  # noqa: E402
+from sospcheck import dense_subspace  # noqa: E402
+
+
+def resident_by_mapping() -> dict[str, int]:
+    """Resident bytes per mapping: ``[heap]``, each file by name, anonymous maps by address."""
+    out: dict[str, int] = defaultdict(int)
+    name = None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            parts = line.split()
+            if "-" in parts[0] and not parts[0].endswith(":"):
+                name = parts[5].rsplit("/", 1)[-1] if len(parts) > 5 else f"anonymous {parts[0]}"
+            elif parts[0] == "Rss:":
+                out[name] += int(parts[1]) * 1024
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--case", default="b", choices=sorted(CASES))
+    ap.add_argument("--m", type=int, default=None, help="points (default: the case's)")
+    ap.add_argument("--solver", default="auto")
+    ap.add_argument("--arrays", action="store_true", help="also the bytes of the arrays alive (tracemalloc)")
+    ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "sospcheck-benign"))
+    args = ap.parse_args(argv)
+    spec = {**CASES[args.case], **({"m": args.m} if args.m else {})}
+    inst = common.planted_minimum(**spec, cache=args.cache)
+    X = inst["X"]
+    before, snaps = resident_by_mapping(), []
+    factor = dense_subspace.DenseSubspace._factor
+
+    def snapshot():
+        snaps.append((resident_by_mapping(), tracemalloc.get_traced_memory()[0] if args.arrays else None))
+
+    def observed(self, shift):  # the dense path's peak: H factorised, everything else still alive
+        ok = factor(self, shift)
+        if not snaps:
+            snapshot()
+        return ok
+
+    dense_subspace.DenseSubspace._factor = observed
+    if args.arrays:
+        tracemalloc.start()
+    res = check(inst["net"], X, inst["Y"], solver=args.solver)
+    if not snaps:
+        snapshot()
+    after, arrays = snaps[0]
+    mib = 2.0**20
+    print(f"case {args.case} {spec}: {res.verdict.value} ({res.stats.solver}); X {X.nbytes / mib:.1f} MiB; "
+          f"at {'the first factorisation' if res.stats.solver == 'dense' else 'the end'}:")
+    growth = {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)}
+    shown = 0
+    for k, g in sorted(growth.items(), key=lambda kv: -kv[1]):
+        if g >= 64 * 1024:
+            print(f"  {g / mib:7.2f} MiB  {g / X.nbytes:5.2f}x  {k}")
+            shown += g
+    total = sum(growth.values())
+    print(f"  {total / mib:7.2f} MiB  {total / X.nbytes:5.2f}x  resident growth in all ({(total - shown) / mib:.2f} MiB "
+          "in smaller pieces)")
+    if arrays is not None:
+        print(f"  NumPy and Python allocations alive (tracemalloc): {arrays / mib:.2f} MiB ({arrays / X.nbytes:.2f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
