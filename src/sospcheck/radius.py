@@ -231,6 +231,12 @@ def _largest(ok, hi: float) -> float:
     return lo
 
 
+# the perturbations a certified radius covers
+_SLICE = ("every perturbation eta with |eta| <= r* made of a part in the quotient slice (orthogonal to the "
+          "quotiented flat directions: rescalings, bias shifts, shared flat directions) and any change of dead "
+          "blocks, zero-output input weights, inactive directions and components outside the data span")
+
+
 def certified_radius(pt: Point, boundary: np.ndarray, neurons: list[NeuronTest], so: SecondOrderOutcome,
                      tol: Tolerances | None = None, time_limit: float = 60.0) -> Radius:
     """The radius ``r*`` within which ``z`` (``pt``) is the minimum, from the check's own records (module
@@ -300,12 +306,8 @@ def certified_radius(pt: Point, boundary: np.ndarray, neurons: list[NeuronTest],
                   "remainder_constant": K3(r_cap), "third_derivative": L3,
                   "gradient_residual": eps_g, "kink_residual_slack": kink_slack, "loss_slack": slack,
                   "remainder_radius": _largest(remainder_ok, math.inf)}
-    shape = ("every perturbation eta with |eta| <= r* made of a part in the quotient slice (orthogonal to "
-             "the quotiented flat directions: rescalings, bias shifts, shared flat directions) and any "
-             "change of dead blocks, zero-output input weights, inactive directions and components outside "
-             "the data span")
     proven = (f"R(z + eta) >= R(z) - {slack:.3g} (first-order residual {eps_g:.3g} allowed by the tolerances, "
-              f"times r*, plus {kink_slack:.3g} for the kink pairs' rounding off their kinks) for {shape}; the "
+              f"times r*, plus {kink_slack:.3g} for the kink pairs' rounding off their kinks) for {_SLICE}; the "
               "exact symmetries carry this to their orbits, a general perturbation "
               "of length r being mapped into the slice with a length stretched by 1 + O(r / |z_k|) "
               "(estimated, not bounded)")
