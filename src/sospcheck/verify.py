@@ -70,6 +70,21 @@ def _change_along(pt: Point, d: Direction, T: np.ndarray):
     return change
 
 
+def _halving_search(change_at, t: float, max_halvings: int) -> tuple[float, float, float, int]:
+    """``(best_t, best_decrease, its_noise, evaluations)`` over ``t, t/2, ...``: stops once a decrease above
+    its noise has been found and halving only makes it smaller."""
+    best_t, best_dec, best_noise, n = 0.0, -np.inf, 0.0, 0
+    for _ in range(max_halvings):
+        n += 1
+        change, noise = change_at(t)
+        if -change > best_dec:
+            best_t, best_dec, best_noise = t, -change, noise
+        elif best_dec > best_noise:
+            break
+        t *= 0.5
+    return best_t, best_dec, best_noise, n
+
+
 def verify_descent(pt: Point, d: Direction, boundary: np.ndarray, max_halvings: int = 100) -> Verification:
     """Evaluate ``R(z + t d) - R(z)`` for ``t = t0 2^-j``, keep the largest decrease.
 
@@ -88,22 +103,14 @@ def verify_descent(pt: Point, d: Direction, boundary: np.ndarray, max_halvings: 
     T = pt.fwd.Xbar @ d.Z.T
     slope, curvature = pt.local_terms(d, boundary, T)
     radius = validity_radius(pt.fwd.N, boundary, T)
-    change_at = _change_along(pt, d, T)
     t = max(1.0, pt.net.as_direction().norm())
     suggested = radius
     if slope < 0 < curvature:
         suggested = min(suggested, -slope / (2.0 * curvature))
     if np.isfinite(suggested) and suggested > 0:
         t = min(t, 8.0 * suggested)
-    best_t, best_dec, best_noise, n = 0.0, -np.inf, 0.0, 0
-    for _ in range(max_halvings):
-        n += 1
-        change, noise = change_at(t)
-        if -change > best_dec:
-            best_t, best_dec, best_noise = t, -change, noise
-        elif best_dec > best_noise:
-            break
-        t *= 0.5
+    best_t, best_dec, best_noise, n = _halving_search(_change_along(pt, d, T), t, max_halvings)
+    del T  # the confirmation makes its own pass: the trial steps' (m, dh) arrays are freed before it
     if best_dec > best_noise:
         n += 1
         change, best_noise = risk_change_and_noise(pt.net, pt.net.perturbed(d, best_t), pt.X, pt.Y, pt.loss,
