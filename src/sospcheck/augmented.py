@@ -43,6 +43,11 @@ class DataOperator:
         out = self.toarray()
         return out if dtype is None else out.astype(dtype)
 
+    def gram_of_rows(self, mask: np.ndarray) -> np.ndarray:
+        """``A_S' A_S`` for the rows where ``mask`` holds (:func:`gram_of_rows`); on a device, whose memory
+        is not the host's, from one selection."""
+        return self.rows(mask).gram()
+
     # subclasses: __matmul__, __rmatmul__, __getitem__, row_norms, gram, frobenius_norm, abs_max, rows,
     # in_basis, toarray
 
@@ -104,6 +109,9 @@ class AugmentedData(DataOperator):
     def rows(self, idx) -> "AugmentedData":
         return AugmentedData(self.X[idx])
 
+    def gram_of_rows(self, mask: np.ndarray) -> np.ndarray:
+        return _blocked_gram(self, mask)
+
     def in_basis(self, V: np.ndarray) -> np.ndarray:
         return self @ V
 
@@ -155,11 +163,12 @@ def gram(A) -> np.ndarray:
 
 
 def gram_of_rows(A, mask: np.ndarray) -> np.ndarray:
-    """``A_S' A_S`` for the rows ``S`` where ``mask`` holds, a block of selected rows at a time (at most
-    ``2^16`` floats each on the host), so that the selection is never copied all at once; on a device,
-    where the memory is not the host's, from one selection."""
-    if isinstance(A, DataOperator) and not isinstance(A, AugmentedData):
-        return A.rows(mask).gram()
+    """``A_S' A_S`` for the rows ``S`` where ``mask`` holds: on the host a block of selected rows at a time
+    (at most ``2^16`` floats each), so that the selection is never copied all at once."""
+    return A.gram_of_rows(mask) if isinstance(A, DataOperator) else _blocked_gram(A, mask)
+
+
+def _blocked_gram(A, mask: np.ndarray) -> np.ndarray:
     d = A.shape[1]
     idx = np.flatnonzero(mask)
     G = np.zeros((d, d))

@@ -235,23 +235,23 @@ def risk_change_and_noise(net: TwoLayerNet, new: TwoLayerNet, X: np.ndarray, Yp:
     """``R(new) - R(net)`` as :func:`risk_change`, and a bound on its rounding error
     (:func:`loss_change_noise`, plus ``64 eps lam sum |z_j dz_j| + dz_j^2 / 2`` for weight decay).
     ``fwd``: the forward pass at ``net`` when the caller has it."""
-    delta, size, fwd = _output_change(net, new, X, fwd)
-    value = loss_change(loss, fwd.out, None, Yp, weight, delta=delta)
-    noise = loss_change_noise(loss, fwd.out, Yp, weight, output_size(net, fwd.O), size)
-    if weight_decay:
-        z = net.as_direction().vector()
-        dv, dn = decay_change(weight_decay, z, new.as_direction().vector() - z)
-        value, noise = value + dv, noise + dn
-    return value, noise
+    return _risk_change(net, new, X, Yp, loss, weight, weight_decay, fwd, True)
 
 
 def risk_change(net: TwoLayerNet, new: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Loss, weight: float = 1.0,
                 weight_decay: float = 0.0) -> float:
     """``R(new) - R(net)`` below the rounding of ``R``: :func:`loss_change` with :func:`output_change`,
     plus ``lam (z . dz + |dz|^2 / 2)`` for weight decay (``dz = z' - z``)."""
-    delta, _, fwd = _output_change(net, new, X, sizes=False)  # no rounding bound: only the value is asked for
+    return _risk_change(net, new, X, Yp, loss, weight, weight_decay, None, False)[0]
+
+
+def _risk_change(net, new, X, Yp, loss, weight, weight_decay, fwd, with_noise: bool) -> tuple[float, float | None]:
+    """The value, and with ``with_noise`` its rounding bound (else None: the sizes are not formed)."""
+    delta, size, fwd = _output_change(net, new, X, fwd, sizes=with_noise)
     value = loss_change(loss, fwd.out, None, Yp, weight, delta=delta)
+    noise = loss_change_noise(loss, fwd.out, Yp, weight, output_size(net, fwd.O), size) if with_noise else None
     if weight_decay:
         z = net.as_direction().vector()
-        value += decay_change(weight_decay, z, new.as_direction().vector() - z)[0]
-    return value
+        dv, dn = decay_change(weight_decay, z, new.as_direction().vector() - z)
+        value, noise = value + dv, None if noise is None else noise + dn
+    return value, noise
