@@ -1,6 +1,7 @@
 """Where the resident memory of one check goes, by mapping (not part of ``run.py``):
 
-    .venv/bin/python benchmarks/memory_breakdown.py [--case b] [--m 10000] [--solver auto] [--arrays] [--cache DIR]
+    .venv/bin/python benchmarks/memory_breakdown.py [--case b] [--m 10000] [--solver auto] [--arrays] [--phases]
+        [--mnist M] [--cache DIR]
 
 A planted minimum of ``benign.py``'s case (same cache), in this fresh interpreter: the resident set of
 each kind of mapping (``/proc/self/smaps``: the heap, anonymous maps, each shared library) is read
@@ -9,7 +10,10 @@ the end on the matrix-free path, and the growth is printed in MiB and as a multi
 With ``--arrays`` what the NumPy arrays alive at that moment hold is printed too (``tracemalloc``, whose
 own bookkeeping then adds to the heap). Large anonymous maps
 are single arrays (``H``) or the BLAS libraries' work buffers; the libraries' own pages and those
-buffers do not grow with the data. Linux only.
+buffers do not grow with the data. With ``--phases`` (tracemalloc) each phase of the check prints the
+bytes alive when it starts and its peak inside, as multiples of the bytes of X. ``--mnist M`` takes
+instead the MNIST-shape point of ``mnist_check.py`` (M x 784 inputs, dh = 1000, dy = 10, a random
+point with the output layer refit: a descent). Linux only.
 """
 
 from __future__ import annotations
@@ -23,10 +27,35 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import importlib  # noqa: E402
+
 import common  # noqa: E402  (first: it pins the BLAS threads before NumPy loads)
 from benign import CASES  # noqa: E402
 from sospcheck import check  # noqa: E402
 from sospcheck import dense_subspace  # noqa: E402
+from sospcheck.snap import refit_output_layer  # noqa: E402
+
+_PHASES = ("validate_with_forward", "forward_and_boundary", "first_order", "second_order_test", "verify")
+
+
+def trace_phases(X_bytes: int) -> None:
+    """Wrap the check's phase functions so that each prints what is alive when it starts and its peak."""
+    module = importlib.import_module("sospcheck.check")
+    for name in _PHASES:
+        def traced(*a, _f=getattr(module, name), _name=name, **k):
+            tracemalloc.reset_peak()
+            alive = tracemalloc.get_traced_memory()[0]
+            out = _f(*a, **k)
+            peak = tracemalloc.get_traced_memory()[1]
+            print(f"  phase {_name}: {alive / X_bytes:.2f}x alive at its start, peak {peak / X_bytes:.2f}x")
+            return out
+        setattr(module, name, traced)
+
+
+def mnist_instance(m: int) -> dict:
+    X, Y = common.gaussian_data(m, 784, 10, 0)
+    net, _ = refit_output_layer(common.random_net(784, 1000, 10, seed=0), X, Y, common.SQUARED, 1.0, 0.0)
+    return {"net": net, "X": X, "Y": Y}
 
 
 def resident_by_mapping() -> dict[str, int]:
@@ -49,10 +78,14 @@ def main(argv=None) -> int:
     ap.add_argument("--m", type=int, default=None, help="points (default: the case's)")
     ap.add_argument("--solver", default="auto")
     ap.add_argument("--arrays", action="store_true", help="also the bytes of the arrays alive (tracemalloc)")
+    ap.add_argument("--phases", action="store_true", help="tracemalloc per phase of the check")
+    ap.add_argument("--mnist", type=int, default=None, help="M: the MNIST-shape point with M rows instead")
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "sospcheck-benign"))
     args = ap.parse_args(argv)
     spec = {**CASES[args.case], **({"m": args.m} if args.m else {})}
-    inst = common.planted_minimum(**spec, cache=args.cache)
+    if args.mnist:
+        spec = {"mnist": args.mnist}
+    inst = mnist_instance(args.mnist) if args.mnist else common.planted_minimum(**spec, cache=args.cache)
     X = inst["X"]
     before, snaps = resident_by_mapping(), []
     factor = dense_subspace.DenseSubspace._factor
@@ -67,14 +100,16 @@ def main(argv=None) -> int:
         return ok
 
     dense_subspace.DenseSubspace._factor = observed
-    if args.arrays:
+    if args.arrays or args.phases:
         tracemalloc.start()
+    if args.phases:
+        trace_phases(X.nbytes)
     res = check(inst["net"], X, inst["Y"], solver=args.solver)
     if not snaps:
         snapshot()
     after, arrays = snaps[0]
     mib = 2.0**20
-    print(f"case {args.case} {spec}: {res.verdict.value} ({res.stats.solver}); X {X.nbytes / mib:.1f} MiB; "
+    print(f"case {'mnist' if args.mnist else args.case} {spec}: {res.verdict.value} ({res.stats.solver}); X {X.nbytes / mib:.1f} MiB; "
           f"at {'the first factorisation' if res.stats.solver == 'dense' else 'the end'}:")
     growth = {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)}
     shown = 0
