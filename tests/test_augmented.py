@@ -112,3 +112,35 @@ def test_element_and_transposed_array_access(data):
     assert A[3, 2] == Xb[3, 2] and A[3, -1] == 1.0
     np.testing.assert_array_equal(A[[1, 4], 1:3], Xb[[1, 4], 1:3])
     np.testing.assert_array_equal(np.asarray(A.T), Xb.T)
+
+
+def test_row_chunks_cover_the_rows_in_order_within_the_budget():
+    from sospcheck.augmented import row_chunks
+
+    for m, width, floats in [(10, 3, 7), (10, 3, 30), (10, 3, 1000), (1, 50, 1), (7, 0, 2)]:
+        chunks = row_chunks(m, width, floats)
+        assert np.array_equal(np.concatenate([np.arange(m)[c] for c in chunks]), np.arange(m))
+        assert all(c.stop - c.start <= max(1, floats // max(width, 1)) for c in chunks)
+    assert row_chunks(10, 3, 1000) == [slice(0, 10)]  # within the budget: one chunk, the whole array
+
+
+def test_transpose_times_sums_the_chunks_of_B_against_the_same_rows_of_A(data, monkeypatch):
+    import sospcheck.augmented as augmented
+    from sospcheck.augmented import transpose_times
+
+    X, Xb, rng = data
+    B = rng.standard_normal((37, 4))
+    calls = []
+
+    def rows_of_B(rows):
+        calls.append(rows)
+        return B[rows]
+
+    whole = transpose_times(rows_of_B, AugmentedData(X), 4)
+    assert len(calls) == 1
+    np.testing.assert_allclose(whole, B.T @ Xb, rtol=1e-13, atol=1e-13)
+    monkeypatch.setattr(augmented, "CHUNK_FLOATS", 40)  # 10 rows a chunk (above an eighth of A: 27 floats)
+    for A in (AugmentedData(X), Xb):
+        calls.clear()
+        np.testing.assert_allclose(transpose_times(rows_of_B, A, 4), B.T @ Xb, rtol=1e-13, atol=1e-13)
+        assert len(calls) == 4

@@ -452,3 +452,29 @@ def test_the_point_reuses_the_validations_forward_pass_and_so_do_the_fragility_r
     assert r.fragile and passes == ["sospcheck.validation"]
     with pytest.raises(ValueError, match="read-only"):  # shared by the runs, so nothing may write to it
         r.problem(X, Y).point().fwd.N[0, 0] = 1.0
+
+
+def test_the_check_holds_few_hidden_layer_sized_arrays_at_once():
+    """The passes over (m, dh) arrays beyond the point's own (``N``, ``O``, ``a``) and the verification's
+    ``T`` run a chunk of rows at a time: at a point with a wide hidden layer and a Clarke descent (first
+    order, neuron tests, line search, confirming pass) the check's peak of traced allocations stays within
+    six (m, dh) arrays (it was nine with those passes over whole arrays)."""
+    import tracemalloc
+
+    from sospcheck.snap import refit_output_layer
+
+    rng = np.random.default_rng(0)
+    m, dx, dh, dy = 20000, 8, 60, 2
+    X, Y = rng.standard_normal((m, dx)), rng.standard_normal((m, dy))
+    net = TwoLayerNet(rng.standard_normal((dh, dx)) / 3, rng.standard_normal(dh), rng.standard_normal((dy, dh)) / 8,
+                      np.zeros(dy))
+    L = get_loss("squared")
+    net, _ = refit_output_layer(net, X, L.prepare(Y, dy), L, 1.0, 0.0)
+    tracemalloc.start()
+    try:
+        res = check(net, X, Y, fragility=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert res.verdict == Verdict.DESCENT and res.descent.order == 1
+    assert peak < 6 * m * dh * 8, f"peak {peak / (m * dh * 8):.2f} (m, dh) arrays"

@@ -4,7 +4,7 @@ import pytest
 import cases
 from sospcheck.geometry import boundary_mask, validity_radius
 from sospcheck.losses import get_loss
-from sospcheck.model import Direction
+from sospcheck.model import Direction, TwoLayerNet
 from sospcheck.point import evaluate_point
 from sospcheck.verify import VerifiedDirections, verify_descent
 
@@ -138,3 +138,49 @@ def test_a_decrease_inside_the_rounding_of_the_outputs_is_not_verified():
     d = Direction.from_blocks(np.zeros((1, 2)), np.zeros((1, 1)), -np.ones(1))
     v = verify_descent(pt, d, B)
     assert v.slope < 0 and not v.verified and v.noise > abs(v.decrease)
+
+
+@pytest.mark.parametrize("s_minus, lam", [(0.0, 0.0), (0.1, 0.01)])
+def test_row_chunks_change_no_number_of_the_line_search_beyond_rounding(monkeypatch, s_minus, lam):
+    """The passes over (m, dh) arrays run a chunk of rows at a time above ``CHUNK_FLOATS``: with one row a
+    chunk, every number of the verification, the local model, the validity radius, the boundary sides and
+    the confirming risk change is the whole-array one up to rounding (the minima exactly)."""
+    import sospcheck.augmented as augmented
+    from sospcheck.geometry import boundary_with_sides
+    from sospcheck.loss_change import risk_change_and_noise
+
+    rng = np.random.default_rng(5)
+    m, dx, dh, dy = 60, 3, 4, 2
+    X = rng.integers(-3, 4, (m, dx)).astype(float)
+    # integer weights on integer data: many pairs exactly on their kink
+    net = TwoLayerNet(rng.integers(-2, 3, (dh, dx)).astype(float), rng.integers(-2, 3, dh).astype(float),
+                      rng.standard_normal((dy, dh)), rng.standard_normal(dy), s_minus=s_minus)
+    L = get_loss("squared")
+    Y = rng.standard_normal((m, dy))
+    pt = evaluate_point(net, X, Y, L, 1.0, lam)
+    B = boundary_mask(pt.fwd.N, net.Z, pt.fwd.Xbar, 1e-9)
+    assert 0 < B.sum() < B.size
+    d = Direction.from_vector(net, rng.standard_normal(net.n_params)).normalized()
+    if pt.local_terms(d, B)[0] > 0:
+        d = d.scaled(-1.0)
+
+    def numbers():
+        T = pt.fwd.Xbar @ d.Z.T
+        sides = boundary_with_sides(pt.fwd.N, net.Z, pt.fwd.Xbar, 1e-9)
+        v = verify_descent(pt, d, B)
+        moved = risk_change_and_noise(net, net.perturbed(d, 0.3), X, Y, L, 1.0, lam, fwd=pt.fwd)
+        return sides, pt.local_terms(d, B), validity_radius(pt.fwd.N, B, T), v, moved
+
+    sides, terms, radius, v, moved = numbers()
+    assert v.verified
+    monkeypatch.setattr(augmented, "CHUNK_FLOATS", 1)
+    assert len(augmented.row_chunks(m, 4 * dh)) == m
+    sides1, terms1, radius1, v1, moved1 = numbers()
+    for a, b in zip(sides, sides1):
+        np.testing.assert_array_equal(a, b)
+    assert radius1 == radius
+    np.testing.assert_allclose(terms1, terms, rtol=1e-12)
+    np.testing.assert_allclose(moved1, moved, rtol=1e-12)
+    assert (v1.verified, v1.step, v1.n_evaluations) == (v.verified, v.step, v.n_evaluations)
+    np.testing.assert_allclose([v1.decrease, v1.noise, v1.slope, v1.curvature], [v.decrease, v.noise, v.slope,
+                                                                                  v.curvature], rtol=1e-12)

@@ -9,10 +9,12 @@ a :class:`DataOperator` is too: :class:`AugmentedData` here, ``device_data.Devic
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 __all__ = ["DataOperator", "AugmentedData", "gram", "gram_of_rows", "frobenius_norm", "abs_max", "dense", "in_basis",
-           "row_block"]
+           "row_block", "row_chunks", "rows_per_chunk", "transpose_times", "CHUNK_FLOATS"]
 
 
 class DataOperator:
@@ -203,3 +205,35 @@ def row_block(A, rows):
     """Rows ``rows`` of ``A`` in ``A``'s own form: for a :class:`DataOperator` another one over the selected
     rows (a view for a slice, ``X``'s rows alone for a mask, never the augmented copy), else ``A[rows]``."""
     return A.rows(rows) if isinstance(A, DataOperator) else A[rows]
+
+
+#: floats in one row chunk's temporary: 2 MiB, so that a pass over (m, dh) arrays in row chunks adds a
+#: few MiB whatever m, and (for m dh up to this) is one chunk, the whole array
+CHUNK_FLOATS = 1 << 18
+
+
+def row_chunks(m: int, width: int, floats: int | None = None) -> list[slice]:
+    """Slices covering ``range(m)`` in order, each of rows whose ``(rows, width)`` temporaries hold at most
+    ``floats`` (default :data:`CHUNK_FLOATS`) floats, at least one row."""
+    step = max(1, (CHUNK_FLOATS if floats is None else floats) // max(width, 1))
+    return [slice(s, min(m, s + step)) for s in range(0, m, step)]
+
+
+def transpose_times(rows_of_B: Callable[[slice], np.ndarray], A, width: int) -> np.ndarray:
+    """``B' A`` for ``A`` with m rows (an array or a :class:`DataOperator`) and ``B`` (m, ``width``) given a
+    chunk of rows at a time by ``rows_of_B(rows)``: ``B`` is never formed whole (one chunk: the one product).
+    A chunk may hold an eighth of ``A``'s floats: longer chunks keep the products at full BLAS speed."""
+    out = None
+    m, d = A.shape
+    for rows in row_chunks(m, width, max(CHUNK_FLOATS, m * d // 8)):
+        part = rows_of_B(rows).T @ row_block(A, rows)
+        out = part if out is None else out + part
+    return out
+
+
+def rows_per_chunk(m: int, rho: int, width: int, fraction: int = 8) -> int:
+    """Rows per chunk: a chunk's temporaries (``width`` floats a row) stay below ``1 / fraction`` of an
+    (m, rho) data array (at least 2^16 floats), so that the data passes add little to the memory of the data
+    itself."""
+    budget = max(1 << 16, (m * max(rho, 1)) // fraction)
+    return max(1, min(m, budget // max(1, width)))

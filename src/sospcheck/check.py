@@ -131,7 +131,7 @@ def _check_point(problem: Problem, tol: Tolerances, bud: Budget, seed: int, engi
                  notify: Callable, progress, loss_name: str, reduction: str, radius: bool = False,
                  fwd: Forward | None = None) -> CheckResult:
     """The check at one point: the analysis, the near-zero probe, the fragility re-runs (sharing the
-    analysis's forward pass and line searches), and with ``radius`` the certified radius of a strict
+    analysis's point and line searches), and with ``radius`` the certified radius of a strict
     local minimum (:func:`~sospcheck.radius.certified_radius`); ``fwd``: the point's pass when made."""
     search = VerifiedDirections()
     analysis = _analyze(problem, tol, bud, seed, engine, progress, fwd, search)
@@ -152,7 +152,7 @@ def _check_point(problem: Problem, tol: Tolerances, bud: Budget, seed: int, engi
         t1 = time.perf_counter()
         result.fragility = fragility_verdicts(
             result.verdict, analysis.factors,
-            lambda factor: _analyze(problem, tol.scaled(factor), bud, seed, engine, None, analysis.point.fwd,
+            lambda factor: _analyze(problem, tol.scaled(factor), bud, seed, engine, None, analysis.point,
                                     search).result.verdict, notify)
         result.fragile = any(v != result.verdict.value for v in result.fragility.values())
         result.timings["fragility"] = time.perf_counter() - t1
@@ -246,10 +246,10 @@ class SecondOrder:
     established: tuple = ()
 
 
-def forward_and_boundary(problem: Problem, tol: Tolerances, fwd: Forward | None = None) -> Start:
-    """One forward pass (unless ``fwd``, the problem's, is given) and the boundary pairs ``|N_ik| <=
-    boundary |Z_k| max|xbar|`` (DESIGN.md section 1)."""
-    pt = problem.point(fwd)
+def forward_and_boundary(problem: Problem, tol: Tolerances, fwd: Forward | Point | None = None) -> Start:
+    """One forward pass (unless ``fwd``, the problem's pass or its point, is given) and the boundary pairs
+    ``|N_ik| <= boundary |Z_k| max|xbar|`` (DESIGN.md section 1)."""
+    pt = fwd if isinstance(fwd, Point) else problem.point(fwd)
     boundary, on, off, threshold = boundary_with_sides(pt.fwd.N, pt.net.Z, pt.fwd.Xbar, tol.boundary)
     margins = Margins()
     record_column_sides(margins, "boundary |N_ik|", on, off, threshold)
@@ -438,9 +438,9 @@ class Analysis:
 
 
 def _analyze(problem: Problem, tol: Tolerances, bud: Budget, seed: int, engine: tuple, progress=None,
-             fwd: Forward | None = None, search: Callable = verify_descent) -> Analysis:
+             fwd: Forward | Point | None = None, search: Callable = verify_descent) -> Analysis:
     """Steps 1-4 and the verification once, each a function returning its record (DESIGN.md section 3).
-    ``fwd``: the problem's forward pass if made; ``search``: the line search (``verify.verify_descent``)."""
+    ``fwd``: the problem's forward pass or point if made; ``search``: the line search (``verify_descent``)."""
     clock = _Clock(progress)
     st = forward_and_boundary(problem, tol, fwd)
     clock.lap("forward")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import lsq_linear
 
-from .augmented import frobenius_norm
+from .augmented import frobenius_norm, transpose_times
 from .geometry import ray_directions
 from .margins import Margins
 from .options import Tolerances
@@ -131,8 +131,9 @@ def neuron_tests(pt: Point, boundary: np.ndarray, tol: Tolerances) -> list[Neuro
     """Steps 2-3 for every neuron: the off-kink gradients ``c_k`` in one pass over the data, then
     per neuron with kinks one bounded-variable least squares and ``2 M_k`` sign tests."""
     net, Xbar = pt.net, pt.fwd.Xbar
-    C = (np.where(boundary, 0.0, net.slope(pt.fwd.N)) * pt.a).T @ Xbar  # (dh, d): c_k
-    scale = max(net.s_plus, net.s_minus) * np.linalg.norm(pt.a, axis=0) * frobenius_norm(Xbar)
+    N, a = pt.fwd.N, pt.a
+    C = transpose_times(lambda rows: np.where(boundary[rows], 0.0, net.slope(N[rows])) * a[rows], Xbar, 2 * net.dh)
+    scale = max(net.s_plus, net.s_minus) * np.sqrt(np.einsum("ik,ik->k", a, a)) * frobenius_norm(Xbar)
     if pt.weight_decay:
         C = C + pt.weight_decay * net.Z
         scale = scale + pt.weight_decay * np.linalg.norm(net.Z, axis=1)

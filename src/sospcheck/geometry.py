@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .augmented import DataOperator
+from .augmented import DataOperator, row_chunks
 
 __all__ = ["boundary_mask", "boundary_threshold", "boundary_with_sides", "row_norms", "data_span", "row_space",
            "ray_directions", "validity_radius"]
@@ -23,11 +23,17 @@ def boundary_threshold(Z: np.ndarray, Xbar: np.ndarray, tol: float) -> np.ndarra
 def boundary_with_sides(N: np.ndarray, Z: np.ndarray, Xbar: np.ndarray, tol: float) -> tuple[np.ndarray, ...]:
     """:func:`boundary_mask`, per neuron the largest ``|N_ik|`` on the boundary (-inf if none) and the
     smallest off it (inf if none), and the thresholds: the decisions nearest to the threshold from two
-    masked reductions, instead of an (m, dh) array of ratios."""
-    A = np.abs(N)
+    masked reductions, instead of an (m, dh) array of ratios (a chunk of rows at a time: no (m, dh) float
+    temporary)."""
     threshold = boundary_threshold(Z, Xbar, tol)
-    B = A <= threshold[None, :]
-    return B, np.max(A, axis=0, where=B, initial=-np.inf), np.min(A, axis=0, where=~B, initial=np.inf), threshold
+    B = np.empty_like(N, dtype=bool)
+    on, off = np.full(N.shape[1], -np.inf), np.full(N.shape[1], np.inf)
+    for rows in row_chunks(N.shape[0], N.shape[1]):
+        A = np.abs(N[rows])
+        B[rows] = b = A <= threshold[None, :]
+        on = np.maximum(on, np.max(A, axis=0, where=b, initial=-np.inf))
+        off = np.minimum(off, np.min(A, axis=0, where=~b, initial=np.inf))
+    return B, on, off, threshold
 
 
 def row_norms(A: np.ndarray) -> np.ndarray:
@@ -101,8 +107,11 @@ def ray_directions(Xk: np.ndarray, rank_tol: float) -> tuple[np.ndarray | None, 
 
 def validity_radius(N: np.ndarray, boundary: np.ndarray, T: np.ndarray) -> float:
     """Largest ``t`` for which no off-kink ``N_ik + t T_ik`` changes sign: ``min |N_ik| / |T_ik|``
-    over the pairs moving towards their kink."""
-    moving = (~boundary) & (N * T < 0)
-    if not np.any(moving):
-        return float("inf")
-    return float(np.min(np.abs(N[moving]) / np.abs(T[moving])))
+    over the pairs moving towards their kink (a chunk of rows at a time: the minimum is exact in any order)."""
+    radius = np.inf
+    for rows in row_chunks(N.shape[0], 2 * N.shape[1]):
+        n, t = N[rows], T[rows]
+        moving = (~boundary[rows]) & (n * t < 0)
+        if np.any(moving):
+            radius = min(radius, float(np.min(np.abs(n[moving]) / np.abs(t[moving]))))
+    return float(radius)

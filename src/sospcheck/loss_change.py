@@ -30,12 +30,13 @@ from collections.abc import Callable
 import numpy as np
 from scipy.special import expit, softmax
 
+from .augmented import row_block, row_chunks
 from .losses import Loss
 from .model import TwoLayerNet, forward
 
 __all__ = ["loss_change", "loss_change_noise", "noise_bound", "combine_output_change", "activation_change",
-           "activation_change_along", "output_change", "risk_change", "risk_change_and_noise", "output_size",
-           "decay_change", "QUADRATIC_LOSSES", "NOISE_ULPS"]
+           "output_change", "risk_change", "risk_change_and_noise", "output_size",
+           "abs_times", "decay_change", "QUADRATIC_LOSSES", "NOISE_ULPS"]
 
 #: loss names whose per-sample loss is a quadratic in the output (constant Hessian)
 QUADRATIC_LOSSES = ("squared", "mse")
@@ -161,24 +162,12 @@ def noise_bound(loss: Loss, out: np.ndarray, Yp: np.ndarray, weight: float,
 def activation_change(net: TwoLayerNet, N: np.ndarray, N_new: np.ndarray, T: np.ndarray) -> np.ndarray:
     """``h(N_new) - h(N)`` accurate relative to ``T = N_new - N`` (given, not recomputed): ``h'(N) T`` for
     pairs on the same side of the kink before and after, ``h(N_new) - h(N)`` elsewhere (there ``|N|,
-    |N_new| <= |T|``, so the subtraction is exact to ``eps |T|``)."""
-    return activation_change_along(net, N)(N_new, T)
-
-
-def activation_change_along(net: TwoLayerNet, N: np.ndarray):
-    """:func:`activation_change` for many ``N_new`` around one ``N`` (a line search): the slopes and the
-    signs of ``N`` computed once; per call ``h'(N) T`` everywhere, then ``h(N_new) - h(N)`` only at the
-    pairs off one side of the kink (usually few), read by their indices."""
-    J, pos, neg = net.slope(N), N > 0, N < 0
-
-    def change(N_new: np.ndarray, T: np.ndarray) -> np.ndarray:
-        dO = J * T
-        rows, cols = np.nonzero(~((pos & (N_new > 0)) | (neg & (N_new < 0))))
-        if rows.size:
-            dO[rows, cols] = net.activation(N_new[rows, cols]) - net.activation(N[rows, cols])
-        return dO
-
-    return change
+    |N_new| <= |T|``, so the subtraction is exact to ``eps |T|``), read by their indices (usually few)."""
+    dO = net.slope(N) * T
+    rows, cols = np.nonzero(~(((N > 0) & (N_new > 0)) | ((N < 0) & (N_new < 0))))
+    if rows.size:
+        dO[rows, cols] = net.activation(N_new[rows, cols]) - net.activation(N[rows, cols])
+    return dO
 
 
 def combine_output_change(dO: np.ndarray, W2_new: np.ndarray, OdW2: np.ndarray, db2: np.ndarray | None,
@@ -196,14 +185,24 @@ def combine_output_change(dO: np.ndarray, W2_new: np.ndarray, OdW2: np.ndarray, 
 def _output_change(net: TwoLayerNet, new: TwoLayerNet, X: np.ndarray, fwd=None, sizes: bool = True):
     """``(delta, delta_size, fwd)``: :func:`output_change`, a bound on ``|delta|`` elementwise (the
     sum of the absolute values of its terms; None without ``sizes``) and the forward pass at ``net``
-    (``fwd`` when the caller has it)."""
+    (``fwd`` when the caller has it). After that pass, a chunk of rows at a time (``T`` and ``N'`` from one
+    product with the chunk of ``Xbar``): no (m, dh) array is formed."""
     fwd = forward(net, X) if fwd is None else fwd
-    fwd_new = forward(new, X)
-    T = fwd.Xbar @ (new.Z - net.Z).T
-    dO = activation_change(net, fwd.N, fwd_new.N, T)
+    m, dy = fwd.out.shape
+    dh = net.dh
     dW2 = new.W2 - net.W2
-    aOdW2 = np.abs(fwd.O) @ np.abs(dW2).T if sizes else None
-    delta, size = combine_output_change(dO, new.W2, fwd.O @ dW2.T, new.b2 - net.b2 if net.has_b2 else None, aOdW2)
+    db2 = new.b2 - net.b2 if net.has_b2 else None
+    OdW2 = fwd.O @ dW2.T
+    aOdW2 = abs_times(fwd.O, dW2) if sizes else None
+    delta = np.empty((m, dy))
+    size = np.empty((m, dy)) if sizes else None
+    ZZ = np.vstack([new.Z - net.Z, new.Z]).T
+    for rows in row_chunks(m, 4 * dh):
+        TN = row_block(fwd.Xbar, rows) @ ZZ  # [T N'] on these rows
+        dO = activation_change(net, fwd.N[rows], TN[:, dh:], TN[:, :dh])
+        delta[rows], s = combine_output_change(dO, new.W2, OdW2[rows], db2, aOdW2[rows] if sizes else None)
+        if sizes:
+            size[rows] = s
     return delta, size, fwd
 
 
@@ -218,8 +217,17 @@ def output_change(net: TwoLayerNet, new: TwoLayerNet, X: np.ndarray) -> np.ndarr
 
 def output_size(net: TwoLayerNet, O: np.ndarray) -> np.ndarray:
     """``|W2| |O_i| + |b2|`` elementwise (m, dy): what the rounding of the outputs is relative to."""
-    size = np.abs(O) @ np.abs(net.W2).T
+    size = abs_times(O, net.W2)
     return size + np.abs(net.b2) if net.has_b2 else size
+
+
+def abs_times(O: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """``|O| |W|'`` (m, dy), a chunk of rows at a time: no (m, dh) temporary."""
+    out = np.empty((O.shape[0], W.shape[0]))
+    aW = np.abs(W).T
+    for rows in row_chunks(O.shape[0], O.shape[1]):
+        out[rows] = np.abs(O[rows]) @ aW
+    return out
 
 
 def decay_change(weight_decay: float, z: np.ndarray, dz: np.ndarray) -> tuple[float, float]:

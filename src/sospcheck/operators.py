@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from .augmented import dense, row_block
+from .augmented import dense, row_block, rows_per_chunk
 from .device_data import DeviceData, resolve_device
 
 __all__ = ["Layout", "HessianOperator", "TorchHessianOperator", "make_operator"]
@@ -180,7 +180,7 @@ class HessianOperator:
         Hsum = np.zeros((dy, dy))
         mk = np.zeros(dh)
         W2 = self._from_backend(self.W2)
-        step = _row_step(m, lay.rho, 2 * dh * dy + dh + 1)
+        step = rows_per_chunk(m, lay.rho, 2 * dh * dy + dh + 1)
         for start in range(0, m, step):
             rows = slice(start, min(m, start + step))
             O, J = self._from_backend(self.O[rows]), self._from_backend(self.Jt[:, rows]).T
@@ -206,13 +206,6 @@ class HessianOperator:
         return 0.5 * (H + H.T)
 
 
-def _row_step(m: int, rho: int, width: int, fraction: int = 8) -> int:
-    """Rows per chunk: a chunk's temporaries (``width`` floats a row) stay below ``1 / fraction`` of ``Xr``
-    (at least 2^16 floats), so that the data passes add little to the memory of the data itself."""
-    budget = max(1 << 16, (m * max(rho, 1)) // fraction)
-    return max(1, min(m, budget // max(1, width)))
-
-
 def _gram_hessian(op: HessianOperator, cols: np.ndarray) -> np.ndarray:
     """``HessianOperator.dense`` on the NumPy backend (see there)."""
     lay, m = op.layout, op.m
@@ -234,7 +227,7 @@ def _gram_hessian(op: HessianOperator, cols: np.ndarray) -> np.ndarray:
     WtW = W2.T @ W2
     n_s = small.size
     # an eighth of Xr (at least 2^16 floats) for a chunk's temporaries
-    step = _row_step(m, rho, 2 * rho + dy * n_s + 2 * dh * dy, fraction=8)
+    step = rows_per_chunk(m, rho, 2 * rho + dy * n_s + 2 * dh * dy, fraction=8)
     for start in range(0, m, step):
         rows = slice(start, min(m, start + step))
         O, Xr, J, r = op.O[rows], op.Xr[rows], op.Jt[:, rows].T, op.r[rows]

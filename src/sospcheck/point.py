@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .augmented import row_block, row_chunks
 from .losses import Loss, risk, weight_norm_sq
 from .model import Direction, Forward, TwoLayerNet, forward
 
@@ -74,22 +75,27 @@ class Point:
     def risk_at(self, net: TwoLayerNet) -> float:
         return self.problem.risk_at(net)
 
-    def kink_slopes(self, T: np.ndarray, boundary: np.ndarray) -> np.ndarray:
-        """``J_ik``: ``h'(N_ik)`` off the kink; on it, the one-sided slope chosen by ``sign(T_ik)``."""
+    def kink_slopes(self, T: np.ndarray, boundary: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
+        """``J_ik``: ``h'(N_ik)`` off the kink; on it, the one-sided slope chosen by ``sign(T_ik)``; ``T`` and
+        ``boundary`` given on ``rows`` only when ``rows`` is."""
         net = self.net
         on_kink = np.where(T > 0, net.s_plus, net.s_minus)
-        return np.where(boundary, on_kink, net.slope(self.fwd.N))
+        return np.where(boundary, on_kink, net.slope(self.fwd.N[rows]))
 
     def local_terms(self, d: Direction, boundary: np.ndarray, T: np.ndarray | None = None) -> tuple[float, float]:
         """``(first(d), second(d))`` of the exact local model, weight decay included; ``T = Xbar dZ'``
-        when the caller already has it."""
+        when the caller already has it. The output changes ``dY1, dY2`` (m, dy) are formed a chunk of rows
+        at a time (``T`` too when not given): no (m, dh) temporary."""
         fwd, net = self.fwd, self.net
-        T = fwd.Xbar @ d.Z.T if T is None else T
-        JT = self.kink_slopes(T, boundary) * T
-        dY1 = fwd.O @ d.W2.T + JT @ net.W2.T
+        m, dy = fwd.out.shape
+        dY1, dY2 = np.empty((m, dy)), np.empty((m, dy))
+        for rows in row_chunks(m, 4 * net.dh):
+            Tr = row_block(fwd.Xbar, rows) @ d.Z.T if T is None else T[rows]
+            JT = self.kink_slopes(Tr, boundary[rows], rows) * Tr
+            dY1[rows] = fwd.O[rows] @ d.W2.T + JT @ net.W2.T
+            dY2[rows] = JT @ d.W2.T
         if d.b2 is not None:
             dY1 = dY1 + d.b2
-        dY2 = JT @ d.W2.T
         first = float(np.sum(self.r * dY1))
         second = float(np.sum(self.r * dY2)) + 0.5 * float(np.einsum("ic,icd,id->", dY1, self.Hl, dY1))
         if self.weight_decay:

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from .augmented import abs_max
+from .augmented import abs_max, transpose_times
 from .losses import Loss, get_loss, reduction_weight
 from .model import Forward, TwoLayerNet, as_float_array, check_size, forward
 
@@ -107,8 +107,8 @@ def check_finite_point(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Lo
             return fwd
         s_hi = max(net.s_plus, net.s_minus)
         xmax = abs_max(fwd.Xbar)
-        grad_Z = ((r @ net.W2) * net.slope(fwd.N)).T @ fwd.Xbar
-        reach = float(np.max(np.abs(fwd.O))) + s_hi * float(np.linalg.norm(net.W2)) * xmax
+        grad_Z = transpose_times(lambda rows: (r[rows] @ net.W2) * net.slope(fwd.N[rows]), fwd.Xbar, 2 * net.dh)
+        reach = abs_max(fwd.O) + s_hi * float(np.linalg.norm(net.W2)) * xmax
         second = m * (float(np.max(np.abs(Hl))) * reach * reach + float(np.max(np.abs(r))) * s_hi * xmax + xmax * xmax) + lam
         _refuse_overflow([("the loss", value), ("its gradient in the outputs, squared", np.sum(r**2)),
                           ("its Hessian in the outputs", Hl),

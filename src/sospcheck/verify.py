@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .geometry import validity_radius
-from .loss_change import (_EPS, NOISE_ULPS, activation_change_along, combine_output_change, loss_change, noise_bound,
-                          output_size, risk_change_and_noise)
+from .augmented import row_chunks
+from .loss_change import (_EPS, NOISE_ULPS, abs_times, activation_change, combine_output_change, loss_change,
+                          noise_bound, output_size, risk_change_and_noise)
 from .model import Direction
 from .point import Point
 
@@ -41,25 +42,30 @@ class Verification:
 def _change_along(pt: Point, d: Direction, T: np.ndarray):
     """``t -> (R(z + t d) - R(z), noise)`` from ``N + t T`` (``T = Xbar dZ'``), below the rounding of ``R``
     (DESIGN.md 8.5): the outputs change by ``delta = (W2 + t dW2) dO + t dW2 O + t db2`` with ``dO`` the
-    activations' change (:func:`~sospcheck.loss_change.activation_change_along`), and the risk by
+    activations' change (:func:`~sospcheck.loss_change.activation_change`), and the risk by
     :func:`~sospcheck.loss_change.loss_change` of ``delta``; ``noise`` bounds the rounding error
-    (:func:`~sospcheck.loss_change.loss_change_noise`). No ``m x d x dh`` product per trial step."""
+    (:func:`~sospcheck.loss_change.loss_change_noise`). A trial step forms ``delta`` a chunk of rows at a
+    time: no (m, dh) array, and no ``m x d x dh`` product."""
     net, fwd = pt.net, pt.fwd
-    N, O, out = fwd.N, fwd.O, fwd.out
-    noise_at = noise_bound(pt.loss, out, pt.Y, pt.weight, output_size(net, O))
-    dO_at = activation_change_along(net, N)
+    N, out = fwd.N, fwd.out
+    m, dy = out.shape
+    noise_at = noise_bound(pt.loss, out, pt.Y, pt.weight, output_size(net, fwd.O))
     dW2, db2 = d.W2, d.b2
-    OdW2, aOdW2 = O @ dW2.T, np.abs(O) @ np.abs(dW2).T
+    OdW2, aOdW2 = fwd.O @ dW2.T, abs_times(fwd.O, dW2)
+    chunks = row_chunks(m, 4 * net.dh)
     lam = pt.weight_decay
     if lam:
         zv, dv = net.as_direction().vector(), d.vector()
         zd, azd, dd = math.fsum((zv * dv).tolist()), math.fsum(np.abs(zv * dv).tolist()), math.fsum((dv * dv).tolist())
 
     def change(t: float) -> tuple[float, float]:
-        tT = t * T
-        dO = dO_at(N + tT, tT)
-        delta, size = combine_output_change(dO, net.W2 + t * dW2, t * OdW2, t * db2 if net.has_b2 else None,
-                                            t * aOdW2)
+        W2_new, tOdW2, taOdW2 = net.W2 + t * dW2, t * OdW2, t * aOdW2
+        tdb2 = t * db2 if net.has_b2 else None
+        delta, size = np.empty((m, dy)), np.empty((m, dy))
+        for rows in chunks:
+            tT = t * T[rows]
+            dO = activation_change(net, N[rows], N[rows] + tT, tT)
+            delta[rows], size[rows] = combine_output_change(dO, W2_new, tOdW2[rows], tdb2, taOdW2[rows])
         value = loss_change(pt.loss, out, None, pt.Y, pt.weight, delta=delta)
         noise = noise_at(size)
         if lam:
