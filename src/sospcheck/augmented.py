@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 __all__ = ["DataOperator", "AugmentedData", "gram", "gram_of_rows", "frobenius_norm", "abs_max", "dense", "in_basis",
-           "row_block", "row_chunks", "rows_per_chunk", "transpose_times", "CHUNK_FLOATS"]
+           "row_block", "row_chunks", "product_chunks", "rows_per_chunk", "transpose_times", "CHUNK_FLOATS"]
 
 
 class DataOperator:
@@ -219,13 +219,19 @@ def row_chunks(m: int, width: int, floats: int | None = None) -> list[slice]:
     return [slice(s, min(m, s + step)) for s in range(0, m, step)]
 
 
+def product_chunks(A, width: int) -> list[slice]:
+    """:func:`row_chunks` for products with the rows of ``A`` (m x d): a chunk's ``(rows, width)``
+    temporaries may hold an eighth of ``A``'s floats, so that the products keep full BLAS speed."""
+    m, d = A.shape
+    return row_chunks(m, width, max(CHUNK_FLOATS, m * d // 8))
+
+
 def transpose_times(rows_of_B: Callable[[slice], np.ndarray], A, width: int) -> np.ndarray:
     """``B' A`` for ``A`` with m rows (an array or a :class:`DataOperator`) and ``B`` (m, ``width``) given a
-    chunk of rows at a time by ``rows_of_B(rows)``: ``B`` is never formed whole (one chunk: the one product).
-    A chunk may hold an eighth of ``A``'s floats: longer chunks keep the products at full BLAS speed."""
+    chunk of rows at a time by ``rows_of_B(rows)`` (:func:`product_chunks`): ``B`` is never formed whole
+    (one chunk: the one product)."""
     out = None
-    m, d = A.shape
-    for rows in row_chunks(m, width, max(CHUNK_FLOATS, m * d // 8)):
+    for rows in product_chunks(A, width):
         part = rows_of_B(rows).T @ row_block(A, rows)
         out = part if out is None else out + part
     return out

@@ -167,7 +167,7 @@ def neuron_kink_data(pt, nt) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(Xk, a, c_k)`` of neuron ``nt.k`` of the check (a ``Point`` and its ``NeuronTest``): the boundary
     rows, their ``a_ik``, and ``c_k = vt - sum_i s*_i a_ik xbar_i`` read back from the BVLS step."""
     Xk = pt.fwd.Xbar[nt.boundary]
-    aB = pt.a[nt.boundary, nt.k]
+    aB = pt.a(nt.boundary, nt.k)
     return Xk, aB, nt.vt - Xk.T @ (nt.s_star * aB)
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import lsq_linear
 
-from .augmented import frobenius_norm, transpose_times
+from .augmented import frobenius_norm, product_chunks, row_block
 from .geometry import ray_directions
 from .margins import Margins
 from .options import Tolerances
@@ -131,25 +131,38 @@ def neuron_tests(pt: Point, boundary: np.ndarray, tol: Tolerances) -> list[Neuro
     """Steps 2-3 for every neuron: the off-kink gradients ``c_k`` in one pass over the data, then
     per neuron with kinks one bounded-variable least squares and ``2 M_k`` sign tests."""
     net, Xbar = pt.net, pt.fwd.Xbar
-    N, a = pt.fwd.N, pt.a
-    C = transpose_times(lambda rows: np.where(boundary[rows], 0.0, net.slope(N[rows])) * a[rows], Xbar, 2 * net.dh)
-    scale = max(net.s_plus, net.s_minus) * np.sqrt(np.einsum("ik,ik->k", a, a)) * frobenius_norm(Xbar)
+    C, a_sq, a_max = _off_kink_gradients(pt, boundary)
+    scale = max(net.s_plus, net.s_minus) * np.sqrt(a_sq) * frobenius_norm(Xbar)
     if pt.weight_decay:
         C = C + pt.weight_decay * net.Z
         scale = scale + pt.weight_decay * np.linalg.norm(net.Z, axis=1)
     r_max = np.max(np.linalg.norm(pt.r, axis=1))
-    return [_neuron_test(pt, k, boundary[:, k], C[k], float(scale[k]), r_max, tol) for k in range(net.dh)]
+    return [_neuron_test(pt, k, boundary[:, k], C[k], float(scale[k]), r_max, float(a_max[k]), tol)
+            for k in range(net.dh)]
+
+
+def _off_kink_gradients(pt: Point, boundary: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``C = (S * a)' Xbar`` (dh, d) with ``S_ik = h'(N_ik)`` off the boundary and 0 on it, ``|a_k|^2`` and
+    ``max_i |a_ik|``: one pass, ``a`` formed a chunk of rows at a time."""
+    net, Xbar, N = pt.net, pt.fwd.Xbar, pt.fwd.N
+    C, a_sq, a_max = np.zeros((net.dh, Xbar.shape[1])), np.zeros(net.dh), np.zeros(net.dh)
+    for rows in product_chunks(Xbar, 3 * net.dh):
+        a = pt.a(rows)
+        a_sq += np.einsum("ik,ik->k", a, a)
+        np.maximum(a_max, np.max(np.abs(a), axis=0), out=a_max)
+        C += (np.where(boundary[rows], 0.0, net.slope(N[rows])) * a).T @ row_block(Xbar, rows)
+    return C, a_sq, a_max
 
 
 def _neuron_test(pt: Point, k: int, boundary_k: np.ndarray, c: np.ndarray, scale: float, r_max: float,
-                 tol: Tolerances) -> NeuronTest:
-    """``s* = argmin_{s in [s_lo, s_hi]^M_k} |c_k + sum_i s_i a_ik xbar_i|`` (scipy's BVLS), then the rays."""
+                 a_max: float, tol: Tolerances) -> NeuronTest:
+    """``s* = argmin_{s in [s_lo, s_hi]^M_k} |c_k + sum_i s_i a_ik xbar_i|`` (scipy's BVLS), then the rays;
+    ``a_max = max_i |a_ik|``."""
     net, Xbar = pt.net, pt.fwd.Xbar
     s_lo, s_hi = sorted((net.s_minus, net.s_plus))
     idx = np.flatnonzero(boundary_k)
-    a = pt.a[:, k]
     Xk = Xbar[idx]
-    aB = a[idx]
+    aB = pt.a(idx, k)
     if idx.size:
         A = Xk.T * aB[None, :]
         if np.any(A):
@@ -177,7 +190,7 @@ def _neuron_test(pt: Point, k: int, boundary_k: np.ndarray, c: np.ndarray, scale
     # noise, which its own scale (|a_k|, itself noise) cannot judge: stationary by the a_ik rule
     ratio = float(ratios(residual, tol.gradient * scale)[()])
     if not pt.weight_decay:
-        ratio = min(ratio, float(ratios(np.max(np.abs(a)), tol.a_zero * w_scale)[()]))
+        ratio = min(ratio, float(ratios(a_max, tol.a_zero * w_scale)[()]))
     return NeuronTest(
         k, idx, s_star, vt, residual, scale, bool(ratio <= 1.0), rank, rays,
         slope_plus, slope_minus, flat_plus, flat_minus, ratio, flat_ratios,

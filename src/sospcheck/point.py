@@ -61,7 +61,6 @@ class Point:
     fwd: Forward
     r: np.ndarray  # (m, dy) weight * grad l_i
     Hl: np.ndarray  # (m, dy, dy) weight * Hess l_i
-    a: np.ndarray  # (m, dh) a_ik = w_k . r_i
     value: float
 
     net = property(lambda self: self.problem.net)
@@ -74,6 +73,11 @@ class Point:
 
     def risk_at(self, net: TwoLayerNet) -> float:
         return self.problem.risk_at(net)
+
+    def a(self, rows=slice(None), k: int | None = None) -> np.ndarray:
+        """``a_ik = w_k . r_i`` on ``rows`` (all neurons, or neuron ``k`` alone): formed where it is used, a
+        chunk at a time, and not kept (it is as large as ``N``; ``r`` and ``W2`` are small)."""
+        return self.r[rows] @ (self.net.W2 if k is None else self.net.W2[:, k])
 
     def kink_slopes(self, T: np.ndarray, boundary: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
         """``J_ik``: ``h'(N_ik)`` off the kink; on it, the one-sided slope chosen by ``sign(T_ik)``; ``T`` and
@@ -106,7 +110,7 @@ class Point:
 
 
 def evaluate_point(net: TwoLayerNet, X: np.ndarray, Y: np.ndarray, loss: Loss, weight: float, weight_decay: float) -> Point:
-    """One pass over the data: outputs, ``r_i``, ``H_i``, ``a_ik`` and the risk (:meth:`Problem.point`)."""
+    """One pass over the data: outputs, ``r_i``, ``H_i`` and the risk (:meth:`Problem.point`)."""
     return _evaluate(Problem(net, X, Y, loss, weight, weight_decay))
 
 
@@ -126,8 +130,7 @@ def _evaluate(problem: Problem, fwd: Forward | None = None) -> Point:
         raise ValueError(f"loss `{loss.name}` is not finite at this point")
     if weight_decay:
         value += 0.5 * weight_decay * weight_norm_sq(net)
-    a = r @ net.W2
-    for arr in (fwd.N, fwd.O, fwd.out, r, Hl, a):  # shared by every analysis of this point (fragility re-runs)
+    for arr in (fwd.N, fwd.O, fwd.out, r, Hl):  # shared by every analysis of this point (fragility re-runs)
         if isinstance(arr, np.ndarray):
             arr.flags.writeable = False
-    return Point(problem, fwd, r, Hl, a, value)
+    return Point(problem, fwd, r, Hl, value)

@@ -41,7 +41,7 @@ def smooth_view(net: TwoLayerNet, X, Y, loss="squared", reduction="sum", weight_
     pt = evaluate_point(net, X, Yp, lossobj, weight, lam)
     J = np.where(pt.fwd.N > 0, net.s_plus, net.s_minus)
     Xbar = pt.fwd.Xbar
-    parts = [(pt.r.T @ pt.fwd.O).ravel(), ((pt.a * J).T @ Xbar).ravel()] + ([pt.r.sum(axis=0)] if net.has_b2 else [])
+    parts = [(pt.r.T @ pt.fwd.O).ravel(), ((pt.a() * J).T @ Xbar).ravel()] + ([pt.r.sum(axis=0)] if net.has_b2 else [])
     g = np.concatenate(parts)
     z = [net.W2.ravel(), net.Z.ravel()] + ([net.b2] if net.has_b2 else [])
     g = g + lam * np.concatenate(z)
