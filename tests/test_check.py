@@ -455,10 +455,11 @@ def test_the_point_reuses_the_validations_forward_pass_and_so_do_the_fragility_r
 
 
 def test_the_check_holds_few_hidden_layer_sized_arrays_at_once():
-    """The passes over (m, dh) arrays beyond the point's own (``N``, ``O``, ``a``) and the verification's
-    ``T`` run a chunk of rows at a time: at a point with a wide hidden layer and a Clarke descent (first
-    order, neuron tests, line search, confirming pass) the check's peak of traced allocations stays within
-    six (m, dh) arrays (it was nine with those passes over whole arrays)."""
+    """The passes over (m, dh) arrays beyond the point's own (``N``, ``O``) and the verification's ``T`` run
+    a chunk of rows at a time, ``a`` included: at a point with a wide hidden layer and a descent found by
+    the neuron tests (first order, line search, confirming pass) the check's peak of traced allocations
+    stays within five (m, dh) arrays (4.4 measured; 9.0 with those passes over whole arrays, 5.4 with
+    ``a`` kept by the point)."""
     import tracemalloc
 
     from sospcheck.snap import refit_output_layer
@@ -477,4 +478,4 @@ def test_the_check_holds_few_hidden_layer_sized_arrays_at_once():
     finally:
         tracemalloc.stop()
     assert res.verdict == Verdict.DESCENT and res.descent.order == 1
-    assert peak < 6 * m * dh * 8, f"peak {peak / (m * dh * 8):.2f} (m, dh) arrays"
+    assert peak < 5 * m * dh * 8, f"peak {peak / (m * dh * 8):.2f} (m, dh) arrays"
