@@ -30,7 +30,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy.special import expit, softmax
 
-from .augmented import row_block, row_chunks
+from .augmented import product_chunks, row_block, row_chunks
 from .losses import Loss
 from .model import TwoLayerNet, forward
 
@@ -186,7 +186,8 @@ def _output_change(net: TwoLayerNet, new: TwoLayerNet, X: np.ndarray, fwd=None, 
     """``(delta, delta_size, fwd)``: :func:`output_change`, a bound on ``|delta|`` elementwise (the
     sum of the absolute values of its terms; None without ``sizes``) and the forward pass at ``net``
     (``fwd`` when the caller has it). After that pass, a chunk of rows at a time (``T`` and ``N'`` from one
-    product with the chunk of ``Xbar``): no (m, dh) array is formed."""
+    product with the chunk of ``Xbar``, :func:`~sospcheck.augmented.product_chunks`): no (m, dh) array is
+    formed."""
     fwd = forward(net, X) if fwd is None else fwd
     m, dy = fwd.out.shape
     dh = net.dh
@@ -197,7 +198,7 @@ def _output_change(net: TwoLayerNet, new: TwoLayerNet, X: np.ndarray, fwd=None, 
     delta = np.empty((m, dy))
     size = np.empty((m, dy)) if sizes else None
     ZZ = np.vstack([new.Z - net.Z, new.Z]).T
-    for rows in row_chunks(m, 4 * dh):
+    for rows in product_chunks(fwd.Xbar, 4 * dh):
         TN = row_block(fwd.Xbar, rows) @ ZZ  # [T N'] on these rows
         dO = activation_change(net, fwd.N[rows], TN[:, dh:], TN[:, :dh])
         delta[rows], s = combine_output_change(dO, new.W2, OdW2[rows], db2, aOdW2[rows] if sizes else None)

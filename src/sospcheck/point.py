@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .augmented import row_block, row_chunks
+from .augmented import product_chunks, row_block, row_chunks
 from .losses import Loss, risk, weight_norm_sq
 from .model import Direction, Forward, TwoLayerNet, forward
 
@@ -74,7 +74,7 @@ class Point:
     def risk_at(self, net: TwoLayerNet) -> float:
         return self.problem.risk_at(net)
 
-    def a(self, rows=slice(None), k: int | None = None) -> np.ndarray:
+    def a(self, rows: slice | np.ndarray = slice(None), k: int | None = None) -> np.ndarray:
         """``a_ik = w_k . r_i`` on ``rows`` (all neurons, or neuron ``k`` alone): formed where it is used, a
         chunk at a time, and not kept (it is as large as ``N``; ``r`` and ``W2`` are small)."""
         return self.r[rows] @ (self.net.W2 if k is None else self.net.W2[:, k])
@@ -93,7 +93,8 @@ class Point:
         fwd, net = self.fwd, self.net
         m, dy = fwd.out.shape
         dY1, dY2 = np.empty((m, dy)), np.empty((m, dy))
-        for rows in row_chunks(m, 4 * net.dh):
+        chunks = row_chunks(m, 4 * net.dh) if T is not None else product_chunks(fwd.Xbar, 4 * net.dh)
+        for rows in chunks:
             Tr = row_block(fwd.Xbar, rows) @ d.Z.T if T is None else T[rows]
             JT = self.kink_slopes(Tr, boundary[rows], rows) * Tr
             dY1[rows] = fwd.O[rows] @ d.W2.T + JT @ net.W2.T
