@@ -30,7 +30,10 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+# this tree's sources, unless PYTHONPATH names another tree's (``PYTHONPATH=<worktree>/src`` measures that
+# one, here and in the probes' subprocesses, which inherit the variable)
+if not any((Path(p) / "sospcheck").is_dir() for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p):
+    sys.path.insert(0, str(ROOT / "src"))
 
 from sospcheck import Budget, Tolerances, TwoLayerNet, check  # noqa: E402
 from sospcheck.first_order import neuron_tests, output_layer_test  # noqa: E402
