@@ -396,3 +396,35 @@ def test_options_base_serves_any_record_of_named_numbers():
         Steps.from_any({"x": 1})
     with pytest.raises(TypeError, match=r"`steps` must be a Steps, a dict or None, got list"):
         Steps.from_any([1])
+
+
+def _gradient_overflow_case(x_scale: float, w1_scale: float):
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((6, 2)) * x_scale
+    net = TwoLayerNet(rng.standard_normal((3, 2)) * w1_scale, rng.standard_normal(3), rng.standard_normal((1, 3)),
+                      np.zeros(1))
+    return net, X, rng.standard_normal((6, 1))
+
+
+@pytest.mark.parametrize("x_scale, w1_scale, refused", [
+    (1.0, 1.0, False),  # the bound decides: the gradient is never formed
+    (1e150, 1e-150, False),  # the bound squares past 1e300, the gradient itself (squared ~1e300) does not overflow
+    (1e160, 1e-160, True),  # the gradient squared overflows (the outputs and the loss do not)
+])
+def test_the_weight_gradient_overflow_test_forms_the_gradient_only_when_its_bound_is_near_overflow(
+        monkeypatch, x_scale, w1_scale, refused):
+    import sospcheck.validation as validation
+    from sospcheck.losses import get_loss
+
+    formed = []
+    real = validation.transpose_times
+    monkeypatch.setattr(validation, "transpose_times", lambda *a: formed.append(1) or real(*a))
+    net, X, Y = _gradient_overflow_case(x_scale, w1_scale)
+    L = get_loss("squared")
+    if refused:
+        with pytest.raises(ValueError, match=r"overflow at this point: the gradient in the weights, squared"):
+            validation.check_finite_point(net, X, L.prepare(Y, 1), L, 1.0, 0.0)
+    else:
+        fwd = validation.check_finite_point(net, X, L.prepare(Y, 1), L, 1.0, 0.0)
+        assert np.all(np.isfinite(fwd.out))
+    assert bool(formed) == (x_scale > 1.0)

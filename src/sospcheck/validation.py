@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from .augmented import abs_max, transpose_times
+from .augmented import abs_max, frobenius_norm, transpose_times
 from .losses import Loss, get_loss, reduction_weight
 from .model import Forward, TwoLayerNet, as_float_array, check_size, forward
 
@@ -107,14 +107,31 @@ def check_finite_point(net: TwoLayerNet, X: np.ndarray, Yp: np.ndarray, loss: Lo
             return fwd
         s_hi = max(net.s_plus, net.s_minus)
         xmax = abs_max(fwd.Xbar)
-        grad_Z = transpose_times(lambda rows: (r[rows] @ net.W2) * net.slope(fwd.N[rows]), fwd.Xbar, 2 * net.dh)
         reach = abs_max(fwd.O) + s_hi * float(np.linalg.norm(net.W2)) * xmax
         second = m * (float(np.max(np.abs(Hl))) * reach * reach + float(np.max(np.abs(r))) * s_hi * xmax + xmax * xmax) + lam
         _refuse_overflow([("the loss", value), ("its gradient in the outputs, squared", np.sum(r**2)),
                           ("its Hessian in the outputs", Hl),
-                          ("the gradient in the weights, squared", np.sum((r.T @ fwd.O) ** 2) + np.sum(grad_Z**2)),
+                          ("the gradient in the weights, squared",
+                           np.sum((r.T @ fwd.O) ** 2) + _hidden_gradient_sq(net, fwd, r)),
                           ("the size of the second derivatives", second)], X, z2, lam)
     return fwd
+
+
+#: below this, a bound of a sum of squares leaves room for any rounding of it before float64's overflow
+_FAR_BELOW_OVERFLOW = 1e300
+
+
+def _hidden_gradient_sq(net: TwoLayerNet, fwd: Forward, r: np.ndarray) -> float:
+    """``|grad_Z|_F^2`` (no decay), or an upper bound of it when that bound is far below overflow:
+    ``grad_Z = (h'(N) * r W2)' Xbar``, so ``|grad_Z|_F <= s_hi |r|_F |W2|_F |Xbar|_F`` (four norms, no pass of
+    ``dh`` columns over the data); only above ``1e300`` is the gradient itself formed, a chunk of rows at a
+    time (as costly as a forward pass). Either way it is finite exactly when the gradient squared is."""
+    s_hi = max(net.s_plus, net.s_minus)
+    bound = s_hi * float(np.linalg.norm(r)) * float(np.linalg.norm(net.W2)) * frobenius_norm(fwd.Xbar)
+    if bound * bound <= _FAR_BELOW_OVERFLOW:
+        return bound * bound
+    grad_Z = transpose_times(lambda rows: (r[rows] @ net.W2) * net.slope(fwd.N[rows]), fwd.Xbar, 2 * net.dh)
+    return float(np.sum(grad_Z**2))
 
 
 def validate_engine(solver: str, backend: str, device) -> None:
