@@ -81,3 +81,43 @@ def test_no_ray_descends_at_a_minimum():
     net, X, Y = cases.convex_kink_minimum()
     _, _, neurons = steps_at(net, X, Y)
     assert neurons[0].M == 1 and steepest_ray(neurons) is None
+
+
+def test_another_boundary_mask_corrects_the_off_kink_gradients_by_the_pairs_that_changed_side(monkeypatch):
+    """The pass ``C = (S * a)' Xbar`` runs once per point; a fragility re-run's mask, differing in a few
+    pairs, gets ``C`` corrected by their terms (equal to a fresh pass up to rounding), many changed pairs
+    a fresh pass."""
+    import sospcheck.first_order as fo
+    from sospcheck import TwoLayerNet
+    from sospcheck.geometry import boundary_with_sides
+
+    rng = np.random.default_rng(8)
+    m, dx, dh = 200, 4, 5
+    X = rng.integers(-3, 4, (m, dx)).astype(float)
+    net = TwoLayerNet(rng.integers(-2, 3, (dh, dx)).astype(float), rng.integers(-2, 3, dh).astype(float),
+                      rng.standard_normal((2, dh)), rng.standard_normal(2), s_minus=0.1)
+    L = get_loss("squared")
+    pt = Problem(net, X, L.prepare(rng.standard_normal((m, 2)), 2), L, 1.0, 0.0).point()
+    B = boundary_with_sides(pt.fwd.N, net.Z, pt.fwd.Xbar, 1e-9)[0]
+    assert not B.flags.writeable and 0 < B.sum() < B.size
+    passes = []
+    real = fo._gradient_pass
+    monkeypatch.setattr(fo, "_gradient_pass", lambda p, b: passes.append(1) or real(p, b))
+    C0 = fo._off_kink_gradients(pt, B)[0]
+    B2 = np.array(B)
+    on, off = np.argwhere(B)[:3], np.argwhere(~B)[:4]
+    B2[tuple(on.T)], B2[tuple(off.T)] = False, True
+    B2.flags.writeable = False
+    C2, a_sq, a_max = fo._off_kink_gradients(pt, B2)
+    assert len(passes) == 1  # corrected, not recomputed
+    C2_pass, a_sq_pass, a_max_pass = real(pt, B2)
+    scale = np.abs(C0).max() + 1.0
+    np.testing.assert_allclose(C2, C2_pass, rtol=0, atol=1e-13 * scale)
+    np.testing.assert_array_equal(a_sq, a_sq_pass)
+    np.testing.assert_array_equal(a_max, a_max_pass)
+    assert np.abs(C2 - C0).max() > 1e-3 * scale  # the changed pairs do change C
+    np.testing.assert_array_equal(fo._off_kink_gradients(pt, B)[0], C0)  # the first mask: its own C
+    many = np.array(B)
+    many[: m // 4, 0] = ~many[: m // 4, 0]
+    fo._off_kink_gradients(pt, many)
+    assert len(passes) == 2  # past m / 8 changed pairs: a pass

@@ -24,7 +24,7 @@ def boundary_with_sides(N: np.ndarray, Z: np.ndarray, Xbar: np.ndarray, tol: flo
     """:func:`boundary_mask`, per neuron the largest ``|N_ik|`` on the boundary (-inf if none) and the
     smallest off it (inf if none), and the thresholds: the decisions nearest to the threshold from two
     masked reductions, instead of an (m, dh) array of ratios (a chunk of rows at a time: no (m, dh) float
-    temporary)."""
+    temporary). The mask is read-only."""
     threshold = boundary_threshold(Z, Xbar, tol)
     B = np.empty_like(N, dtype=bool)
     on, off = np.full(N.shape[1], -np.inf), np.full(N.shape[1], np.inf)
@@ -33,6 +33,7 @@ def boundary_with_sides(N: np.ndarray, Z: np.ndarray, Xbar: np.ndarray, tol: flo
         B[rows] = b = A <= threshold[None, :]
         on = np.maximum(on, np.max(A, axis=0, where=b, initial=-np.inf))
         off = np.minimum(off, np.min(A, axis=0, where=~b, initial=np.inf))
+    B.flags.writeable = False  # the check's analyses share it; it keys the point's memo (Point.memoized)
     return B, on, off, threshold
 
 

@@ -7,7 +7,7 @@ exactly ``t dY1 + t^2 dY2`` with the kink slopes chosen by the sign of ``t_ik``;
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -62,6 +62,8 @@ class Point:
     r: np.ndarray  # (m, dy) weight * grad l_i
     Hl: np.ndarray  # (m, dy, dy) weight * Hess l_i
     value: float
+    # passes over the data made once per point and shared by the fragility re-runs (first_order's C)
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     net = property(lambda self: self.problem.net)
     X = property(lambda self: self.problem.X)
