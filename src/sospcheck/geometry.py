@@ -33,7 +33,7 @@ def boundary_with_sides(N: np.ndarray, Z: np.ndarray, Xbar: np.ndarray, tol: flo
         B[rows] = b = A <= threshold[None, :]
         on = np.maximum(on, np.max(A, axis=0, where=b, initial=-np.inf))
         off = np.minimum(off, np.min(A, axis=0, where=~b, initial=np.inf))
-    B.flags.writeable = False  # the check's analyses share it; it keys the point's memo (Point.memoized)
+    B.flags.writeable = False  # the check's analyses share it; it keys the first order's memo (Point.memo)
     return B, on, off, threshold
 
 
