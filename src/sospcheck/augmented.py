@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 __all__ = ["DataOperator", "AugmentedData", "gram", "gram_of_rows", "frobenius_norm", "abs_max", "dense", "in_basis",
-           "row_block", "row_chunks", "product_chunks", "rows_per_chunk", "transpose_times", "CHUNK_FLOATS"]
+           "row_block", "row_chunks", "product_chunks", "data_floats", "transpose_times", "CHUNK_FLOATS"]
 
 
 class DataOperator:
@@ -219,11 +219,18 @@ def row_chunks(m: int, width: int, floats: int | None = None) -> list[slice]:
     return [slice(s, min(m, s + step)) for s in range(0, m, step)]
 
 
+def data_floats(m: int, d: int, least: int | None = None) -> int:
+    """An eighth of the floats of an (m, d) data array, at least ``least`` (default :data:`CHUNK_FLOATS`): a
+    chunk budget that adds little to the memory of the data itself and keeps products with a chunk of it at
+    full BLAS speed."""
+    return max(CHUNK_FLOATS if least is None else least, (m * max(d, 1)) // 8)
+
+
 def product_chunks(A, width: int) -> list[slice]:
     """:func:`row_chunks` for products with the rows of ``A`` (m x d): a chunk's ``(rows, width)``
-    temporaries may hold an eighth of ``A``'s floats, so that the products keep full BLAS speed."""
+    temporaries may hold :func:`data_floats` floats."""
     m, d = A.shape
-    return row_chunks(m, width, max(CHUNK_FLOATS, m * d // 8))
+    return row_chunks(m, width, data_floats(m, d))
 
 
 def transpose_times(rows_of_B: Callable[[slice], np.ndarray], A, width: int) -> np.ndarray:
@@ -236,10 +243,3 @@ def transpose_times(rows_of_B: Callable[[slice], np.ndarray], A, width: int) -> 
         out = part if out is None else out + part
     return out
 
-
-def rows_per_chunk(m: int, rho: int, width: int, fraction: int = 8) -> int:
-    """Rows per chunk: a chunk's temporaries (``width`` floats a row) stay below ``1 / fraction`` of an
-    (m, rho) data array (at least 2^16 floats), so that the data passes add little to the memory of the data
-    itself."""
-    budget = max(1 << 16, (m * max(rho, 1)) // fraction)
-    return max(1, min(m, budget // max(1, width)))

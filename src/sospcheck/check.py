@@ -34,7 +34,7 @@ from .result import CheckResult, DescentCertificate, Reason, Stats, Verdict
 from .second_order import Outcome, SecondOrderOutcome, second_order_test
 from .snap import snap_to_kinks
 from .validation import validate_engine, validate_inputs, validate_progress, validate_with_forward
-from .verify import VerifiedDirections, verify_descent
+from .verify import remembered_descent
 from .zero_output import zero_output_mask, zero_output_ratios
 
 __all__ = ["check", "validate_inputs"]
@@ -131,10 +131,9 @@ def _check_point(problem: Problem, tol: Tolerances, bud: Budget, seed: int, engi
                  notify: Callable, progress, loss_name: str, reduction: str, radius: bool = False,
                  fwd: Forward | None = None) -> CheckResult:
     """The check at one point: the analysis, the near-zero probe, the fragility re-runs (sharing the
-    analysis's point and line searches), and with ``radius`` the certified radius of a strict
+    analysis's point, with its line searches), and with ``radius`` the certified radius of a strict
     local minimum (:func:`~sospcheck.radius.certified_radius`); ``fwd``: the point's pass when made."""
-    search = VerifiedDirections()
-    analysis = _analyze(problem, tol, bud, seed, engine, progress, fwd, search)
+    analysis = _analyze(problem, tol, bud, seed, engine, progress, fwd)
     result = analysis.result
     if radius and result.verdict == Verdict.LOCAL_MINIMUM:
         t0 = time.perf_counter()
@@ -152,8 +151,8 @@ def _check_point(problem: Problem, tol: Tolerances, bud: Budget, seed: int, engi
         t1 = time.perf_counter()
         result.fragility = fragility_verdicts(
             result.verdict, analysis.factors,
-            lambda factor: _analyze(problem, tol.scaled(factor), bud, seed, engine, None, analysis.point,
-                                    search).result.verdict, notify)
+            lambda factor: _analyze(problem, tol.scaled(factor), bud, seed, engine, None,
+                                    analysis.point).result.verdict, notify)
         result.fragile = any(v != result.verdict.value for v in result.fragility.values())
         result.timings["fragility"] = time.perf_counter() - t1
     return result
@@ -413,12 +412,12 @@ def second_order(so: SecondOrderOutcome) -> SecondOrder:
     return SecondOrder(so, ending=Ending(reason), established=tuple(established))
 
 
-def verify(pt: Point, boundary: np.ndarray, c: Candidate, search: Callable = verify_descent) -> Ending:
+def verify(pt: Point, boundary: np.ndarray, c: Candidate) -> Ending:
     """Section 4: a predicted descent counts only once the line search lowers the true risk."""
     d = c.direction.normalized()
     if c.symmetric and pt.local_terms(d, boundary)[0] > 0:
         d = d.scaled(-1.0)
-    v = search(pt, d, boundary)
+    v = remembered_descent(pt, d, boundary)
     if not v.verified:
         return Ending(Reason.UNVERIFIED_DESCENT,
                       f"{c.test} predicted a descent direction (slope {v.slope:.3g}, curvature {v.curvature:.3g}) "
@@ -438,9 +437,9 @@ class Analysis:
 
 
 def _analyze(problem: Problem, tol: Tolerances, bud: Budget, seed: int, engine: tuple, progress=None,
-             fwd: Forward | Point | None = None, search: Callable = verify_descent) -> Analysis:
+             fwd: Forward | Point | None = None) -> Analysis:
     """Steps 1-4 and the verification once, each a function returning its record (DESIGN.md section 3).
-    ``fwd``: the problem's forward pass or point if made; ``search``: the line search (``verify_descent``)."""
+    ``fwd``: the problem's forward pass or point if made."""
     clock = _Clock(progress)
     st = forward_and_boundary(problem, tol, fwd)
     clock.lap("forward")
@@ -458,7 +457,7 @@ def _analyze(problem: Problem, tol: Tolerances, bud: Budget, seed: int, engine: 
         candidate, ending = so.candidate, so.ending
         clock.lap("second_order")
     if candidate is not None:
-        ending = verify(st.pt, st.boundary, candidate, search)
+        ending = verify(st.pt, st.boundary, candidate)
         clock.lap("verify")
     sided = list(st.margins) + (list(first.margins) if first is not None else [])
     unsided = so.outcome.margins if so is not None else []

@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from .augmented import dense, row_block, rows_per_chunk
+from .augmented import data_floats, dense, row_block, row_chunks
 from .device_data import DeviceData, resolve_device
 
 __all__ = ["Layout", "HessianOperator", "TorchHessianOperator", "make_operator"]
@@ -118,7 +118,7 @@ class HessianOperator:
         U, Nu, c = (None if a is None else self._to_backend(np.ascontiguousarray(a)) for a in self.layout.split(Theta))
         b, dh = U.shape[0], self.layout.dh
         if max_elements is None:
-            max_elements = max(1 << 16, (self.m * max(self.layout.rho, 1)) // 8) if xp is np else 1 << 24
+            max_elements = data_floats(self.m, self.layout.rho, 1 << 16) if xp is np else 1 << 24
         step = max(1, min(self.m, max_elements // max(1, b * max(dh, self.layout.dy))))
         gU, gNu = xp.zeros_like(U), xp.zeros_like(Nu)
         gc = xp.zeros_like(c) if c is not None else None
@@ -180,9 +180,7 @@ class HessianOperator:
         Hsum = np.zeros((dy, dy))
         mk = np.zeros(dh)
         W2 = self._from_backend(self.W2)
-        step = rows_per_chunk(m, lay.rho, 2 * dh * dy + dh + 1)
-        for start in range(0, m, step):
-            rows = slice(start, min(m, start + step))
+        for rows in row_chunks(m, 2 * dh * dy + dh + 1, data_floats(m, lay.rho, 1 << 16)):
             O, J = self._from_backend(self.O[rows]), self._from_backend(self.Jt[:, rows]).T
             Oa = np.hstack([O, np.ones((O.shape[0], 1))]) if lay.has_b2 else O
             Go += Oa.T @ Oa
@@ -227,9 +225,7 @@ def _gram_hessian(op: HessianOperator, cols: np.ndarray) -> np.ndarray:
     WtW = W2.T @ W2
     n_s = small.size
     # an eighth of Xr (at least 2^16 floats) for a chunk's temporaries
-    step = rows_per_chunk(m, rho, 2 * rho + dy * n_s + 2 * dh * dy, fraction=8)
-    for start in range(0, m, step):
-        rows = slice(start, min(m, start + step))
+    for rows in row_chunks(m, 2 * rho + dy * n_s + 2 * dh * dy, data_floats(m, rho, 1 << 16)):
         O, Xr, J, r = op.O[rows], op.Xr[rows], op.Jt[:, rows].T, op.r[rows]
         mc = O.shape[0]
         # HW[i, :, l] = H_i w_l (dy x dh per sample)

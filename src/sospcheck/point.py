@@ -62,7 +62,7 @@ class Point:
     r: np.ndarray  # (m, dy) weight * grad l_i
     Hl: np.ndarray  # (m, dy, dy) weight * Hess l_i
     value: float
-    # passes over the data made once per point and shared by the fragility re-runs (first_order's C)
+    # work done once per point and shared by the fragility re-runs: first_order's C, the line searches
     memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     net = property(lambda self: self.problem.net)

@@ -14,7 +14,7 @@ from .loss_change import (_EPS, NOISE_ULPS, abs_times, activation_change, combin
 from .model import Direction
 from .point import Point
 
-__all__ = ["Verification", "verify_descent", "VerifiedDirections"]
+__all__ = ["Verification", "verify_descent", "VerifiedDirections", "remembered_descent"]
 
 @dataclass(frozen=True)
 class Verification:
@@ -146,3 +146,9 @@ class VerifiedDirections:
         v = verify_descent(pt, d, boundary)
         self._done.append((key, boundary, v))
         return v
+
+
+def remembered_descent(pt: Point, d: Direction, boundary: np.ndarray) -> Verification:
+    """:func:`verify_descent` through the :class:`VerifiedDirections` kept in the point's memo: the analyses
+    of one point (the check and its fragility re-runs) share their line searches."""
+    return pt.memo.setdefault("line_searches", VerifiedDirections())(pt, d, boundary)

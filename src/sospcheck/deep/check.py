@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..check import second_order_cause
-from ..losses import INTERPOLATION_ULPS, interpolates
 from ..first_order import record_sides
-from ..losses import Loss
+from ..losses import INTERPOLATION_ULPS, Loss, interpolates
 from ..margins import FRAGILITY_FACTORS, Margins, any_in_band, fragility_verdicts
 from ..options import Budget, Tolerances
 from ..validation import validate_features, validate_targets
