@@ -479,3 +479,33 @@ def test_the_check_holds_few_hidden_layer_sized_arrays_at_once():
         tracemalloc.stop()
     assert res.verdict == Verdict.DESCENT and res.descent.order == 1
     assert peak < 5 * m * dh * 8, f"peak {peak / (m * dh * 8):.2f} (m, dh) arrays"
+
+
+def test_the_fragility_reruns_share_the_points_evaluation_and_its_line_searches(monkeypatch):
+    """A re-run (here x10, for a pair just beyond the boundary threshold) analyses the same point: its loss
+    derivatives are not evaluated again, and the descent it predicts again is not searched again (the line
+    searches live in the point's memo)."""
+    import importlib
+
+    import sospcheck.point as point_module
+    import sospcheck.verify as verify_module
+    from sospcheck.augmented import AugmentedData
+    from sospcheck.geometry import row_norms
+
+    check_module = importlib.import_module("sospcheck.check")
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((60, 3)), rng.standard_normal((60, 1))
+    net = TwoLayerNet(rng.standard_normal((8, 3)), rng.standard_normal(8), rng.standard_normal((1, 8)), np.zeros(1))
+    threshold = 1e-9 * np.linalg.norm(net.Z[7]) * np.max(row_norms(AugmentedData(X)))
+    b1 = net.b1.copy()
+    b1[7] = -(X[0] @ net.W1[7]) + 3 * threshold  # |N_07| three times the boundary threshold
+    net = net.with_weights(b1=b1)
+    calls = {"analyze": 0, "evaluate": 0, "search": 0}
+    for module, name, key in ((check_module, "_analyze", "analyze"), (point_module, "_evaluate", "evaluate"),
+                              (verify_module, "verify_descent", "search")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, real=real, key=key, **k: calls.__setitem__(key, calls[key] + 1)
+                            or real(*a, **k))
+    r = check(net, X, Y)
+    assert r.verdict == Verdict.DESCENT and r.fragility == {"tolerances_x10": "descent", "tolerances_x0.1": "descent"}
+    assert calls == {"analyze": 2, "evaluate": 1, "search": 1}
