@@ -1,6 +1,6 @@
-"""The dense ECQP solver: the reduced ``H`` formed once, the subspace basis by Householder reflectors
-per block, ``lambda_min(Qww) > 2 F eig_tol`` proven by one Cholesky factorisation (DESIGN.md sections
-3 step 4, 5)."""
+"""The dense ECQP solver: the reduced ``H`` formed once as tiles, the subspace basis by Householder
+reflectors per block, ``lambda_min(Qww) > 2 F eig_tol`` proven by one tiled Cholesky factorisation
+(DESIGN.md sections 3 step 4, 5)."""
 
 from __future__ import annotations
 
@@ -10,56 +10,78 @@ from .krylov import extreme_ritz
 from .margins import FRAGILITY_FACTOR, Margins
 from .reduced import Block, ReducedProblem
 from .subspace import MinEig, spectral_norm
+from .symmetric_tiles import SymmetricTiles, tile_bounds
 
 __all__ = ["DenseSubspace"]
+
+#: a tile holds whole constraint blocks, at least this many coordinates (and at least n / 32, so that
+#: the tile-by-tile factorisation makes at most a few thousand BLAS calls)
+TILE_TARGET = 64
+
+# at most this many refinement steps of a solve through the factor of Qww - tau I
+_REFINE_STEPS = 30
 
 
 class DenseSubspace:
     """The ECQP subspace of the dense reduced ``H``, certified by one Cholesky factorisation.
 
+    Storage: ``H`` is held as the lower block triangle of tiles (:class:`SymmetricTiles`, about
+    ``n^2 / 2`` floats), in coordinates where each constraint block is contiguous and inside one tile
+    (the blocks in order, then the coordinates no block holds).
+
     Basis: each block's constraint directions ``QE`` are rotated onto its first coordinates by
     Householder reflectors ``Q_b`` (block diagonal, so ``Q' H Q`` costs ``O(n)`` per reflector and
     column); ``Mw`` is ``Q`` without those columns, and ``Qww = Mw' H Mw`` is the rotated ``H`` without
     those rows and columns. They are decoupled in place (zero rows and columns, a positive diagonal),
-    so one n x n array holds everything.
+    so the tiles hold everything.
 
     The ECQP asks only whether ``Qww > eig_tol`` (DESIGN.md section 3, step 4). A Cholesky factorisation
     ``R' R`` of ``A = Qww - tau I`` (``tau = 2 F eig_tol + slack``, ``F`` the fragility factor) that completes
     is exact for some ``A + E`` with ``|E| <= g |R'| |R|`` entrywise, ``g = (n + 1) eps / (1 - (n + 1) eps)``
-    (Higham, Accuracy and Stability, Theorem 10.3), hence ``|E|_2 <= g |R|_F^2``; ``A + E`` being positive
+    (Higham, Accuracy and Stability, Theorem 10.3; the tiles compute the same inner products in another
+    order), hence ``|E|_2 <= g |R|_F^2``; ``A + E`` being positive
     definite, ``lambda_min(Qww) > tau - g |R|_F^2``. ``slack`` is ``2 g`` times the trace of ``A``, and the
     certificate holds only once ``g |R|_F^2 <= slack`` is checked on the computed factor: then
     ``lambda_min(Qww) > 2 F eig_tol`` is proven for the computed ``Qww`` (the rounding of forming ``H`` and
     the rotations, common to every method, aside), and no tolerance scale in ``[1/F, F]`` changes the
     decision. The reported value is then ``tau + 1 / theta`` with ``theta`` the largest Ritz value of
     ``(Qww - tau I)^-1`` (Lanczos through the factor, run to convergence): an upper bound on
-    ``lambda_min``, as accurate as ``eigh``. When the factorisation fails (an eigenvalue within ``2 F eig_tol`` of zero or below),
-    ``eigh`` of ``Qww`` decides, and its spectrum serves every method afterwards.
+    ``lambda_min``, as accurate as ``eigh``. Solves with ``Qww`` refine through the same factor. The
+    factorisation overwrites the tiles (of a single tile, only its upper triangle): when it fails (an
+    eigenvalue within ``2 F eig_tol`` of zero or below), ``H`` is formed again as one tile (or restored
+    from the lower triangle) and ``eigh`` of ``Qww`` decides; its spectrum serves every method afterwards.
     """
 
     name = "dense"
 
     def __init__(self, prob: ReducedProblem, blocks: list[Block]):
         self.prob = prob
-        H = prob.operator(prob.J_base).dense(prob.keep)
-        self.hessian_norm = spectral_norm(H)
-        self.n = n = H.shape[0]
-        self._reflectors = [(b.idx, *_householder(b.QE)) for b in blocks if b.QE.shape[1]]
+        self.n = n = prob.n
+        blocks = [b for b in blocks if b.idx.size]
+        order = np.concatenate([b.idx for b in blocks] + [np.zeros(0, int)]).astype(int)
+        if order.size != np.unique(order).size:
+            raise ValueError("constraint blocks overlap")
+        rest = np.setdiff1d(np.arange(n), order)
+        self._order = np.concatenate([order, rest])  # storage coordinate -> position in keep
+        self._where = np.empty(n, int)
+        self._where[self._order] = np.arange(n)
+        starts = np.cumsum([0] + [b.idx.size for b in blocks])
+        self._reflectors = [(int(s), *_householder(b.QE)) for s, b in zip(starts, blocks) if b.QE.shape[1]]
         constrained = np.zeros(n, bool)
-        for idx, V, beta in self._reflectors:
-            _reflect(H, idx, V, beta)
-            _reflect(H.T, idx, V, beta)
-            constrained[idx[: V.shape[1]]] = True
-        H[constrained] = 0.0
-        H[:, constrained] = 0.0
+        for s, V, _ in self._reflectors:
+            constrained[s: s + V.shape[1]] = True
         self._c = np.flatnonzero(constrained)
         self._w = np.flatnonzero(~constrained)
         self.dim = int(self._w.size)
-        self.H = H  # rotated, decoupled; its upper triangle holds a Cholesky factor while ``_shift`` is set
-        self._diag = np.array(np.diagonal(H))
+        target = max(TILE_TARGET, n // 32) if prob.backend == "numpy" else n
+        self._bounds = tile_bounds([b.idx.size for b in blocks], n, target)
+        self.tiles = self._form(self._bounds, norm=True)  # rotated, decoupled; a Cholesky factor once ``_shift`` is set
+        self._diag = self.tiles.diagonal()
         # the constrained coordinates' pivot: positive, and of the scale of H (it enters the trace bound)
         self._pivot = self.hessian_norm if self.hessian_norm > 0 else 1.0
         self._shift = None
+        self._proven = None  # the lower bound on lambda_min(Qww) the factor proves
+        self._ritz = None  # (value, vector in keep's positions, converged, rounding bound) of the certificate
         self._spectrum = None  # (ew, Uw) of Qww once eigh has run
         self._certified = None  # (eig_tol, MinEig) of the last certificate
 
@@ -67,13 +89,28 @@ class DenseSubspace:
     def products(self) -> int:
         return self.prob.products
 
+    def _form(self, bounds, norm: bool = False) -> SymmetricTiles:
+        """The reduced ``H`` in storage coordinates, its blocks rotated and the constrained coordinates
+        decoupled; with ``norm``, ``|H|_2`` (before the rotations) to ``hessian_norm``."""
+        prob = self.prob
+        S = prob.operator(prob.J_base).tiles(prob.keep, bounds, self._where)
+        if norm:
+            self.hessian_norm = spectral_norm(S.dense() if self.n <= 400 or S.count == 1 else S.operator())
+        for s, V, beta in self._reflectors:
+            views, idx = S.rows_and_columns(s, V.shape[0])
+            for A in views:
+                _reflect(A, idx, V, beta)
+        S.zero(self._c)
+        return S
+
     # ------------------------------------------------------------------ the basis Mw, block by block
 
     def _rotate(self, R: np.ndarray) -> np.ndarray:
-        """``Q' R`` for ``R`` (n, b): the kept coordinates of ``Mw' R`` and zeros where constrained."""
-        R = np.array(R, dtype=float).reshape(self.n, -1)
-        for idx, V, beta in self._reflectors:
-            _reflect(R, idx, V, beta)
+        """``Q' R`` for ``R`` (n, b) given in the positions of ``keep``: in storage coordinates, the kept
+        coordinates of ``Mw' R`` and zeros where constrained."""
+        R = np.array(np.asarray(R, dtype=float).reshape(self.n, -1)[self._order])
+        for s, V, beta in self._reflectors:
+            _reflect(R, np.arange(s, s + V.shape[0]), V, beta)
         R[self._c] = 0.0
         return R
 
@@ -82,62 +119,39 @@ class DenseSubspace:
         return self._rotate(R)[self._w]
 
     def _from_w(self, x: np.ndarray, full: bool = False) -> np.ndarray:
-        """``Mw x`` for ``x`` (dim,) or (dim, b); with ``full``, ``x`` is given in all n rotated coordinates."""
+        """``Mw x`` (in the positions of ``keep``) for ``x`` (dim,) or (dim, b); with ``full``, ``x`` is
+        given in all n storage coordinates."""
         x = np.asarray(x, float)
-        out = np.array(x) if full else np.zeros((self.n,) + x.shape[1:])
+        flat = np.array(x).reshape(self.n, -1) if full else np.zeros((self.n,) + x.shape[1:]).reshape(self.n, -1)
         if not full:
-            out[self._w] = x
-        flat = out.reshape(self.n, -1)
-        for idx, V, beta in reversed(self._reflectors):
-            _reflect(flat, idx, V, beta, backwards=True)
-        return out
+            flat[self._w] = x.reshape(self._w.size, -1)
+        for s, V, beta in reversed(self._reflectors):
+            _reflect(flat, np.arange(s, s + V.shape[0]), V, beta, backwards=True)
+        out = np.empty_like(flat)
+        out[self._order] = flat
+        return out.reshape((self.n,) + x.shape[1:])
 
     # ------------------------------------------------------------ the factorisation and the spectrum
 
     def _factor(self, shift: float) -> bool:
         """Cholesky of the rotated ``H - shift I`` (constrained coordinates decoupled with a positive
-        pivot), in place: the factor goes to the upper triangle, the strictly lower one keeps ``H``."""
-        from scipy.linalg.lapack import dpotrf
-
-        self._restore()
-        H = self.H
+        pivot), in the tiles. They hold ``H`` no longer afterwards, whether it completes or not."""
         d = self._diag - shift
         d[self._c] = self._pivot
-        np.fill_diagonal(H, d)
+        self.tiles.set_diagonal(d)
         self._shift = shift
-        c, info = dpotrf(H.T, lower=1, clean=0, overwrite_a=1)
-        if not np.shares_memory(c, H):  # f2py works in place on this Fortran-ordered view; if it ever copies
-            H.T[...] = c
-        return info == 0
-
-    def _restore(self) -> None:
-        """``H`` again from its strictly lower triangle and the saved diagonal."""
-        if self._shift is None:
-            return
-        H, n = self.H, self.n
-        for i0 in range(0, n, 256):  # block rows: the strictly upper part from the strictly lower one
-            i1 = min(n, i0 + 256)
-            blk = H[i0:i1, i0:i1]
-            H[i0:i1, i0:i1] = np.tril(blk, -1) + np.tril(blk, -1).T
-            H[i0:i1, i1:] = H[i1:, i0:i1].T
-        np.fill_diagonal(H, self._diag)
-        self._shift = None
-
-    def _solve_factored(self, B: np.ndarray) -> np.ndarray:
-        """``(H - shift I)^-1 B`` through the factor in place."""
-        from scipy.linalg.lapack import dpotrs
-
-        X, info = dpotrs(self.H.T, B, lower=1)
-        if info != 0:
-            raise np.linalg.LinAlgError(f"dpotrs failed (info {info})")
-        return X
+        return self.tiles.cholesky()
 
     def _eigh(self) -> tuple[np.ndarray, np.ndarray]:
-        """``eigh(Qww)``, computed once; the n x n array is not needed afterwards."""
+        """``eigh(Qww)``, computed once; no n x n array is kept. A factorisation of several tiles has
+        overwritten ``H``, which is then formed again as one tile."""
         if self._spectrum is None:
-            self._restore()
-            Qww = self.H[np.ix_(self._w, self._w)]
-            self.H = None
+            S, self.tiles = self.tiles, None
+            if self._shift is not None and not S.unfactor(self._diag):
+                del S
+                S = self._form([0, self.n])
+            Qww = S.dense()[np.ix_(self._w, self._w)]
+            del S
             self._spectrum = np.linalg.eigh(Qww) if Qww.size else (np.zeros(0), np.zeros((0, 0)))
         return self._spectrum
 
@@ -148,27 +162,63 @@ class DenseSubspace:
             return self._certified[1]
         if self._spectrum is not None:
             return None
+        if self._shift is not None:  # the tiles hold a factor, or what a failed one left: H is gone
+            if self._proven is None or 2.0 * FRAGILITY_FACTOR * eig_tol > self._proven:
+                return None
+            return self._certificate(eig_tol)
         n = self.n
         u = (n + 1) * np.finfo(float).eps
         g = u / (1.0 - u)
         floor = 2.0 * FRAGILITY_FACTOR * eig_tol
         trace = float(np.sum(self._diag[self._w]) - floor * self._w.size + self._pivot * self._c.size)
         tau = floor + 2.0 * g * max(trace, 0.0)
-        fro2 = _upper_sq(self.H) if self._factor(tau) else np.inf
+        fro2 = self.tiles.factor_sq() if self._factor(tau) else np.inf
         if g * fro2 > tau - floor:  # not factorised, or a rounding bound above the slack
-            self._restore()
             return None
+        self._proven = tau - g * fro2
         v = np.zeros(n)
         v[self._w] = np.random.default_rng(0).standard_normal(self._w.size)
-        ritz = extreme_ritz(lambda x: self._solve_factored(x[:, None])[:, 0], v, 1e-12, 200)
-        value = tau + 1.0 / ritz.value
+        ritz = extreme_ritz(lambda x: self.tiles.solve(x[:, None])[:, 0], v, 1e-12, 200)
+        self._ritz = (tau + 1.0 / ritz.value, self._from_w(ritz.vector, full=True), ritz.converged, g * fro2)
+        return self._certificate(eig_tol)
+
+    def _certificate(self, eig_tol: float) -> MinEig:
+        """The certificate of the factor at ``tau`` for ``eig_tol`` (``2 F eig_tol`` at most the proven bound)."""
+        value, vector, converged, rounding = self._ritz
+        floor = 2.0 * FRAGILITY_FACTOR * eig_tol
         # converged: an error at the level of eigh's rounding; otherwise only the proven interval
-        accuracy = 0.0 if ritz.converged else value - floor
-        eig = MinEig(value, self._from_w(ritz.vector, full=True), accuracy,
-                     f"dense (Cholesky of Qww - tau I, tau = {tau:.3g}: lambda_min > {floor:.3g} proven, "
-                     f"rounding bound {g * fro2:.2g})")
+        accuracy = 0.0 if converged else value - floor
+        eig = MinEig(value, vector, accuracy,
+                     f"dense (Cholesky of Qww - tau I, tau = {self._shift:.3g}: lambda_min > {floor:.3g} proven, "
+                     f"rounding bound {rounding:.2g})")
         self._certified = (eig_tol, eig)
         return eig
+
+    def _solve_certified(self, B: np.ndarray) -> np.ndarray | None:
+        """``Qww^-1 B`` (storage coordinates, zero where constrained) through the factor of
+        ``A = Qww - tau I``: ``x <- x + A^-1 (B - (A + tau I) x)``, whose error shrinks by
+        ``tau / lambda_min(A)`` a step. None unless the Ritz value of the certificate has converged and
+        puts that ratio at 1/4 or less, or when the steps stop shrinking above ``1e-8 |x|`` (per column;
+        a direct solve's rounding at a condition number of ``1e8``)."""
+        value, _, converged, _ = self._ritz
+        tau = self._shift
+        if not converged or value - tau <= 4.0 * tau:
+            return None
+        S, eps = self.tiles, np.finfo(float).eps
+        x = S.solve(B)
+        prev = np.full(x.shape[1], np.inf)
+        for _ in range(_REFINE_STEPS):
+            res = B - S.factor_times(x) - tau * x
+            res[self._c] = 0.0
+            dx = S.solve(res)
+            x += dx
+            size, scale = np.max(np.abs(dx), axis=0), np.max(np.abs(x), axis=0)
+            if np.all(size <= 4.0 * eps * scale):
+                return x
+            if np.any(size >= 0.5 * prev):  # no longer shrinking: the rounding level, or no convergence
+                return x if np.all(size <= 1e-8 * scale) else None
+            prev = size
+        return None
 
     # ------------------------------------------------------------------------ the solver interface
 
@@ -193,9 +243,9 @@ class DenseSubspace:
         if eig is not None:
             # every eigenvalue is above 2 F eig_tol: the pseudo-inverse is the inverse
             margins.add("ICQP: eigenvalues of Qww", eig.value, eig_tol, eig.accuracy)
-            if self._shift != 0.0 and not self._factor(0.0):
-                raise np.linalg.LinAlgError("Qww lost definiteness between two factorisations")
-            return self._from_w(self._solve_factored(self._rotate(R)), full=True)
+            x = self._solve_certified(self._rotate(R))
+            if x is not None:
+                return self._from_w(x, full=True)
         self._null(eig_tol, margins)
         ew, Uw = self._eigh()
         pos = ew > eig_tol
@@ -231,11 +281,6 @@ class DenseSubspace:
             alpha = g2 / quad if quad > 0 else (abs(Qyy[j, j]) + 1.0) / g2
             return My[:, j] - alpha * self._from_w(Uw[:, null] @ G[:, j])
         return None
-
-
-def _upper_sq(H: np.ndarray) -> float:
-    """``|R|_F^2`` of the factor in the upper triangle of ``H`` (row by row: no n x n temporary)."""
-    return float(sum(H[j, j:] @ H[j, j:] for j in range(H.shape[0])))
 
 
 def _householder(QE: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,7 @@ import numpy as np
 
 from .augmented import data_floats, dense, row_block, row_chunks
 from .device_data import DeviceData, resolve_device
+from .symmetric_tiles import SymmetricTiles
 
 __all__ = ["Layout", "HessianOperator", "TorchHessianOperator", "make_operator"]
 
@@ -148,21 +149,32 @@ class HessianOperator:
         return out
 
     def dense(self, keep: np.ndarray | None = None, batch: int = 256) -> np.ndarray:
-        """``H[keep][:, keep]``, symmetric.
+        """``H[keep][:, keep]``, symmetric: :meth:`tiles` with one tile."""
+        n = self.layout.n
+        cols = np.arange(n) if keep is None else np.asarray(keep)
+        if self.xp is not np:
+            return self._dense_by_products(cols, batch)
+        return self.tiles(cols).dense()
+
+    def tiles(self, keep: np.ndarray, bounds=None, where: np.ndarray | None = None,
+              batch: int = 256) -> SymmetricTiles:
+        """``H[keep][:, keep]`` as :class:`SymmetricTiles` (one tile unless ``bounds`` says otherwise;
+        ``where``: position in ``keep`` -> storage coordinate).
 
         NumPy backend: ``H = sum_i G_i' H_i G_i + C + lam I`` from the per-sample output Jacobians
         ``G_i`` (DESIGN.md section 5), block by block, a chunk of rows at a time (no m x n array): the
         ``nu_k, nu_l`` block is ``Xr' diag(c_kl) Xr`` with ``c_ikl = J_ik J_il w_k' H_i w_l``, formed on the
         rows where ``c_kl`` is nonzero only (for a ReLU the points where both neurons are active) and
-        independent of ``dy``; the blocks of ``u`` and ``b2`` are small. ``C`` is the block-diagonal cross
+        independent of ``dy``; the rows of ``u`` and ``b2`` are few. ``C`` is the block-diagonal cross
         term (``u_k`` with ``nu_k``: ``sum_i r_i J_ik xr_i'``). Other backends: products with identity
-        columns, ``batch`` at a time.
+        columns, ``batch`` at a time (``n x n`` on the host).
         """
-        n = self.layout.n
-        cols = np.arange(n) if keep is None else np.asarray(keep)
+        keep = np.asarray(keep)
         if self.xp is not np:
-            return self._dense_by_products(cols, batch)
-        return _gram_hessian(self, cols)
+            return SymmetricTiles.of_dense(self._dense_by_products(keep, batch), bounds, where)
+        S = SymmetricTiles([0, keep.size] if bounds is None else bounds, where)
+        _gram_hessian(self, keep, S)
+        return S
 
     def kronecker_factors(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Factors of a Kronecker approximation of the Gauss-Newton part (a preconditioner, DESIGN.md section 5).
@@ -204,23 +216,26 @@ class HessianOperator:
         return 0.5 * (H + H.T)
 
 
-def _gram_hessian(op: HessianOperator, cols: np.ndarray) -> np.ndarray:
-    """``HessianOperator.dense`` on the NumPy backend (see there)."""
+def _gram_hessian(op: HessianOperator, cols: np.ndarray, S: SymmetricTiles) -> None:
+    """:meth:`HessianOperator.tiles` on the NumPy backend (see there), into ``S``."""
     lay, m = op.layout, op.m
     dy, dh, rho, n_u = lay.dy, lay.dh, lay.rho, lay.n_u
     q = cols.size
     pos = -np.ones(lay.n, dtype=int)
     pos[cols] = np.arange(q)
-    H = np.zeros((q, q))
     # small coordinates: u (d * dh + k) then b2; a sample's Jacobian on them is [delta_de O_ik | delta_de]
     small = np.concatenate([np.arange(n_u), n_u + dh * rho + np.arange(dy if lay.has_b2 else 0)])
     s_ok = pos[small] >= 0
     s_pos = pos[small][s_ok]
+    row_of = -np.ones(q, dtype=int)  # position in keep -> row of the small rows' accumulator
+    row_of[s_pos] = np.arange(s_pos.size)
     nu_pos = [pos[lay.nu_index(k)] for k in range(dh)]
     nu_ok = [p >= 0 for p in nu_pos]
     live = [k for k in range(dh) if nu_ok[k].any()]
-    at = [_index(nu_pos[k][nu_ok[k]]) for k in range(dh)]  # where block k goes: a slice when contiguous
-    full = [bool(ok.all()) for ok in nu_ok]
+    at = {k: _index(nu_pos[k][nu_ok[k]]) for k in live}  # where block k's columns go: a slice when contiguous
+    route = {k: S.route(at[k]) for k in live}
+    # the rows of the small coordinates, over all columns: few, accumulated here and placed once
+    Srows = np.zeros((s_pos.size, q))
     W2 = op.W2
     WtW = W2.T @ W2
     n_s = small.size
@@ -231,7 +246,7 @@ def _gram_hessian(op: HessianOperator, cols: np.ndarray) -> np.ndarray:
         # HW[i, :, l] = H_i w_l (dy x dh per sample)
         HW = op.h_scalar * np.broadcast_to(W2, (mc, dy, dh)) if op.h_scalar is not None else op.Hl[rows] @ W2
         if s_ok.any():
-            H[np.ix_(s_pos, s_pos)] += _small_block(op, rows, O, s_ok, n_s)
+            Srows[:, s_pos] += _small_block(op, rows, O, s_ok, n_s)
         for li, l in enumerate(live):
             Jl = J[:, l]
             # small x nu_l: sum_i (S_i' g_il) xr_i', g_il = H_i w_l J_il
@@ -240,11 +255,7 @@ def _gram_hessian(op: HessianOperator, cols: np.ndarray) -> np.ndarray:
                 T = np.concatenate([(g[:, :, None] * O[:, None, :]).reshape(mc, n_u), g if lay.has_b2 else g[:, :0]],
                                    axis=1)[:, s_ok]
                 blk = T.T @ Xr
-                sub = blk if full[l] else blk[:, nu_ok[l]]
-                if isinstance(at[l], slice):
-                    H[s_pos, at[l]] += sub
-                else:
-                    H[np.ix_(s_pos, at[l])] += sub
+                Srows[:, at[l]] += blk[:, nu_ok[l]]
             # nu_k x nu_l for k <= l, on the rows where c_kl is nonzero
             for k in live[: li + 1]:
                 if op.h_scalar is not None:
@@ -256,21 +267,21 @@ def _gram_hessian(op: HessianOperator, cols: np.ndarray) -> np.ndarray:
                     continue
                 Xs, cs = (Xr, c) if nz.all() else (Xr[nz], c[nz])
                 blk = _weighted_gram(Xs, cs)
-                if full[k] and full[l]:
-                    H[at[k], at[l]] += blk
-                else:
-                    H[np.ix_(nu_pos[k][nu_ok[k]], nu_pos[l][nu_ok[l]])] += blk[np.ix_(nu_ok[k], nu_ok[l])]
+                if not (nu_ok[k].all() and nu_ok[l].all()):
+                    blk = blk[np.ix_(nu_ok[k], nu_ok[l])]
+                S.add(route[k], route[l], blk, symmetric=k == l)
         # cross term: d^2 f_id / d U[d, k] d Nu[k, :] = J_ik xr_i (times r_id)
         for k in live:
             E = (J[:, k, None] * r).T @ Xr  # (dy, rho)
             u = pos[lay.u_index(k)]
             for d in np.flatnonzero(u >= 0):
-                H[u[d], at[k]] += E[d, nu_ok[k]]
-    # the nu-nu blocks were formed for k <= l, the small x nu blocks on one side: mirror them
-    _symmetrize_from_blocks(H, s_pos, [nu_pos[k][nu_ok[k]] for k in live])
-    if op.lam:
-        H[np.arange(q), np.arange(q)] += op.lam
-    return H
+                Srows[row_of[u[d]], at[k]] += E[d, nu_ok[k]]
+    if s_pos.size:
+        small_route = S.route(s_pos)
+        S.add(small_route, small_route, Srows[:, s_pos], symmetric=True)
+        for k in live:
+            S.add(small_route, route[k], Srows[:, at[k]], symmetric=False)
+    S.finish(op.lam)
 
 
 def _small_block(op: HessianOperator, rows: slice, O: np.ndarray, s_ok: np.ndarray, n_s: int) -> np.ndarray:
@@ -310,19 +321,6 @@ def _index(p: np.ndarray):
     if p.size and p[-1] - p[0] == p.size - 1:
         return slice(int(p[0]), int(p[-1]) + 1)
     return p
-
-
-def _symmetrize_from_blocks(H: np.ndarray, s_pos: np.ndarray, nu_pos: list[np.ndarray]) -> None:
-    """Complete ``H`` in place: every off-diagonal block was accumulated on one side only (small x nu_l,
-    the cross term on u x nu_k, nu_k x nu_l for k <= l); the diagonal blocks are made exactly symmetric."""
-    blk = H[np.ix_(s_pos, s_pos)]
-    H[np.ix_(s_pos, s_pos)] = 0.5 * (blk + blk.T)
-    for li, pl in enumerate(nu_pos):
-        H[np.ix_(pl, s_pos)] = H[np.ix_(s_pos, pl)].T
-        for pk in nu_pos[:li]:
-            H[np.ix_(pl, pk)] = H[np.ix_(pk, pl)].T
-        blk = H[np.ix_(pl, pl)]
-        H[np.ix_(pl, pl)] = 0.5 * (blk + blk.T)
 
 
 class TorchHessianOperator(HessianOperator):

@@ -67,9 +67,9 @@ class SubspaceSolver(Protocol):
         """A ``theta`` along which the ICQP with particular solutions ``My`` is unbounded below, or None."""
 
 
-def spectral_norm(H: np.ndarray) -> float:
-    """``|H|_2`` of a symmetric matrix."""
-    if H.size == 0:
+def spectral_norm(H) -> float:
+    """``|H|_2`` of a symmetric matrix (an array, or a ``LinearOperator`` when over 400 rows)."""
+    if H.shape[0] == 0:
         return 0.0
     if H.shape[0] <= 400:
         return float(np.max(np.abs(np.linalg.eigvalsh(H))))

@@ -20,6 +20,7 @@ from ..margins import Margins
 from ..options import Budget, Tolerances
 from ..second_order import Outcome, QPRecord, SecondOrderOutcome, icqp_step
 from ..subspace import make_subspace
+from ..symmetric_tiles import SymmetricTiles
 from .first_order import FirstOrder, KinkGeometry, _right_inverse
 from .kinks import KinkSet
 from .model import DeepDirection, DeepForward, DeepNet
@@ -162,9 +163,10 @@ class _Piece:
 
 def _adapter(p: int, apply, dense_fn):
     """The interface :mod:`sospcheck.subspace` reads from a reduced problem."""
-    ns = SimpleNamespace(n=p, J_base=None, keep=np.arange(p), products=0)
+    ns = SimpleNamespace(n=p, J_base=None, keep=np.arange(p), products=0, backend="numpy")
     ns.apply = lambda J, x: apply(np.asarray(x, float).reshape(p, -1))
-    ns.operator = lambda J: SimpleNamespace(dense=lambda keep: dense_fn())
+    ns.operator = lambda J: SimpleNamespace(tiles=lambda keep, bounds, where: SymmetricTiles.of_dense(dense_fn(), bounds,
+                                                                                                    where))
     return ns
 
 
