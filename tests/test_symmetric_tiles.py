@@ -145,3 +145,22 @@ def test_a_solve_too_close_to_the_shift_takes_eigh():
     np.testing.assert_allclose(x, ref.solve(R, 1e-12 * ref.hessian_norm, Margins()), rtol=1e-9,
                                atol=1e-12 * np.abs(x).max())
     assert ref._spectrum is None  # far from the shift: refined through the factor
+
+
+def test_the_dense_solver_holds_about_half_of_h(monkeypatch):
+    # n = 435 in 4 tiles: about 0.63 n^2 floats held; one square tile (as before tiles) peaked at 1.5 n^2
+    import tracemalloc
+
+    prob, blocks = _problem(lambda: cases.sparsely_active_minimum(m=400, dx=60, dh=7))
+    peaks = {}
+    for target in (10**9, 64):
+        monkeypatch.setattr(dense_subspace, "TILE_TARGET", target)
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        sub = DenseSubspace(prob, blocks)
+        eig = sub.min_eig(1e-9 * sub.hessian_norm)
+        peaks[target] = (tracemalloc.get_traced_memory()[1] - base) / (8.0 * prob.n**2)
+        tracemalloc.stop()
+        assert "Cholesky" in eig.detail
+    assert prob.n > 400 and sub.tiles.count >= 4
+    assert peaks[64] < 1.3 and peaks[64] < peaks[10**9] - 0.25, peaks

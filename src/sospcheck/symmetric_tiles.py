@@ -282,8 +282,8 @@ class SymmetricTiles:
 def _mirror_lower(D: np.ndarray) -> None:
     """``D``'s upper triangle from its strictly lower one, in place, a block of rows at a time."""
     b = D.shape[0]
-    for i0 in range(0, b, 256):  # no b x b temporary
-        i1 = min(b, i0 + 256)
+    for i0 in range(0, b, 64):  # temporaries of 64 x 64
+        i1 = min(b, i0 + 64)
         blk = D[i0:i1, i0:i1]
         D[i0:i1, i0:i1] = np.tril(blk) + np.tril(blk, -1).T
         D[i0:i1, i1:] = D[i1:, i0:i1].T
