@@ -53,12 +53,14 @@ class SymmetricTiles:
     is then scratch). The matrix itself is gone: a caller that needs it again forms it again.
     """
 
-    def __init__(self, bounds, where: np.ndarray | None = None):
+    def __init__(self, bounds, where: np.ndarray | None = None, tiles: list | None = None):
+        """Zero tiles, unless ``tiles`` (of the shapes ``bounds`` gives) are handed over."""
         self.bounds = np.asarray(bounds, dtype=int)
         self.n = int(self.bounds[-1])
         self.where = np.arange(self.n) if where is None else np.asarray(where, dtype=int)
         sizes = np.diff(self.bounds)
-        self.tiles = [[np.zeros((sizes[i], sizes[j])) for j in range(i + 1)] for i in range(sizes.size)]
+        self.tiles = tiles if tiles is not None else \
+            [[np.zeros((sizes[i], sizes[j])) for j in range(i + 1)] for i in range(sizes.size)]
         self.factored = False
 
     @classmethod
@@ -67,10 +69,7 @@ class SymmetricTiles:
         when that is the one tile)."""
         n = H.shape[0]
         if (bounds is None or len(bounds) == 2) and (where is None or np.array_equal(where, np.arange(n))):
-            S = cls([0, 0])
-            S.bounds, S.n, S.where = np.array([0, n]), n, np.arange(n)
-            S.tiles = [[np.ascontiguousarray(H, dtype=float)]]
-            return S
+            return cls([0, n], None, [[np.ascontiguousarray(H, dtype=float)]])
         S = cls([0, n] if bounds is None else bounds, where)
         order = np.argsort(S.where)
         for i in range(S.count):
@@ -262,18 +261,21 @@ class SymmetricTiles:
         return Y
 
     def factor_times(self, X: np.ndarray) -> np.ndarray:
-        """``L L' X`` for ``X`` (n, k) in storage coordinates."""
+        """``L L' X`` for ``X`` (n, k) in storage coordinates (triangular products in place: no
+        temporary of a diagonal tile's size)."""
+        from scipy.linalg.blas import dtrmm
+
         T = self.tiles
-        Z = np.zeros_like(X)
+        Z = np.zeros_like(X, dtype=float)
         for j in range(self.count):
             sj = self._span(j)
-            Z[sj] = np.triu(T[j][j]) @ X[sj]
+            Z[sj] = dtrmm(1.0, T[j][j].T, X[sj], side=0, lower=1, trans_a=1)
             for i in range(j + 1, self.count):
                 Z[sj] += T[i][j].T @ X[self._span(i)]
-        W = np.zeros_like(X)
+        W = np.zeros_like(Z)
         for i in range(self.count):
             si = self._span(i)
-            W[si] = np.triu(T[i][i]).T @ Z[si]
+            W[si] = dtrmm(1.0, T[i][i].T, Z[si], side=0, lower=1, trans_a=0)
             for j in range(i):
                 W[si] += T[i][j] @ Z[self._span(j)]
         return W
