@@ -30,6 +30,8 @@ def test_tile_bounds_keep_groups_whole_and_cut_the_rest():
     assert tile_bounds([2, 2], 13, 3).tolist() == [0, 4, 7, 10, 13]
     assert tile_bounds([], 5, 10).tolist() == [0, 5]
     assert tile_bounds([7], 7, 1).tolist() == [0, 7]
+    # a short remainder (here b2 after ten neurons) joins the last tile instead of making its own
+    assert tile_bounds([102] * 10, 1021, 64).tolist() == [0, 102, 204, 306, 408, 510, 612, 714, 816, 918, 1021]
 
 
 def test_tiles_hold_half_the_square():
@@ -117,6 +119,7 @@ def test_one_tile_per_block_answers_as_one_tile(make, monkeypatch):
     prob, blocks = _problem(make)
     R = np.random.default_rng(6).standard_normal((prob.n, 2))
     out = []
+    monkeypatch.setattr(dense_subspace, "SQUARE_SHARE", 0.0)
     for target in (10**9, 1):
         monkeypatch.setattr(dense_subspace, "TILE_TARGET", target)
         sub = DenseSubspace(prob, blocks)
@@ -129,11 +132,14 @@ def test_one_tile_per_block_answers_as_one_tile(make, monkeypatch):
     np.testing.assert_allclose(x1, x2, rtol=1e-8, atol=1e-10 * np.abs(x1).max())
 
 
-def test_a_solve_too_close_to_the_shift_takes_eigh():
+def test_a_solve_too_close_to_the_shift_takes_eigh(monkeypatch):
     # lambda_min = 1.25 times the Cholesky floor 2 F eig_tol: certified, but lambda_min(Qww - tau I)
     # is below 4 tau, so refinement through that factor would converge slowly: eigh solves instead
     prob, blocks = _problem(cases.convex_kink_minimum)
+    monkeypatch.setattr(dense_subspace, "SQUARE_SHARE", 0.0)
+    monkeypatch.setattr(dense_subspace, "TILE_TARGET", 1)
     probe = DenseSubspace(prob, blocks)
+    assert probe.tiles.count > 1
     lmin = probe.min_eig(1e-12 * probe.hessian_norm).value
     sub = DenseSubspace(prob, blocks)
     eig_tol = lmin / 25.0
@@ -148,7 +154,7 @@ def test_a_solve_too_close_to_the_shift_takes_eigh():
 
 
 def test_the_dense_solver_holds_about_half_of_h(monkeypatch):
-    # n = 435 in 4 tiles: about 0.63 n^2 floats held; one square tile (as before tiles) peaked at 1.5 n^2
+    # n = 435 in 3 tiles: about 0.6 n^2 floats held; one square tile (as before tiles) peaked at 1.5 n^2
     import tracemalloc
 
     prob, blocks = _problem(lambda: cases.sparsely_active_minimum(m=400, dx=60, dh=7))
@@ -162,5 +168,19 @@ def test_the_dense_solver_holds_about_half_of_h(monkeypatch):
         peaks[target] = (tracemalloc.get_traced_memory()[1] - base) / (8.0 * prob.n**2)
         tracemalloc.stop()
         assert "Cholesky" in eig.detail
-    assert prob.n > 400 and sub.tiles.count >= 4
+    assert prob.n > 400 and sub.tiles.count >= 3
     assert peaks[64] < 1.3 and peaks[64] < peaks[10**9] - 0.25, peaks
+
+
+def test_h_small_next_to_the_data_stays_one_square(monkeypatch):
+    # n = 435 against 400 x 61 data floats: tiles; with the data 100 times as large, one square tile,
+    # whose failed factorisation is undone from its lower triangle instead of forming H again
+    prob, blocks = _problem(lambda: cases.sparsely_active_minimum(m=400, dx=60, dh=7))
+    assert DenseSubspace(prob, blocks).tiles.count > 1
+    monkeypatch.setattr(dense_subspace, "SQUARE_SHARE", 100 * 0.25 * prob.n**2 / (400 * 61))
+    sub = DenseSubspace(prob, blocks)
+    assert sub.tiles.count == 1
+    formed = []
+    monkeypatch.setattr(sub, "_form", lambda *a, **k: formed.append(a))
+    e = sub.min_eig(sub.hessian_norm)  # above every eigenvalue: the factorisation fails
+    assert "eigh" in e.detail and not formed

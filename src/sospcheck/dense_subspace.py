@@ -18,6 +18,10 @@ __all__ = ["DenseSubspace"]
 #: the tile-by-tile factorisation makes at most a few thousand BLAS calls)
 TILE_TARGET = 64
 
+#: ``H`` stays one square tile while its n^2 floats are at most this share of the data's: memory is no
+#: concern there, and a failed factorisation of one tile is undone from its lower triangle
+SQUARE_SHARE = 0.25
+
 # at most this many refinement steps of a solve through the factor of Qww - tau I
 _REFINE_STEPS = 30
 
@@ -27,7 +31,8 @@ class DenseSubspace:
 
     Storage: ``H`` is held as the lower block triangle of tiles (:class:`SymmetricTiles`, about
     ``n^2 / 2`` floats), in coordinates where each constraint block is contiguous and inside one tile
-    (the blocks in order, then the coordinates no block holds).
+    (the blocks in order, then the coordinates no block holds); as one square tile where that is small
+    next to the data (``SQUARE_SHARE``).
 
     Basis: each block's constraint directions ``QE`` are rotated onto its first coordinates by
     Householder reflectors ``Q_b`` (block diagonal, so ``Q' H Q`` costs ``O(n)`` per reflector and
@@ -73,8 +78,7 @@ class DenseSubspace:
         self._c = np.flatnonzero(constrained)
         self._w = np.flatnonzero(~constrained)
         self.dim = int(self._w.size)
-        target = max(TILE_TARGET, n // 32) if prob.backend == "numpy" else n
-        self._bounds = tile_bounds([b.idx.size for b in blocks], n, target)
+        self._bounds = tile_bounds([b.idx.size for b in blocks], n, _tile_target(prob, n))
         self.tiles = self._form(self._bounds, norm=True)  # rotated, decoupled; a Cholesky factor once ``_shift`` is set
         self._diag = self.tiles.diagonal()
         # the constrained coordinates' pivot: positive, and of the scale of H (it enters the trace bound)
@@ -281,6 +285,14 @@ class DenseSubspace:
             alpha = g2 / quad if quad > 0 else (abs(Qyy[j, j]) + 1.0) / g2
             return My[:, j] - alpha * self._from_w(Uw[:, null] @ G[:, j])
         return None
+
+
+def _tile_target(prob: ReducedProblem, n: int) -> int:
+    """Coordinates a tile should hold: ``n`` (one square) unless ``H`` is formed from the data on the
+    host and its square would exceed ``SQUARE_SHARE`` of the data's ``m (dx + 1)`` floats."""
+    if prob.backend != "numpy" or n * n <= SQUARE_SHARE * prob.pt.m * (prob.pt.net.dx + 1):
+        return n
+    return max(TILE_TARGET, n // 32)
 
 
 def _householder(QE: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,8 @@ __all__ = ["SymmetricTiles", "tile_bounds"]
 def tile_bounds(sizes: list[int], n: int, target: int) -> np.ndarray:
     """Tile boundaries over ``n`` coordinates whose first ``sum(sizes)`` come in groups that must not
     be split (``sizes``, in order): consecutive groups are joined until a tile holds at least ``target``
-    coordinates; the remaining coordinates are cut into tiles of ``target``."""
+    coordinates; the remaining coordinates are cut into tiles of ``target``. A last remainder shorter than
+    ``target`` joins the tile before it."""
     bounds, start, at = [0], 0, 0
     for s in sizes:
         at += s
@@ -29,7 +30,10 @@ def tile_bounds(sizes: list[int], n: int, target: int) -> np.ndarray:
         if cut > bounds[-1]:
             bounds.append(cut)
     if bounds[-1] != n:
-        bounds.append(n)
+        if len(bounds) > 1 and n - bounds[-1] < target:
+            bounds[-1] = n
+        else:
+            bounds.append(n)
     return np.asarray(bounds)
 
 

@@ -163,7 +163,7 @@ class _Piece:
 
 def _adapter(p: int, apply, dense_fn):
     """The interface :mod:`sospcheck.subspace` reads from a reduced problem."""
-    ns = SimpleNamespace(n=p, J_base=None, keep=np.arange(p), products=0, backend="numpy")
+    ns = SimpleNamespace(n=p, J_base=None, keep=np.arange(p), products=0, backend="products")
     ns.apply = lambda J, x: apply(np.asarray(x, float).reshape(p, -1))
     ns.operator = lambda J: SimpleNamespace(tiles=lambda keep, bounds, where: SymmetricTiles.of_dense(dense_fn(), bounds,
                                                                                                     where))
