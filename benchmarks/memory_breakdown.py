@@ -1,6 +1,7 @@
 """Where the resident memory of one check goes, by mapping (not part of ``run.py``):
 
     .venv/bin/python benchmarks/memory_breakdown.py [--case b] [--m 10000] [--solver auto] [--arrays] [--phases]
+        [--resident]
         [--mnist M] [--cache DIR]
 
 A planted minimum of ``benign.py``'s case (same cache), in this fresh interpreter: the resident set of
@@ -11,7 +12,10 @@ With ``--arrays`` what the NumPy arrays alive at that moment hold is printed too
 own bookkeeping then adds to the heap). Large anonymous maps
 are single arrays (``H``) or the BLAS libraries' work buffers; the libraries' own pages and those
 buffers do not grow with the data. With ``--phases`` (tracemalloc) each phase of the check prints the
-bytes alive when it starts and its peak inside, as multiples of the bytes of X. ``--mnist M`` takes
+bytes alive when it starts and its peak inside, as multiples of the bytes of X. With ``--resident`` the
+resident set and its peak (``VmHWM``) are printed around the formation of the dense ``H`` and each
+factorisation, over the bytes of X, from the resident set before the data (taken as the resident set
+after loading it, less its bytes). ``--mnist M`` takes
 instead the MNIST-shape point of ``mnist_check.py`` (M x 784 inputs, dh = 1000, dy = 10, a random
 point with the output layer refit: a descent). Linux only.
 """
@@ -36,6 +40,36 @@ from sospcheck import dense_subspace  # noqa: E402
 from sospcheck.snap import refit_output_layer  # noqa: E402
 
 _PHASES = ("validate_with_forward", "forward_and_boundary", "first_order", "second_order_test", "verify")
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+
+
+def trace_dense_resident(X_bytes: int, base: int) -> None:
+    """Print the resident set (and its peak since the previous mark, ``VmHWM`` reset through
+    ``/proc/self/clear_refs``) over ``X_bytes`` around the dense path's formation of ``H`` and each
+    factorisation, ``base`` being the resident set before the data."""
+    def mark(name):
+        rss, peak = _status_bytes("VmRSS"), _status_bytes("VmHWM")
+        print(f"  {name}: resident {(rss - base) / X_bytes:.2f}x, peak since the previous mark {(peak - base) / X_bytes:.2f}x")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+    def around(owner, name, label):
+        f = getattr(owner, name)
+
+        def wrapped(*a, **k):
+            mark(f"before {label}")
+            out = f(*a, **k)
+            mark(f"after {label}")
+            return out
+        setattr(owner, name, wrapped)
+
+    mark("start")
+    around(importlib.import_module("sospcheck.operators"), "_gram_hessian", "forming H")
+    around(dense_subspace.DenseSubspace, "_factor", "a factorisation")
 
 
 def trace_phases(X_bytes: int) -> None:
@@ -79,6 +113,8 @@ def main(argv=None) -> int:
     ap.add_argument("--solver", default="auto")
     ap.add_argument("--arrays", action="store_true", help="also the bytes of the arrays alive (tracemalloc)")
     ap.add_argument("--phases", action="store_true", help="tracemalloc per phase of the check")
+    ap.add_argument("--resident", action="store_true",
+                    help="the resident set and its peak around the dense path's formation of H and factorisations")
     ap.add_argument("--mnist", type=int, default=None, help="M: the MNIST-shape point with M rows instead")
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "sospcheck-benign"))
     args = ap.parse_args(argv)
@@ -88,6 +124,8 @@ def main(argv=None) -> int:
     inst = mnist_instance(args.mnist) if args.mnist else common.planted_minimum(**spec, cache=args.cache)
     X = inst["X"]
     before, snaps = resident_by_mapping(), []
+    if args.resident:
+        trace_dense_resident(X.nbytes, _status_bytes("VmRSS") - X.nbytes - inst["Y"].nbytes)
     factor = dense_subspace.DenseSubspace._factor
 
     def snapshot():
