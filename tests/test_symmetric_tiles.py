@@ -1,5 +1,7 @@
 """The reduced H as tiles of its lower block triangle: formation, rotations, the tiled Cholesky factor."""
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -155,8 +157,6 @@ def test_a_solve_too_close_to_the_shift_takes_eigh(monkeypatch):
 
 def test_the_dense_solver_holds_about_half_of_h(monkeypatch):
     # n = 435 in 3 tiles: about 0.6 n^2 floats held; one square tile (as before tiles) peaked at 1.5 n^2
-    import tracemalloc
-
     prob, blocks = _problem(lambda: cases.sparsely_active_minimum(m=400, dx=60, dh=7))
     peaks = {}
     for target in (10**9, 64):
