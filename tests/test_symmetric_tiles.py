@@ -45,15 +45,15 @@ def test_add_routes_symmetric_and_paired_blocks_through_a_permutation():
     rng = np.random.default_rng(1)
     n = 9
     where = rng.permutation(n)
-    S = SymmetricTiles([0, 2, 5, 9], where)
+    S = SymmetricTiles([0, 2, 5, 9])
     H = np.zeros((n, n))
     a, b = np.array([0, 3, 4]), np.array([1, 2, 7, 8])
     Ba = rng.standard_normal((3, 3))
     Ba = Ba + Ba.T
     Pab = rng.standard_normal((3, 4))
-    S.add(S.route(a), S.route(a), Ba, symmetric=True)
-    S.add(S.route(a), S.route(b), Pab, symmetric=False)
-    S.add(S.route(slice(5, 7)), S.route(slice(5, 7)), Ba[:2, :2], symmetric=True)
+    S.add(S.route(where[a]), S.route(where[a]), Ba, symmetric=True)
+    S.add(S.route(where[a]), S.route(where[b]), Pab, symmetric=False)
+    S.add(S.route(where[5:7]), S.route(where[5:7]), Ba[:2, :2], symmetric=True)
     S.finish(lam=0.5)
     H[np.ix_(a, a)] += Ba
     H[np.ix_(a, b)] += Pab
@@ -184,3 +184,4 @@ def test_h_small_next_to_the_data_stays_one_square(monkeypatch):
     monkeypatch.setattr(sub, "_form", lambda *a, **k: formed.append(a))
     e = sub.min_eig(sub.hessian_norm)  # above every eigenvalue: the factorisation fails
     assert "eigh" in e.detail and not formed
+

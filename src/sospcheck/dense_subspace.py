@@ -68,8 +68,6 @@ class DenseSubspace:
             raise ValueError("constraint blocks overlap")
         rest = np.setdiff1d(np.arange(n), order)
         self._order = np.concatenate([order, rest])  # storage coordinate -> position in keep
-        self._where = np.empty(n, int)
-        self._where[self._order] = np.arange(n)
         starts = np.cumsum([0] + [b.idx.size for b in blocks])
         self._reflectors = [(int(s), *_householder(b.QE)) for s, b in zip(starts, blocks) if b.QE.shape[1]]
         constrained = np.zeros(n, bool)
@@ -84,8 +82,6 @@ class DenseSubspace:
         # the constrained coordinates' pivot: positive, and of the scale of H (it enters the trace bound)
         self._pivot = self.hessian_norm if self.hessian_norm > 0 else 1.0
         self._shift = None
-        self._proven = None  # the lower bound on lambda_min(Qww) the factor proves
-        self._ritz = None  # (value, vector in keep's positions, converged, rounding bound) of the certificate
         self._spectrum = None  # (ew, Uw) of Qww once eigh has run
         self._certified = None  # (eig_tol, MinEig) of the last certificate
 
@@ -97,7 +93,7 @@ class DenseSubspace:
         """The reduced ``H`` in storage coordinates, its blocks rotated and the constrained coordinates
         decoupled; with ``norm``, ``|H|_2`` (before the rotations) to ``hessian_norm``."""
         prob = self.prob
-        S = prob.operator(prob.J_base).tiles(prob.keep, bounds, self._where)
+        S = prob.operator(prob.J_base).tiles(prob.keep[self._order], bounds)
         if norm:
             self.hessian_norm = spectral_norm(S.dense() if self.n <= 400 or S.count == 1 else S.operator())
         for s, V, beta in self._reflectors:
@@ -112,7 +108,7 @@ class DenseSubspace:
     def _rotate(self, R: np.ndarray) -> np.ndarray:
         """``Q' R`` for ``R`` (n, b) given in the positions of ``keep``: in storage coordinates, the kept
         coordinates of ``Mw' R`` and zeros where constrained."""
-        R = np.array(np.asarray(R, dtype=float).reshape(self.n, -1)[self._order])
+        R = np.asarray(R, dtype=float).reshape(self.n, -1)[self._order]  # a copy (fancy indexing)
         for s, V, beta in self._reflectors:
             _reflect(R, np.arange(s, s + V.shape[0]), V, beta)
         R[self._c] = 0.0
@@ -161,15 +157,12 @@ class DenseSubspace:
 
     def _certify(self, eig_tol: float) -> MinEig | None:
         """``lambda_min(Qww) > 2 F eig_tol`` proven by a Cholesky factorisation (class docstring), with the
-        value from the factor; None when it fails (or when ``eigh`` has already run)."""
+        value from the factor; None when it fails, when ``eigh`` has already run, or for another ``eig_tol``
+        once the tiles hold a factor (``H`` is gone; a subspace serves one tolerance)."""
         if self._certified is not None and self._certified[0] == eig_tol:
             return self._certified[1]
-        if self._spectrum is not None:
+        if self._spectrum is not None or self._shift is not None:
             return None
-        if self._shift is not None:  # the tiles hold a factor, or what a failed one left: H is gone
-            if self._proven is None or 2.0 * FRAGILITY_FACTOR * eig_tol > self._proven:
-                return None
-            return self._certificate(eig_tol)
         n = self.n
         u = (n + 1) * np.finfo(float).eps
         g = u / (1.0 - u)
@@ -179,34 +172,27 @@ class DenseSubspace:
         fro2 = self.tiles.factor_sq() if self._factor(tau) else np.inf
         if g * fro2 > tau - floor:  # not factorised, or a rounding bound above the slack
             return None
-        self._proven = tau - g * fro2
         v = np.zeros(n)
         v[self._w] = np.random.default_rng(0).standard_normal(self._w.size)
         ritz = extreme_ritz(lambda x: self.tiles.solve(x[:, None])[:, 0], v, 1e-12, 200)
-        self._ritz = (tau + 1.0 / ritz.value, self._from_w(ritz.vector, full=True), ritz.converged, g * fro2)
-        return self._certificate(eig_tol)
-
-    def _certificate(self, eig_tol: float) -> MinEig:
-        """The certificate of the factor at ``tau`` for ``eig_tol`` (``2 F eig_tol`` at most the proven bound)."""
-        value, vector, converged, rounding = self._ritz
-        floor = 2.0 * FRAGILITY_FACTOR * eig_tol
+        value = tau + 1.0 / ritz.value
         # converged: an error at the level of eigh's rounding; otherwise only the proven interval
-        accuracy = 0.0 if converged else value - floor
-        eig = MinEig(value, vector, accuracy,
-                     f"dense (Cholesky of Qww - tau I, tau = {self._shift:.3g}: lambda_min > {floor:.3g} proven, "
-                     f"rounding bound {rounding:.2g})")
+        accuracy = 0.0 if ritz.converged else value - floor
+        eig = MinEig(value, self._from_w(ritz.vector, full=True), accuracy,
+                     f"dense (Cholesky of Qww - tau I, tau = {tau:.3g}: lambda_min > {floor:.3g} proven, "
+                     f"rounding bound {g * fro2:.2g})")
         self._certified = (eig_tol, eig)
         return eig
 
-    def _solve_certified(self, B: np.ndarray) -> np.ndarray | None:
+    def _solve_certified(self, B: np.ndarray, eig: MinEig) -> np.ndarray | None:
         """``Qww^-1 B`` (storage coordinates, zero where constrained) through the factor of
         ``A = Qww - tau I``: ``x <- x + A^-1 (B - (A + tau I) x)``, whose error shrinks by
-        ``tau / lambda_min(A)`` a step. None unless the Ritz value of the certificate has converged and
-        puts that ratio at 1/4 or less, or when the steps stop shrinking above ``1e-8 |x|`` (per column;
-        a direct solve's rounding at a condition number of ``1e8``)."""
-        value, _, converged, _ = self._ritz
+        ``tau / lambda_min(A)`` a step. None unless the
+        certificate's Ritz value ``eig`` has converged and puts that ratio at 1/4 or less, or when the steps
+        stop shrinking above ``1e-8 |x|`` (per column; a direct solve's rounding at a condition number of
+        ``1e8``)."""
         tau = self._shift
-        if not converged or value - tau <= 4.0 * tau:
+        if eig.accuracy != 0.0 or eig.value - tau <= 4.0 * tau:
             return None
         S, eps = self.tiles, np.finfo(float).eps
         x = S.solve(B)
@@ -247,7 +233,7 @@ class DenseSubspace:
         if eig is not None:
             # every eigenvalue is above 2 F eig_tol: the pseudo-inverse is the inverse
             margins.add("ICQP: eigenvalues of Qww", eig.value, eig_tol, eig.accuracy)
-            x = self._solve_certified(self._rotate(R))
+            x = self._solve_certified(self._rotate(R), eig)
             if x is not None:
                 return self._from_w(x, full=True)
         self._null(eig_tol, margins)

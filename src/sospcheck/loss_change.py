@@ -183,28 +183,27 @@ def combine_output_change(dO: np.ndarray, W2_new: np.ndarray, OdW2: np.ndarray, 
 
 
 def _output_change(net: TwoLayerNet, new: TwoLayerNet, X: np.ndarray, fwd=None, sizes: bool = True):
-    """``(delta, delta_size, fwd)``: :func:`output_change`, a bound on ``|delta|`` elementwise (the
-    sum of the absolute values of its terms; None without ``sizes``) and the forward pass at ``net``
-    (``fwd`` when the caller has it). After that pass, a chunk of rows at a time (``T`` and ``N'`` from one
-    product with the chunk of ``Xbar``, :func:`~sospcheck.augmented.product_chunks`): no (m, dh) array is
-    formed."""
+    """``(delta, delta_size, fwd, out_size)``: :func:`output_change`, a bound on ``|delta|`` elementwise
+    (the sum of the absolute values of its terms), the forward pass at ``net`` (``fwd`` when the caller
+    has it) and :func:`output_size` at ``net`` (the sizes None without ``sizes``). After that pass, a
+    chunk of rows at a time (``T`` and ``N'`` from one product with the chunk of ``Xbar``,
+    :func:`~sospcheck.augmented.product_chunks`): no (m, dh) array is formed."""
     fwd = forward(net, X) if fwd is None else fwd
     m, dy = fwd.out.shape
     dh = net.dh
     dW2 = new.W2 - net.W2
     db2 = new.b2 - net.b2 if net.has_b2 else None
-    OdW2 = fwd.O @ dW2.T
-    aOdW2 = abs_times(fwd.O, dW2) if sizes else None
+    out_size, aOdW2 = output_size(net, fwd.O, dW2) if sizes else (None, None)
     delta = np.empty((m, dy))
     size = np.empty((m, dy)) if sizes else None
     ZZ = np.vstack([new.Z - net.Z, new.Z]).T
     for rows in product_chunks(fwd.Xbar, 4 * dh):
         TN = row_block(fwd.Xbar, rows) @ ZZ  # [T N'] on these rows
         dO = activation_change(net, fwd.N[rows], TN[:, dh:], TN[:, :dh])
-        delta[rows], s = combine_output_change(dO, new.W2, OdW2[rows], db2, aOdW2[rows] if sizes else None)
+        delta[rows], s = combine_output_change(dO, new.W2, fwd.O[rows] @ dW2.T, db2, aOdW2[rows] if sizes else None)
         if sizes:
             size[rows] = s
-    return delta, size, fwd
+    return delta, size, fwd, out_size
 
 
 def output_change(net: TwoLayerNet, new: TwoLayerNet, X: np.ndarray) -> np.ndarray:
@@ -213,13 +212,15 @@ def output_change(net: TwoLayerNet, new: TwoLayerNet, X: np.ndarray) -> np.ndarr
     With ``T = Xbar (Z' - Z)'`` the activations change by :func:`activation_change`; then
     ``delta = W2' dO + (W2' - W2) O + (b2' - b2)``.
     """
-    return _output_change(net, new, X)[0]
+    return _output_change(net, new, X, sizes=False)[0]
 
 
-def output_size(net: TwoLayerNet, O: np.ndarray) -> np.ndarray:
-    """``|W2| |O_i| + |b2|`` elementwise (m, dy): what the rounding of the outputs is relative to."""
-    size = abs_times(O, net.W2)
-    return size + np.abs(net.b2) if net.has_b2 else size
+def output_size(net: TwoLayerNet, O: np.ndarray, dW2: np.ndarray | None = None):
+    """``|W2| |O_i| + |b2|`` elementwise (m, dy): what the rounding of the outputs is relative to. With
+    ``dW2`` (a move of ``W2``), the pair ``(size, |O| |dW2|')`` from one pass over ``O``."""
+    both = abs_times(O, net.W2 if dW2 is None else np.vstack([net.W2, dW2]))
+    size = both[:, :net.dy] + np.abs(net.b2) if net.has_b2 else both[:, :net.dy]
+    return size if dW2 is None else (size, both[:, net.dy:])
 
 
 def abs_times(O: np.ndarray, W: np.ndarray) -> np.ndarray:
@@ -256,9 +257,9 @@ def risk_change(net: TwoLayerNet, new: TwoLayerNet, X: np.ndarray, Yp: np.ndarra
 
 def _risk_change(net, new, X, Yp, loss, weight, weight_decay, fwd, with_noise: bool) -> tuple[float, float | None]:
     """The value, and with ``with_noise`` its rounding bound (else None: the sizes are not formed)."""
-    delta, size, fwd = _output_change(net, new, X, fwd, sizes=with_noise)
+    delta, size, fwd, out_size = _output_change(net, new, X, fwd, sizes=with_noise)
     value = loss_change(loss, fwd.out, None, Yp, weight, delta=delta)
-    noise = loss_change_noise(loss, fwd.out, Yp, weight, output_size(net, fwd.O), size) if with_noise else None
+    noise = loss_change_noise(loss, fwd.out, Yp, weight, out_size, size) if with_noise else None
     if weight_decay:
         z = net.as_direction().vector()
         dv, dn = decay_change(weight_decay, z, new.as_direction().vector() - z)

@@ -150,16 +150,11 @@ class HessianOperator:
 
     def dense(self, keep: np.ndarray | None = None, batch: int = 256) -> np.ndarray:
         """``H[keep][:, keep]``, symmetric: :meth:`tiles` with one tile."""
-        n = self.layout.n
-        cols = np.arange(n) if keep is None else np.asarray(keep)
-        if self.xp is not np:
-            return self._dense_by_products(cols, batch)
-        return self.tiles(cols).dense()
+        return self.tiles(np.arange(self.layout.n) if keep is None else keep, batch=batch).dense()
 
-    def tiles(self, keep: np.ndarray, bounds=None, where: np.ndarray | None = None,
-              batch: int = 256) -> SymmetricTiles:
-        """``H[keep][:, keep]`` as :class:`SymmetricTiles` (one tile unless ``bounds`` says otherwise;
-        ``where``: position in ``keep`` -> storage coordinate).
+    def tiles(self, keep: np.ndarray, bounds=None, batch: int = 256) -> SymmetricTiles:
+        """``H[keep][:, keep]`` as :class:`SymmetricTiles` (one tile unless ``bounds`` says otherwise), in the
+        order of ``keep``.
 
         NumPy backend: ``H = sum_i G_i' H_i G_i + C + lam I`` from the per-sample output Jacobians
         ``G_i`` (DESIGN.md section 5), block by block, a chunk of rows at a time (no m x n array): the
@@ -171,8 +166,8 @@ class HessianOperator:
         """
         keep = np.asarray(keep)
         if self.xp is not np:
-            return SymmetricTiles.of_dense(self._dense_by_products(keep, batch), bounds, where)
-        S = SymmetricTiles([0, keep.size] if bounds is None else bounds, where)
+            return SymmetricTiles.of_dense(self._dense_by_products(keep, batch), bounds)
+        S = SymmetricTiles([0, keep.size] if bounds is None else bounds)
         _gram_hessian(self, keep, S)
         return S
 

@@ -48,38 +48,31 @@ class SymmetricTiles:
     """The lower block triangle of a symmetric ``n x n`` matrix: ``tiles[I][J]`` (``J <= I``) holds rows
     ``bounds[I]:bounds[I+1]`` and columns ``bounds[J]:bounds[J+1]``.
 
-    ``where`` maps the caller's coordinates (positions into ``keep``) to storage coordinates, so that
-    the groups a rotation acts on are contiguous in storage; every method below takes storage
-    coordinates except :meth:`route` and :meth:`add`.
 
     After :meth:`cholesky` succeeds the tiles hold ``L`` with ``L L' = A``: ``L_IJ`` in ``tiles[I][J]``
     (``J < I``) and ``L_II'`` in the upper triangle of ``tiles[I][I]`` (whose strictly lower triangle
     is then scratch). The matrix itself is gone: a caller that needs it again forms it again.
     """
 
-    def __init__(self, bounds, where: np.ndarray | None = None, tiles: list | None = None):
+    def __init__(self, bounds, tiles: list | None = None):
         """Zero tiles, unless ``tiles`` (of the shapes ``bounds`` gives) are handed over."""
         self.bounds = np.asarray(bounds, dtype=int)
         self.n = int(self.bounds[-1])
-        self.where = np.arange(self.n) if where is None else np.asarray(where, dtype=int)
         sizes = np.diff(self.bounds)
         self.tiles = tiles if tiles is not None else \
             [[np.zeros((sizes[i], sizes[j])) for j in range(i + 1)] for i in range(sizes.size)]
         self.factored = False
 
     @classmethod
-    def of_dense(cls, H: np.ndarray, bounds=None, where: np.ndarray | None = None) -> "SymmetricTiles":
-        """The tiles of a symmetric array ``H`` given in the caller's coordinates (``H`` itself, not a copy,
-        when that is the one tile)."""
+    def of_dense(cls, H: np.ndarray, bounds=None) -> "SymmetricTiles":
+        """The tiles of a symmetric array ``H`` (``H`` itself, not a copy, when that is the one tile)."""
         n = H.shape[0]
-        if (bounds is None or len(bounds) == 2) and (where is None or np.array_equal(where, np.arange(n))):
-            return cls([0, n], None, [[np.ascontiguousarray(H, dtype=float)]])
-        S = cls([0, n] if bounds is None else bounds, where)
-        order = np.argsort(S.where)
+        if bounds is None or len(bounds) == 2:
+            return cls([0, n], [[np.ascontiguousarray(H, dtype=float)]])
+        S = cls(bounds)
         for i in range(S.count):
-            rows = order[S._span(i)]
             for j in range(i + 1):
-                S.tiles[i][j][...] = H[np.ix_(rows, order[S._span(j)])]
+                S.tiles[i][j][...] = H[S._span(i), S._span(j)]
         return S
 
     @property
@@ -95,9 +88,9 @@ class SymmetricTiles:
     # ------------------------------------------------------------------------ formation
 
     def route(self, p) -> list[tuple[int, object, object]]:
-        """Where the caller's coordinates ``p`` (an array or slice of positions) go: ``(tile, which of p,
-        local coordinates)`` per tile they reach, slices where contiguous."""
-        c = self.where[p]
+        """Where the coordinates ``p`` (an array or slice) go: ``(tile, which of p, local coordinates)`` per
+        tile they reach, slices where contiguous."""
+        c = np.arange(self.n)[p]
         if self.count == 1:
             return [(0, slice(None), _as_index(c))]
         tile = np.searchsorted(self.bounds, c, side="right") - 1

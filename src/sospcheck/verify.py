@@ -9,7 +9,7 @@ import numpy as np
 
 from .geometry import validity_radius
 from .augmented import row_chunks
-from .loss_change import (_EPS, NOISE_ULPS, abs_times, activation_change, combine_output_change, loss_change,
+from .loss_change import (_EPS, NOISE_ULPS, activation_change, combine_output_change, loss_change,
                           noise_bound, output_size, risk_change_and_noise)
 from .model import Direction
 from .point import Point
@@ -49,9 +49,10 @@ def _change_along(pt: Point, d: Direction, T: np.ndarray):
     net, fwd = pt.net, pt.fwd
     N, out = fwd.N, fwd.out
     m, dy = out.shape
-    noise_at = noise_bound(pt.loss, out, pt.Y, pt.weight, output_size(net, fwd.O))
     dW2, db2 = d.W2, d.b2
-    OdW2, aOdW2 = fwd.O @ dW2.T, abs_times(fwd.O, dW2)
+    out_size, aOdW2 = output_size(net, fwd.O, dW2)  # |O| read once for both
+    noise_at = noise_bound(pt.loss, out, pt.Y, pt.weight, out_size)
+    OdW2 = fwd.O @ dW2.T
     chunks = row_chunks(m, 4 * net.dh)
     lam = pt.weight_decay
     if lam:

@@ -165,8 +165,12 @@ def _adapter(p: int, apply, dense_fn):
     """The interface :mod:`sospcheck.subspace` reads from a reduced problem."""
     ns = SimpleNamespace(n=p, J_base=None, keep=np.arange(p), products=0, backend="products")
     ns.apply = lambda J, x: apply(np.asarray(x, float).reshape(p, -1))
-    ns.operator = lambda J: SimpleNamespace(tiles=lambda keep, bounds, where: SymmetricTiles.of_dense(dense_fn(), bounds,
-                                                                                                    where))
+
+    def tiles(keep, bounds):
+        H = dense_fn()
+        return SymmetricTiles.of_dense(H if np.array_equal(keep, np.arange(p)) else H[np.ix_(keep, keep)], bounds)
+
+    ns.operator = lambda J: SimpleNamespace(tiles=tiles)
     return ns
 
 
