@@ -185,3 +185,17 @@ def test_h_small_next_to_the_data_stays_one_square(monkeypatch):
     e = sub.min_eig(sub.hessian_norm)  # above every eigenvalue: the factorisation fails
     assert "eigh" in e.detail and not formed
 
+
+def test_a_solve_after_eigh_took_over_uses_the_spectrum(monkeypatch):
+    # a refinement that gives up hands the solve to eigh, which drops the factor: later solves of the
+    # same certified subspace must use the spectrum, not the factor that is gone
+    prob, blocks = _problem(cases.convex_kink_minimum)
+    monkeypatch.setattr(dense_subspace, "SQUARE_SHARE", 0.0)
+    monkeypatch.setattr(dense_subspace, "TILE_TARGET", 1)
+    monkeypatch.setattr(dense_subspace, "_REFINE_STEPS", 0)
+    sub = DenseSubspace(prob, blocks)
+    eig_tol = 1e-9 * sub.hessian_norm
+    R = np.random.default_rng(8).standard_normal((prob.n, 2))
+    first = sub.solve(R, eig_tol, Margins())
+    assert sub.tiles is None and sub._spectrum is not None
+    np.testing.assert_array_equal(sub.solve(R, eig_tol, Margins()), first)

@@ -187,12 +187,12 @@ class DenseSubspace:
     def _solve_certified(self, B: np.ndarray, eig: MinEig) -> np.ndarray | None:
         """``Qww^-1 B`` (storage coordinates, zero where constrained) through the factor of
         ``A = Qww - tau I``: ``x <- x + A^-1 (B - (A + tau I) x)``, whose error shrinks by
-        ``tau / lambda_min(A)`` a step. None unless the
+        ``tau / lambda_min(A)`` a step. None once ``eigh`` has run (the factor is gone), unless the
         certificate's Ritz value ``eig`` has converged and puts that ratio at 1/4 or less, or when the steps
         stop shrinking above ``1e-8 |x|`` (per column; a direct solve's rounding at a condition number of
         ``1e8``)."""
         tau = self._shift
-        if eig.accuracy != 0.0 or eig.value - tau <= 4.0 * tau:
+        if self._spectrum is not None or eig.accuracy != 0.0 or eig.value - tau <= 4.0 * tau:
             return None
         S, eps = self.tiles, np.finfo(float).eps
         x = S.solve(B)
